@@ -1,0 +1,431 @@
+"""Search spaces from YAML: the built-in presets and user files, validated once.
+
+A space file is a mapping::
+
+    description: one line shown by `cnnsearch spaces`       # optional
+    params:
+      lr: {type: float, low: 1.0e-4, high: 0.1, log: true}  # optional step (not with log)
+      batch_size: {type: categorical, choices: [32, 64, 128]}
+      depth: {type: int, low: 1, high: 4}                   # optional log, step
+      batch_norm: {type: bool}
+      momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}
+      epochs: 3                                             # fixed; also {type: fixed, value: 3}
+
+Everything that could go wrong is found here, before a study starts: each problem is a
+:class:`SpaceError` with one line naming the file (or preset), the parameter and key, the
+bad value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import graphlib
+import importlib.resources
+import math
+import os
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spaces.errors import SpaceError
+from spaces.schema import CONFIG_KEYS, check_value, unknown_key_message
+from spaces.space import Param, Space, dependency_order, same_value, step_count
+
+TOP_KEYS = ("description", "params")
+SPEC_KEYS: dict[str, tuple[str, ...]] = {
+    "float": ("type", "low", "high", "log", "step", "when"),
+    "int": ("type", "low", "high", "log", "step", "when"),
+    "categorical": ("type", "choices", "when"),
+    "bool": ("type", "when"),
+    "fixed": ("type", "value"),
+}
+SCALARS = (str, int, float, bool, type(None))
+MAX_CHECKED_VALUES = 10_000  # an int range over a key with a fixed set of choices is checked value by value
+
+# Text PyYAML leaves as a string although a user meant a number: 1e-4, 1.0e4 (YAML 1.1 floats need
+# a dot and a signed exponent).
+_EXPONENT_TEXT = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d+)[eE][-+]?\d+")
+
+EXAMPLE = "params: {lr: {type: float, low: 1.0e-4, high: 0.1, log: true}}"
+
+
+def preset_names() -> list[str]:
+    """The names of the presets installed in ``spaces/presets/``, sorted."""
+    folder = importlib.resources.files("spaces.presets")
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def list_presets() -> list[tuple[str, str]]:
+    """``(name, description)`` of every installed preset, sorted by name."""
+    return [(name, load_space(name).description) for name in preset_names()]
+
+
+def load_space(ref: str | os.PathLike, strict: bool = True) -> Space:
+    """The validated space named by ``ref``: a preset name (``"default"``) or a YAML file path.
+
+    With ``strict`` every parameter must be a config key of :mod:`spaces.schema`; without,
+    unknown names are allowed (benchmark spaces) and known ones are still checked.
+    Raises :class:`SpaceError` for an unknown preset, a missing file or a bad definition.
+    """
+    text = os.fspath(ref)
+    looks_like_path = isinstance(ref, os.PathLike) or text.endswith((".yaml", ".yml")) or os.sep in text
+    if not looks_like_path and text in preset_names():
+        source = text
+        content = importlib.resources.files("spaces.presets").joinpath(f"{text}.yaml").read_text("utf-8")
+        return parse_space(_parse_yaml(content, source), source=source, strict=strict, name=text)
+    path = Path(text)
+    if not path.is_file():
+        what = "space file not found" if looks_like_path or path.exists() else "unknown space"
+        raise SpaceError(f"{text}: {what}{_hint(text, preset_names())}; give a path to a .yaml file "
+                         f"or a preset name: {', '.join(preset_names())}")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpaceError(f"{text}: cannot read the space file ({err}); give a readable UTF-8 YAML file"
+                         ) from None
+    return parse_space(_parse_yaml(content, text), source=text, strict=strict, name=path.stem)
+
+
+def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = True, *,
+                name: str | None = None) -> Space:
+    """Validate an already loaded space definition (the YAML mapping) and build the :class:`Space`.
+
+    ``source`` names the definition in error messages; ``name`` defaults to its file stem.
+    """
+    if name is None:
+        name = Path(source).stem if source.endswith((".yaml", ".yml")) else source
+    if data is None:
+        raise SpaceError(f"{source}: the space is empty; a space is a mapping with a `params:` section, "
+                         f"e.g. {EXAMPLE}")
+    if not isinstance(data, Mapping):
+        raise SpaceError(f"{source}: the top level is a {type(data).__name__} ({_preview(data)}); "
+                         f"a space is a mapping with a `params:` section, e.g. {EXAMPLE}")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise SpaceError(f"{source}: unknown top-level key {key!r}{_hint(key, TOP_KEYS)}; "
+                             f"accepted keys: {', '.join(TOP_KEYS)}")
+    if "params" not in data:
+        raise SpaceError(f"{source}: no `params:` section; a space lists its parameters under `params:`, "
+                         f"e.g. {EXAMPLE}")
+    raw_params = data["params"]
+    if not isinstance(raw_params, Mapping):
+        raise SpaceError(f"{source}: params is a {type(raw_params).__name__} ({_preview(raw_params)}); "
+                         f"it must be a mapping of parameter name to spec, e.g. {EXAMPLE}")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise SpaceError(f"{source}: description={_preview(description)} is not text; give one line of text")
+
+    params: dict[str, Param] = {}
+    fixed: dict[str, Any] = {}
+    for param_name, spec in raw_params.items():
+        if not isinstance(param_name, str) or not param_name:
+            raise SpaceError(f"{source}: parameter name {param_name!r} is not a name; "
+                             "parameter names are non-empty text, e.g. lr")
+        if strict and param_name not in CONFIG_KEYS:
+            raise SpaceError(unknown_key_message(param_name, f"{source}: params"))
+        ctx = _Context(source, param_name)
+        if isinstance(spec, Mapping) and spec.get("type") != "fixed":
+            params[param_name] = _parse_param(ctx, spec)
+        else:
+            fixed[param_name] = _parse_fixed(ctx, spec)
+
+    for param in params.values():
+        _check_conditions(_Context(source, param.name), param, params, fixed)
+    deps = {n: set(p.when) - set(fixed) for n, p in params.items()}
+    try:
+        graphlib.TopologicalSorter(deps).prepare()
+    except graphlib.CycleError as err:
+        cycle = list(reversed(err.args[1]))
+        raise SpaceError(f"{source}: param {cycle[0]!r}: condition cycle {' -> '.join(cycle)} (each `when` "
+                         "names the next); a condition may only name parameters that do not depend on it"
+                         ) from None
+    ordered = {n: params[n] for n in dependency_order(list(params), deps)}
+    return Space(name=name, source=source, description=" ".join(description.split()), params=ordered,
+                 fixed=fixed, strict=strict)
+
+
+# --- reading YAML -----------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
+
+    ``safe_load`` silently keeps the last of two ``lr:`` entries; in a space file that is
+    always a mistake (usually a copy-paste), so it is an error with both line numbers.
+    """
+
+
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping: valid YAML syntax, but never what the author meant."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: the base constructor reports it
+            break
+        if first is not None:
+            raise _DuplicateKeyError(None, None, f"duplicate key {key!r} (first given at line {first + 1})",
+                                     key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKeyError as err:
+        raise SpaceError(f"{source}: line {err.problem_mark.line + 1}: {err.problem}; give each key once"
+                         ) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(err.problem or err.context or "unreadable").split())
+        raise SpaceError(f"{source}: YAML syntax error{where}: {problem}; the file must be valid YAML"
+                         ) from None
+    except yaml.YAMLError as err:
+        raise SpaceError(f"{source}: YAML syntax error: {' '.join(str(err).split())}") from None
+
+
+# --- one parameter ----------------------------------------------------------------------
+
+
+class _Context:
+    """Where a problem is: builds the one-line messages for one parameter of one file."""
+
+    def __init__(self, source: str, name: str) -> None:
+        self.source = source
+        self.name = name
+
+    def error(self, message: str) -> SpaceError:
+        return SpaceError(f"{self.source}: param {self.name!r}: {message}")
+
+    def check_domain(self, value: Any, key: str) -> None:
+        """Refuse ``value`` (given as ``key`` of the spec) unless the config key accepts it."""
+        if self.name not in CONFIG_KEYS:
+            return  # strict=False: a benchmark's own parameter, no domain to check against
+        try:
+            check_value(self.name, value, f"{self.source}: param {self.name!r} {key}")
+        except SpaceError as err:
+            raise SpaceError(str(err) + _yaml_number_hint(value)) from None
+
+
+def _parse_param(ctx: _Context, spec: Mapping) -> Param:
+    kind = spec.get("type")
+    if kind is None:
+        raise ctx.error(f"no `type:` in {_preview(spec)}; give type: one of {', '.join(SPEC_KEYS)}, "
+                        "or a plain value to fix it")
+    if kind not in SPEC_KEYS:
+        raise ctx.error(f"type={kind!r} is not a parameter type{_hint(kind, SPEC_KEYS)}; "
+                        f"valid types: {', '.join(SPEC_KEYS)}")
+    for key in spec:
+        if key not in SPEC_KEYS[kind]:
+            raise ctx.error(f"unknown key {key!r} in a {kind} parameter{_hint(key, SPEC_KEYS[kind])}; "
+                            f"accepted keys: {', '.join(SPEC_KEYS[kind])}")
+    when = _parse_when(ctx, spec.get("when"))
+    if kind in ("float", "int"):
+        return _parse_range(ctx, kind, spec, when)
+    if kind == "bool":
+        key = CONFIG_KEYS.get(ctx.name)
+        if key is not None and key.kind is not bool:
+            raise ctx.error(f"type=bool cannot give {ctx.name}, which takes {key.accepts()}; "
+                            "use type: categorical" + (" or a range" if key.kind in (int, float) else ""))
+        return Param(ctx.name, "bool", when=when)
+    return Param(ctx.name, "categorical", choices=_parse_choices(ctx, spec), when=when)
+
+
+def _parse_range(ctx: _Context, kind: str, spec: Mapping, when: dict[str, tuple]) -> Param:
+    integer = kind == "int"
+    for required in ("low", "high"):
+        if required not in spec:
+            raise ctx.error(f"a {kind} parameter needs `{required}:`, e.g. {{type: {kind}, low: 1, high: 8}}")
+    low = _number(ctx, "low", spec["low"], integer)
+    high = _number(ctx, "high", spec["high"], integer)
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ctx.error(f"log={log!r} is not true or false; give log: true or leave it out")
+    step = spec.get("step")
+    if low > high:
+        raise ctx.error(f"low={low!r} is greater than high={high!r}; low must be <= high")
+    if log and low <= 0:
+        raise ctx.error(f"log: true needs low > 0 (a log scale has no zero or negatives), got low={low!r}; "
+                        f"raise low or drop log")
+    if step is not None:
+        if log:
+            raise ctx.error(f"step={step!r} cannot be combined with log: true; remove step or log")
+        step = _number(ctx, "step", step, integer)
+        if step <= 0:
+            raise ctx.error(f"step={step!r} must be greater than 0")
+        if integer and (high - low) % step:
+            raise ctx.error(f"high={high!r} is not low={low!r} plus a whole number of steps of {step!r}; "
+                            f"use high: {low + (high - low) // step * step}")
+        if not integer and (Decimal(repr(high)) - Decimal(repr(low))) % Decimal(repr(step)):
+            last = float(Decimal(repr(low)) + (step_count(low, high, step) - 1) * Decimal(repr(step)))
+            raise ctx.error(f"high={high!r} is not low={low!r} plus a whole number of steps of {step!r}; "
+                            f"use high: {last!r}")
+        if integer and step == 1:
+            step = None  # the canonical form of an int range leaves the default step out
+    param = Param(ctx.name, kind, low=low, high=high, log=log, step=step, when=when)
+    _check_range_domain(ctx, param)
+    return param
+
+
+def _check_range_domain(ctx: _Context, param: Param) -> None:
+    key = CONFIG_KEYS.get(ctx.name)
+    if key is None:
+        return
+    if key.kind is bool or key.kind is str:
+        use = "bool" if key.kind is bool else "categorical"
+        article = "an" if param.type == "int" else "a"
+        raise ctx.error(f"{article} {param.type} range cannot give {ctx.name}, which takes {key.accepts()}; "
+                        f"use type: {use}")
+    if key.kind is int and param.type == "float":
+        raise ctx.error(f"type=float cannot give {ctx.name}, which takes {key.accepts()}; use type: int")
+    if key.choices is not None and param.type == "int" and param.count() <= MAX_CHECKED_VALUES:
+        # kernel: {type: int, low: 3, high: 7} could suggest 4: check every value it can take.
+        for value in param.values():
+            try:
+                ctx.check_domain(value, "range")
+            except SpaceError as err:
+                raise SpaceError(f"{err}; list the accepted values with type: categorical") from None
+    ctx.check_domain(param.low, "low")
+    ctx.check_domain(param.high, "high")
+
+
+def _parse_choices(ctx: _Context, spec: Mapping) -> tuple:
+    if "choices" not in spec:
+        raise ctx.error("a categorical parameter needs `choices:`, "
+                        "e.g. {type: categorical, choices: [32, 64]}")
+    choices = spec["choices"]
+    if not isinstance(choices, list) or not choices:
+        raise ctx.error(f"choices={_preview(choices)} is not a non-empty list; "
+                        "give e.g. choices: [32, 64, 128]")
+    key = CONFIG_KEYS.get(ctx.name)
+    normalised: list[Any] = []
+    for choice in choices:
+        if not isinstance(choice, SCALARS):
+            raise ctx.error(f"choice {_preview(choice)} is a {type(choice).__name__}; choices must be single "
+                            "values (text, numbers, true/false or null)")
+        if isinstance(choice, float) and not math.isfinite(choice):
+            raise ctx.error(f"choice {choice!r} is not a finite number")
+        if key is not None and key.kind is float and isinstance(choice, int) and not isinstance(choice, bool):
+            choice = float(choice)  # growth: [1, 2] means 1.0 and 2.0; one spelling, one fingerprint
+        ctx.check_domain(choice, "choices")
+        if any(same_value(choice, seen) for seen in normalised):
+            raise ctx.error(f"choice {choice!r} is given twice in choices; give each choice once")
+        normalised.append(choice)
+    return tuple(normalised)
+
+
+def _parse_fixed(ctx: _Context, spec: Any) -> Any:
+    if isinstance(spec, Mapping):  # {type: fixed, value: X}
+        for key in spec:
+            if key not in SPEC_KEYS["fixed"]:
+                raise ctx.error(f"unknown key {key!r} in a fixed parameter{_hint(key, SPEC_KEYS['fixed'])}; "
+                                f"accepted keys: {', '.join(SPEC_KEYS['fixed'])}")
+        if "value" not in spec:
+            raise ctx.error("a fixed parameter needs `value:`, e.g. {type: fixed, value: 3} or just 3")
+        value = spec["value"]
+    elif isinstance(spec, list):
+        raise ctx.error(f"a list ({_preview(spec)}) is not a parameter; to search these values write "
+                        "{type: categorical, choices: [...]}, to fix one write the value alone")
+    else:
+        value = spec
+    if not isinstance(value, SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ctx.error(f"fixed value {_preview(value)} is not a single finite value; give text, a number, "
+                        "true/false or null")
+    key = CONFIG_KEYS.get(ctx.name)
+    if key is not None and key.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ctx.check_domain(value, "value")
+    return value
+
+
+def _parse_when(ctx: _Context, when: Any) -> dict[str, tuple]:
+    if when is None:
+        return {}
+    if not isinstance(when, Mapping) or not when:
+        raise ctx.error(f"when={_preview(when)} is not a mapping of parameter to value(s); "
+                        "give e.g. when: {optimizer: sgd} or when: {optimizer: [sgd, adamw]}")
+    parsed: dict[str, tuple] = {}
+    for ref, values in when.items():
+        listed = values if isinstance(values, list) else [values]
+        if not listed or not all(isinstance(v, SCALARS) for v in listed):
+            raise ctx.error(f"when.{ref}={_preview(values)} is not a value or a list of values; "
+                            f"give e.g. when: {{{ref}: value}} or when: {{{ref}: [value1, value2]}}")
+        unique: list[Any] = []
+        for value in listed:
+            if not any(same_value(value, seen) for seen in unique):
+                unique.append(value)
+        # Sorted so that [sgd, adamw] and [adamw, sgd] are one definition with one fingerprint.
+        parsed[str(ref)] = tuple(sorted(unique, key=lambda v: (type(v).__name__, repr(v))))
+    return dict(sorted(parsed.items()))
+
+
+def _check_conditions(ctx: _Context, param: Param, params: Mapping[str, Param],
+                      fixed: Mapping[str, Any]) -> None:
+    for ref, values in param.when.items():
+        if ref not in params and ref not in fixed:
+            names = [n for n in [*params, *fixed] if n != param.name]
+            raise ctx.error(f"condition on unknown parameter {ref!r}{_hint(ref, names)}; `when` can name the "
+                            f"space's other parameters: {', '.join(names) or '(none)'}")
+        for value in values:
+            if ref in params:
+                possible = params[ref].contains(value)
+                takes = params[ref].domain()
+            else:
+                possible = same_value(value, fixed[ref])
+                takes = f"only {fixed[ref]!r} (it is fixed)"
+            if not possible:
+                raise ctx.error(f"condition when.{ref}={value!r} can never hold; {ref} takes {takes}"
+                                + _yaml_number_hint(value))
+
+
+# --- small pieces of the messages -------------------------------------------------------
+
+
+def _number(ctx: _Context, key: str, value: Any, integer: bool) -> int | float:
+    """``value`` as the bound of a range, or the error that says why it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ctx.error(f"{key}={value!r} is not a number; give {key} as a number"
+                        + _yaml_number_hint(value))
+    if not math.isfinite(value):
+        raise ctx.error(f"{key}={value!r} is not a finite number; give a finite {key}")
+    if integer:
+        if not isinstance(value, int):
+            raise ctx.error(f"{key}={value!r} is not an integer; an int parameter takes whole numbers "
+                            "(use type: float for fractions)")
+        return value
+    return float(value)
+
+
+def _yaml_number_hint(value: Any) -> str:
+    """Why ``1e-4`` arrived as text: YAML 1.1 (PyYAML) only reads exponents written with a dot."""
+    if isinstance(value, str) and _EXPONENT_TEXT.fullmatch(value.strip()):
+        return f" (YAML reads {value} as text: write it with a dot and a signed exponent, e.g. 1.0e-4)"
+    return ""
+
+
+def _hint(word: Any, candidates: Any) -> str:
+    """`` (did you mean 'log'?)`` for the closest candidate, or nothing."""
+    names = [str(c) for c in candidates]
+    # Swapped letters (lgo, stpe) first: difflib ranks 'low' and 'type' as close as 'log' and 'step'.
+    close = ([n for n in names if sorted(n) == sorted(str(word))]
+             or difflib.get_close_matches(str(word), names, n=1))
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _preview(value: Any, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
