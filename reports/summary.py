@@ -1,0 +1,131 @@
+"""What a study holds, as plain JSON-able records: status, best trials, the list of studies.
+
+These records are the stable ``--json`` output of ``cnnsearch status``, ``best`` and
+``studies`` (other tools parse them; the keys are documented in README.md), and the
+tables of the report are built from the same records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from reports.errors import ReportError
+
+METRIC_KEYS = ("val_accuracy", "val_loss", "best_val_accuracy", "epochs_run", "params", "flops",
+               "latency_ms", "throughput", "train_seconds", "device", "host")
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """Open study ``name`` or raise :class:`ReportError` listing the studies there are."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        listing = ", ".join(names) if names else "none"
+        raise ReportError(f"no study named {name!r} in this storage; studies there: {listing}") from None
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """A trial meets its constraints (``--max-params``, ``--max-latency-ms``) when all values are <= 0."""
+    return all(c <= 0 for c in trial.user_attrs.get("constraints", []))
+
+
+def trial_record(trial: FrozenTrial, n_objectives: int) -> dict[str, Any]:
+    """One trial as ``best --json`` shows it: number, value(s), params, config, metrics."""
+    record: dict[str, Any] = {"number": trial.number}
+    if n_objectives == 1:
+        record["value"] = trial.value
+    else:
+        record["values"] = trial.values
+    record["state"] = trial.state.name
+    record["params"] = trial.params
+    record["config"] = trial.user_attrs.get("config")
+    record["metrics"] = {k: trial.user_attrs[k] for k in METRIC_KEYS if k in trial.user_attrs}
+    return record
+
+
+def best_trials(study: optuna.Study, top: int = 1) -> list[FrozenTrial]:
+    """The best feasible completed trials: the top ``top`` by value, or the Pareto front for several objectives."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
+    if len(study.directions) > 1:
+        front_numbers = {t.number for t in study.best_trials}
+        return sorted((t for t in done if t.number in front_numbers), key=lambda t: t.number)
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    done.sort(key=lambda t: (sign * t.value, t.number))
+    return done[:top]
+
+
+def best_records(study: optuna.Study, top: int = 1) -> list[dict[str, Any]]:
+    """``cnnsearch best --json``: a list of trial records (the Pareto front for several objectives)."""
+    n = len(study.directions)
+    return [trial_record(t, n) for t in best_trials(study, top)]
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def status_record(study: optuna.Study) -> dict[str, Any]:
+    """``cnnsearch status --json``: counts by state, best value, running trials, elapsed time."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name] += 1
+    best = best_trials(study, 1)
+    if len(study.directions) == 1:
+        best_value = best[0].value if best else None
+    else:
+        best_value = [t.values for t in best] if best else None
+    running = [
+        {"number": t.number, "host": t.user_attrs.get("host"), "worker": t.user_attrs.get("worker"),
+         "pid": t.user_attrs.get("pid"), "device": t.user_attrs.get("device"),
+         "started": _iso(t.datetime_start), "epochs_done": len(t.intermediate_values)}
+        for t in trials if t.state == TrialState.RUNNING
+    ]
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    if not starts:
+        elapsed = 0.0
+    else:
+        last = dt.datetime.now() if running or not ends else max(ends)
+        elapsed = max(0.0, (last - min(starts)).total_seconds())
+    return {"study": study.study_name, "counts": counts, "best_value": best_value, "running": running,
+            "elapsed_s": round(elapsed, 1), "directions": [d.name.lower() for d in study.directions],
+            "dataset": study.user_attrs.get("dataset"), "space": study.user_attrs.get("space_name"),
+            "budget": study.user_attrs.get("budget")}
+
+
+def studies_records(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
+    """``cnnsearch studies --json``: one record per study in the storage."""
+    out = []
+    for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=frozen.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        best = best_trials(study, 1)
+        best_value = (best[0].value if len(study.directions) == 1 else len(best)) if best else None
+        out.append({
+            "study": frozen.study_name,
+            "directions": [d.name.lower() for d in frozen.directions],
+            "n_trials": len(trials),
+            "complete": sum(1 for t in trials if t.state == TrialState.COMPLETE),
+            "best_value": best_value,
+            "dataset": frozen.user_attrs.get("dataset"),
+            "space": frozen.user_attrs.get("space_name"),
+            "created": _iso(min((t.datetime_start for t in trials if t.datetime_start), default=None)),
+        })
+    return out
+
+
+def format_value(value: Any) -> str:
+    """A metric for a table cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

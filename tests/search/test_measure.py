@@ -1,0 +1,91 @@
+"""Per-model measurements: parameters, FLOPs (torch's counter), latency and throughput."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from search.measure import count_flops, count_params, measure_latency_ms, measure_throughput
+from search.models import build_model
+from spaces.schema import complete_config
+
+MNIST_BASELINE = {
+    "depth": 2,
+    "width": 16,
+    "growth": 2.0,
+    "kernel": 5,
+    "batch_norm": False,
+    "head": "flatten",
+    "fc_units": 0,
+    "pool": "max",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: two OpenMP threads on a shared 2-core machine make timings erratic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("c_in,c_out,k,size", [(3, 8, 3, 10), (1, 16, 5, 28), (4, 4, 1, 7)])
+def test_flops_of_a_conv_are_two_times_its_multiply_adds(c_in, c_out, k, size):
+    conv = nn.Conv2d(c_in, c_out, k, padding=k // 2)
+    assert count_flops(conv, (c_in, size, size)) == 2 * c_in * c_out * k * k * size * size
+
+
+def test_flops_of_the_mnist_baseline_add_up_over_its_layers():
+    model = build_model(complete_config(MNIST_BASELINE), (1, 28, 28), 10)
+    conv1 = 2 * 1 * 16 * 25 * 28 * 28
+    conv2 = 2 * 16 * 32 * 25 * 14 * 14
+    fc = 2 * 32 * 7 * 7 * 10
+    assert count_flops(model, (1, 28, 28)) == conv1 + conv2 + fc
+
+
+def test_count_flops_leaves_training_mode_and_batch_norm_statistics_alone():
+    model = build_model(complete_config({"width": 4, "batch_norm": True}), (1, 8, 8), 10)
+    model.train()
+    bn = model.features[0].body[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(5.0)  # a training-mode pass over any input would pull it towards the batch mean
+    count_flops(model, (1, 8, 8))
+    assert model.training and bn.training
+    assert torch.all(bn.running_mean == 5.0)
+
+
+def test_count_params_counts_only_trainable_parameters():
+    model = build_model(complete_config(MNIST_BASELINE), (1, 28, 28), 10)
+    assert count_params(model) == 28938
+    for p in model.features.parameters():
+        p.requires_grad_(False)
+    assert count_params(model) == 32 * 7 * 7 * 10 + 10
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+def test_latency_and_throughput_are_positive_and_leave_the_model_as_found(amp_dtype):
+    model = build_model(complete_config({"width": 4, "attention": "both"}), (1, 8, 8), 10)
+    model.train()
+    rng = torch.get_rng_state()
+    latency = measure_latency_ms(model, (1, 8, 8), "cpu", repeats=3, warmup=1, amp_dtype=amp_dtype)
+    throughput = measure_throughput(
+        model, (1, 8, 8), torch.device("cpu"), batch_size=8, repeats=2, warmup=1, amp_dtype=amp_dtype
+    )
+    assert isinstance(latency, float) and latency > 0
+    assert isinstance(throughput, float) and throughput > 0
+    assert model.training
+    assert torch.equal(torch.get_rng_state(), rng)  # measuring draws no random numbers
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp_dtype", [None, torch.float16, torch.bfloat16])
+def test_cuda_timings_and_flops_on_the_gpu(amp_dtype):
+    model = build_model(complete_config({"model": "resnet18"}), (3, 32, 32), 10)
+    cpu_flops = count_flops(model, (3, 32, 32))
+    latency = measure_latency_ms(model, (3, 32, 32), "cuda", repeats=5, warmup=2, amp_dtype=amp_dtype)
+    throughput = measure_throughput(model, (3, 32, 32), "cuda", batch_size=64, repeats=3, warmup=1, amp_dtype=amp_dtype)
+    assert next(model.parameters()).is_cuda
+    assert latency > 0 and throughput > 0
+    assert count_flops(model, (3, 32, 32)) == cpu_flops
