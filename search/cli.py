@@ -9,6 +9,7 @@ on stderr and exit code 2; an interrupted run exits 130 (SIGINT) or 143 (SIGTERM
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -68,6 +69,9 @@ def _run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--max-params", type=int, help="constraint: at most this many parameters")
     p.add_argument("--max-latency-ms", type=float, help="constraint: at most this latency (ms/image)")
     p.add_argument("--max-failures", type=int, default=5, help="stop after this many failed trials in a row")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each completed trial's weights and learning curve in the artifact store "
+                        "(`cnnsearch export` then ships the weights with the recipe)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return cmd_run
 
@@ -86,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sampler=args.sampler or "tpe", pruner=args.pruner or "hyperband", seed=args.seed,
         image_size=args.image_size, split_seed=args.split_seed, data_dir=args.data_dir,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial_timeout=args.trial_timeout,
-        max_failures=args.max_failures, budget=args.trials,
+        max_failures=args.max_failures, budget=args.trials, keep_checkpoints=args.keep_checkpoints,
     )
     if spec.sampler == "grid":
         space.grid()  # refuses a space without a finite grid before anything is created
@@ -291,7 +295,13 @@ def _usage(message: str) -> int:
     return 2
 
 
+COMMAND_MODULES = ("search.cli_reports", "search.cli_dashboard", "search.cli_bench")
+"""Modules that register further commands; imported when the parser is built (they import only argparse-level code)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(
         prog="cnnsearch", description="Hyperparameter and architecture search for CNN image classifiers, on Optuna.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")

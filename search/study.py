@@ -181,14 +181,19 @@ def is_original(trial: optuna.trial.FrozenTrial) -> bool:
 def fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str, Any]] | None = None) -> int:
     """Enqueue WAITING trials until the study holds ``spec.budget`` trials; return how many were added.
 
-    Order: warm-start params first, then grid points (shuffled with the study seed, so a
-    partial grid still spreads over the space), then empty placeholders for the sampler.
+    Order: warm-start params first, then the space's ``start`` points, then grid points
+    (shuffled with the study seed, so a partial grid still spreads over the space), then
+    empty placeholders for the sampler. A point some trial already ran is not enqueued again.
     """
     trials = study.get_trials(deepcopy=False)
     counted = sum(1 for t in trials if is_original(t))
-    queue: list[dict[str, Any]] = list(warm_start or [])
+    seen = {_key(t.params) for t in trials} | {_key(t.system_attrs.get("fixed_params", {})) for t in trials}
+    queue: list[dict[str, Any]] = []
+    for params in [*(warm_start or []), *(spec.space.start if spec.sampler != "grid" else [])]:
+        if _key(params) not in seen:
+            queue.append(params)
+            seen.add(_key(params))
     if spec.sampler == "grid":
-        seen = {_key(t.params) for t in trials} | {_key(p) for p in queue}
         points = spec.space.grid()
         random.Random(spec.seed).shuffle(points)
         queue += [p for p in points if _key(p) not in seen]

@@ -8,31 +8,43 @@ once onto their device, and claim trials until the budget is spent.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import random
 import signal
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
+from reports.notes import refresh_study_note
 from search.data import Split, TrialData, make_split, prepare_data
 from search.datasets import ImageSet, load_dataset
 from search.errors import CnnSearchError, StudyError, TooManyFailures, WorkerStopped, user_errors
 from search.objective import TrialOutcome, run_trial, worker_identity
 from search.samplers import make_pruner, make_sampler
 from search.study import StudySpec, claim_waiting_trial, load_spec
-from storage import open_storage
-from storage.heartbeat import Heartbeat
+from storage import StorageError, mask_url, open_storage
+from storage.heartbeat import Heartbeat, heartbeat_settings
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 2.0
+
+STORAGE_OUTAGE_SECONDS = 600.0
+"""How long a worker keeps retrying a database that went away before it gives up."""
+
+STORAGE_LOST = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+                sqlalchemy.exc.InterfaceError)
+"""What a database call raises when the server is down or the connection broke."""
 
 
 @dataclass
@@ -95,7 +107,8 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
                 worker_index: int = 0, threads: int | None = None, max_trials: int | None = None,
                 timeout: float | None = None, data_dir: str | None = None, parallel: bool = True,
                 on_trial: Callable[[TrialOutcome], None] | None = None,
-                worker_name: str | None = None, data: TrialData | None = None) -> WorkerSummary:
+                worker_name: str | None = None, data: TrialData | None = None,
+                worker_attrs: dict[str, Any] | None = None) -> WorkerSummary:
     """Run trials of study ``study_name`` until its budget is spent; return what was done.
 
     Stops when no trial is waiting and none is running anywhere (a running trial whose
@@ -104,7 +117,8 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
     trial starts later; the running one finishes), or after the study's ``max_failures``
     failed trials in a row (:class:`TooManyFailures`). A study without a budget makes
     this worker create trials until a limit or a signal stops it. ``data`` skips loading
-    when the caller already holds the study's data on ``device``.
+    when the caller already holds the study's data on ``device``. ``worker_attrs`` are
+    recorded on each of its trials besides host, pid and device (a Ray worker's GPU ids).
     """
     started = time.monotonic()
     if threads:
@@ -112,7 +126,7 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
     # Optuna wraps an RDBStorage in its trial cache inside every Study; claiming trials through
     # that same wrapper keeps the cache coherent (a trial claimed on the bare storage is unknown
     # to the Study's cache). get_storage is how Optuna itself builds that wrapper.
-    storage = optuna.storages.get_storage(open_storage(storage_url))
+    storage = optuna.storages.get_storage(open_storage(storage_url, **heartbeat_settings()))
     try:
         study_id = storage.get_study_id_from_name(study_name)
     except KeyError:
@@ -127,13 +141,14 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
         pruner=make_pruner(spec.pruner, spec.max_epochs, len(spec.objectives)),
     )
     dev = resolve_device(device, worker_index)
-    identity = worker_identity(dev, worker_name)
+    identity = {**worker_identity(dev, worker_name), **(worker_attrs or {})}
     if data is None:
         images, split = load_study_data(spec, data_dir)
         record_or_check_split(study, spec, images, split)
         data = prepare_data(images, split, dev)
     summary = WorkerSummary(worker=identity["worker"], device=str(dev))
     failures_in_a_row = 0
+    outage = _Outage(mask_url(storage_url))
     log.info("worker %s joined study %r on %s", identity["worker"], study_name, dev)
     while True:
         if max_trials is not None and len(summary.outcomes) >= max_trials:
@@ -142,28 +157,102 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
         if timeout is not None and time.monotonic() - started > timeout:
             summary.stopped_because = f"timeout of {timeout:g} s"
             break
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(study)  # experimental since Optuna 2.9 and unchanged since
-        trial_id = claim_waiting_trial(storage, study_id)
-        if trial_id is None and spec.budget is None and spec.sampler != "grid":
-            trial_id = storage.create_new_trial(study_id)
-        if trial_id is None:
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                break
-            time.sleep(IDLE_POLL_SECONDS)  # others are running: wait to pick up a retry if one dies
+        try:
+            trial_id = _next_trial(study, storage, study_id, spec)
+            if trial_id is None:
+                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    break
+                time.sleep(IDLE_POLL_SECONDS)  # others are running: wait to pick up a retry if one dies
+                continue
+            with Heartbeat(storage, trial_id):
+                outcome = run_trial(study, trial_id, spec, data, dev, identity)
+            lost = _lost_to_storage(outcome)
+            if lost:
+                _queue_retry(study, storage, trial_id)
+        except STORAGE_LOST as exc:
+            # The database went away (a restart, a network cut). A trial it broke mid-way stays
+            # RUNNING without heartbeats: once the database is back, the next fail_stale_trials
+            # (here or in another worker) fails it and queues its retry.
+            outage.wait(exc)
             continue
-        with Heartbeat(storage, trial_id):
-            outcome = run_trial(study, trial_id, spec, data, dev, identity)
+        outage.reset()
+        if outcome.state == TrialState.COMPLETE:
+            refresh_study_note(study, outcome.number)  # the dashboard's note: best config so far; never raises
         summary.outcomes.append(outcome)
         if on_trial is not None:
             on_trial(outcome)
-        failures_in_a_row = failures_in_a_row + 1 if outcome.state == TrialState.FAIL else 0
+        if not lost:  # the database's failure, not the trial's
+            failures_in_a_row = failures_in_a_row + 1 if outcome.state == TrialState.FAIL else 0
         if failures_in_a_row >= spec.max_failures:
             raise TooManyFailures(f"study {study_name!r} stopped: {failures_in_a_row} trials failed in a row "
                                   f"(--max-failures {spec.max_failures}); last reason: {outcome.reason}")
     log.info("worker %s done: %s (%s)", identity["worker"], summary.counts, summary.stopped_because)
     return summary
+
+
+def _next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int,
+                spec: StudySpec) -> int | None:
+    """Fail the trials of dead workers (queueing their retries), then claim a waiting trial.
+
+    Without a budget a new trial is made when none waits; None means nothing to claim.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)  # experimental since Optuna 2.9 and unchanged since
+    trial_id = claim_waiting_trial(storage, study_id)
+    if trial_id is None and spec.budget is None and spec.sampler != "grid":
+        trial_id = storage.create_new_trial(study_id)
+    return trial_id
+
+
+def _lost_to_storage(outcome: TrialOutcome) -> bool:
+    """Whether a trial failed because a database call failed (run_trial records it as an error)."""
+    names = {error.__name__ for error in STORAGE_LOST}
+    return outcome.state == TrialState.FAIL and (outcome.reason or "").split(":", 1)[0] in names
+
+
+def _queue_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """Queue a trial the database broke again, as Optuna's retry callback does for a dead worker's.
+
+    The retry links the failed trial (system attr ``failed_trial``) and does not count against
+    the budget; without heartbeats (no retry callback) the trial stays failed.
+    """
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    retry = callback()
+    if retry is None:
+        return
+    failed = copy.deepcopy(storage.get_trial(trial_id))
+    # The retry inherits the user attrs; the failure reason belongs to the failed attempt only.
+    failed.user_attrs = {k: v for k, v in failed.user_attrs.items() if k not in ("fail_reason", "fail_message")}
+    retry(study, failed)
+    log.warning("trial %d failed because the database went away; queued again", failed.number)
+
+
+class _Outage:
+    """Waiting for an unreachable database: 1, 2, 4 ... 30 s between tries, for STORAGE_OUTAGE_SECONDS at most."""
+
+    def __init__(self, shown_url: str) -> None:
+        self._shown_url = shown_url
+        self._since: float | None = None
+        self._attempt = 0
+
+    def wait(self, error: Exception) -> None:
+        """Sleep before the next try, or raise StorageError when the database has been gone too long."""
+        now = time.monotonic()
+        self._since = now if self._since is None else self._since
+        cause = getattr(error.__cause__, "orig", None) or error.__cause__ or error
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        if now - self._since > STORAGE_OUTAGE_SECONDS:
+            raise StorageError(f"storage {self._shown_url} unreachable for {now - self._since:.0f} s "
+                               f"(last error: {reason})") from error
+        delay = min(30.0, 2.0 ** self._attempt) * random.uniform(0.75, 1.25)  # jitter: workers do not retry in step
+        self._attempt += 1
+        log.warning("storage %s: %s; trying again in %.1f s", self._shown_url, reason, delay)
+        time.sleep(delay)
+
+    def reset(self) -> None:
+        self._since = None
+        self._attempt = 0
 
 
 def stop_on_sigterm() -> None:

@@ -35,7 +35,7 @@ from spaces.errors import SpaceError
 from spaces.schema import CONFIG_KEYS, check_value, unknown_key_message
 from spaces.space import Param, Space, dependency_order, same_value, step_count
 
-TOP_KEYS = ("description", "params")
+TOP_KEYS = ("description", "params", "start")
 SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "float": ("type", "low", "high", "log", "step", "when"),
     "int": ("type", "low", "high", "log", "step", "when"),
@@ -144,8 +144,33 @@ def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = Tr
                          "names the next); a condition may only name parameters that do not depend on it"
                          ) from None
     ordered = {n: params[n] for n in dependency_order(list(params), deps)}
+    start = _parse_start(source, data.get("start"), ordered)
     return Space(name=name, source=source, description=" ".join(description.split()), params=ordered,
-                 fixed=fixed, strict=strict)
+                 fixed=fixed, strict=strict, start=start)
+
+
+def _parse_start(source: str, raw: Any, params: Mapping[str, Param]) -> list[dict[str, Any]]:
+    """``start:`` a list of points (searched param -> value) tried first, before the sampler's own.
+
+    Like Ray Tune's ``points_to_evaluate``: a known-good configuration gives the sampler a
+    strong first result. A point may leave params out; the sampler fills them in.
+    """
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(p, Mapping) for p in raw):
+        raise SpaceError(f"{source}: start={_preview(raw)} is not a list of points; give a list of mappings "
+                         "of searched parameter to value, e.g. start: [{lr: 0.01, depth: 2}]")
+    points = []
+    for i, point in enumerate(raw):
+        for key, value in point.items():
+            if key not in params:
+                raise SpaceError(f"{source}: start[{i}]: {key!r} is not a searched parameter{_hint(key, params)}; "
+                                 f"searched parameters: {', '.join(params) or '(none)'}")
+            if not params[key].contains(value):
+                raise SpaceError(f"{source}: start[{i}]: {key}={_preview(value)} is outside the space; "
+                                 f"{key} takes {params[key].domain()}")
+        points.append(dict(point))
+    return points
 
 
 # --- reading YAML -----------------------------------------------------------------------

@@ -92,7 +92,7 @@ CONFIG_KEYS: dict[str, Key] = {
     "attention": Key("none", str, "attention per stage: squeeze-excitation (channel), spatial, or CBAM-style both",
                      choices=("none", "channel", "spatial", "both")),
     "pool": Key("max", str, "downsampling between stages", choices=("max", "avg")),
-    "head": Key("gap", str, "classifier head: global average pool, or flatten the feature map",
+    "head": Key("flatten", str, "classifier head: flatten the feature map, or global average pool",
                 choices=("gap", "flatten")),
     "fc_units": Key(0, int, "hidden units of an extra fully connected layer in the head (0: none)",
                     low=0, high=8192),

@@ -187,13 +187,15 @@ class Space:
     """
 
     def __init__(self, name: str, source: str, description: str, params: Mapping[str, Param],
-                 fixed: Mapping[str, Any], strict: bool = True) -> None:
+                 fixed: Mapping[str, Any], strict: bool = True,
+                 start: list[dict[str, Any]] | None = None) -> None:
         self.name = name
         self.source = source
         self.description = description
         self.params: dict[str, Param] = dict(params)
         self.fixed: dict[str, Any] = dict(fixed)
         self.strict = strict
+        self.start: list[dict[str, Any]] = [dict(p) for p in start or []]
 
     def __repr__(self) -> str:
         return (f"Space(name={self.name!r}, params={list(self.params)}, fixed={list(self.fixed)}, "
@@ -338,6 +340,8 @@ class Space:
         if self.description:
             data["description"] = self.description
         data["params"] = params
+        if self.start:
+            data["start"] = [dict(p) for p in self.start]
         return data
 
     def to_yaml(self) -> str:
@@ -346,10 +350,13 @@ class Space:
         lines = [f"description: {_flow_yaml(data['description'])}"] if "description" in data else []
         lines.append("params:" if data["params"] else "params: {}")
         lines += [f"  {_flow_yaml(name)}: {_flow_yaml(spec)}" for name, spec in data["params"].items()]
+        if self.start:
+            lines.append("start:")
+            lines += [f"  - {_flow_yaml(point)}" for point in self.start]
         return "\n".join(lines) + "\n"
 
     def fingerprint(self) -> str:
-        """16 hex characters naming the definition (description excluded).
+        """16 hex characters naming the definition (description and start points excluded).
 
         Stable across processes and key order; any change of a range, choice, condition or
         fixed value changes it.

@@ -309,3 +309,13 @@ def test_unknown_names_get_one_line_and_exit_2(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (workdir / "cnnsearch.db").exists()
+
+
+def test_start_points_of_the_space_run_first(workdir: Path) -> None:
+    (workdir / "start.yaml").write_text(QUICK_SPACE + "start:\n  - {lr: 0.01, width: 8, batch_norm: true, epochs: 1}\n")
+    assert _run("--study", "st", "--space", "start.yaml", "--trials", "2", "--pruner", "none") == 0
+    first, second = _study(workdir, "st").get_trials()
+    assert first.params == {"lr": 0.01, "width": 8, "batch_norm": True, "epochs": 1}
+    assert second.params != first.params
+    assert _run("--study", "st", "--space", "start.yaml", "--trials", "3", "--pruner", "none") == 0
+    assert [t.params for t in _study(workdir, "st").get_trials()].count(first.params) == 1  # not rerun on resume

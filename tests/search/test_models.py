@@ -179,7 +179,7 @@ def test_same_seed_gives_the_same_weights_and_leaves_the_global_rng_alone():
 
 
 def test_kaiming_and_xavier_init_follow_their_formulas():
-    base = {"width": 64, "depth": 2, "kernel": 3, "batch_norm": False, "fc_units": 256}
+    base = {"width": 64, "depth": 2, "kernel": 3, "batch_norm": False, "fc_units": 256, "head": "gap"}
     kaiming = build_model(complete_config({**base, "init": "kaiming"}), (3, 32, 32), 10)
     conv = kaiming.features[1].body[0]  # 64 -> 128 channels, 3x3: fan_out = 128 * 9
     assert conv.weight.std().item() == pytest.approx((2 / (128 * 9)) ** 0.5, rel=0.05)

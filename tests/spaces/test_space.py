@@ -31,7 +31,7 @@ CONDITIONAL = {
 
 SGD_PARAMS = {"lr": 1e-3, "batch_size": 32, "optimizer": "sgd", "momentum": 0.95, "weight_decay": 1e-4,
               "schedule": "cosine", "epochs": 3, "loss": "focal", "label_smoothing": 0.1, "depth": 2,
-              "width": 16, "growth": 1.5, "kernel": 3, "dropout": 0.1, "batch_norm": True, "residual": False,
+              "width": 16, "growth": 1.5, "kernel": 3, "head": "flatten", "dropout": 0.1, "batch_norm": True, "residual": False,
               "attention": "channel", "init": "kaiming", "aug_translate": 2, "aug_rotate": 5.0,
               "aug_jitter": 0.1, "aug_noise": 0.05}
 
@@ -277,3 +277,16 @@ def test_to_dict_and_to_yaml_round_trip(name):
         assert again.fingerprint() == space.fingerprint()
         assert again.params == space.params and again.fixed == space.fixed
         assert again.description == space.description
+
+
+def test_start_points_are_validated_and_round_trip(tmp_path):
+    good = {"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}, "depth": {"type": "int",
+            "low": 1, "high": 3}}, "start": [{"lr": 0.01, "depth": 2}]}
+    space = parse_space(good, source="s.yaml")
+    assert space.start == [{"lr": 0.01, "depth": 2}]
+    assert parse_space(space.to_dict(), source="again.yaml").start == space.start
+    assert space.fingerprint() == parse_space({"params": good["params"]}, source="x.yaml").fingerprint()
+    with pytest.raises(SpaceError, match=r"s.yaml: start\[0\]: depth=7 is outside the space; depth takes"):
+        parse_space({**good, "start": [{"depth": 7}]}, source="s.yaml")
+    with pytest.raises(SpaceError, match=r"s.yaml: start\[0\]: 'width' is not a searched parameter"):
+        parse_space({**good, "start": [{"width": 8}]}, source="s.yaml")

@@ -1,0 +1,1 @@
+"""`cnnsearch` commands: bench (registered with search.cli.command)."""

@@ -1,0 +1,1 @@
+"""`cnnsearch` commands: reports (registered with search.cli.command)."""
