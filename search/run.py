@@ -15,7 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.data import prepare_data
-from search.errors import WorkerStopped
+from search.errors import CnnSearchError, TooManyFailures, WorkerStopped
 from search.progress import StudyProgress, study_counts
 from search.study import StudySpec, create_or_resume, fill_budget, warm_start_params
 from search.worker import load_study_data, process_worker, record_or_check_split, resolve_device, worker_loop
@@ -76,7 +76,18 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
                             "stopped": summary.stopped_because})
         else:
             workers = _run_processes(url, study_name, jobs, device, timeout, storage, study)
+    _raise_worker_errors(workers)
     return RunResult(study_name, url, study_counts(study), time.monotonic() - t0, workers)
+
+
+def _raise_worker_errors(workers: list[dict[str, Any]]) -> None:
+    """A worker process that stopped on an error stops the run with that error (exit 1 or 2 in the CLI)."""
+    for w in workers:
+        if w.get("too_many_failures"):
+            raise TooManyFailures(w["error"])
+    for w in workers:
+        if w.get("error") and w["error"] != "interrupted":
+            raise CnnSearchError(f"worker {w['worker']}: {w['error']}")
 
 
 def _run_processes(url: str, study_name: str, jobs: int, device: str, timeout: float | None,

@@ -141,6 +141,8 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
         pruner=make_pruner(spec.pruner, spec.max_epochs, len(spec.objectives)),
     )
     dev = resolve_device(device, worker_index)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # AMP, cudnn and new tensors follow the current device
     identity = {**worker_identity(dev, worker_name), **(worker_attrs or {})}
     if data is None:
         images, split = load_study_data(spec, data_dir)
@@ -274,6 +276,8 @@ def process_worker(storage_url: str, study_name: str, worker_index: int, device:
                               threads=threads, timeout=timeout, data_dir=data_dir)
     except (KeyboardInterrupt, WorkerStopped):
         return {"worker": f"pid {os.getpid()}", "error": "interrupted"}
+    except TooManyFailures as exc:
+        return {"worker": f"pid {os.getpid()}", "error": str(exc), "too_many_failures": True}
     except user_errors() as exc:
         return {"worker": f"pid {os.getpid()}", "error": str(exc)}
     return {"worker": summary.worker, "counts": summary.counts, "stopped": summary.stopped_because}
