@@ -1,0 +1,140 @@
+"""Bad input, as a user hands it to the CLI: one line saying what, where and what would do; exit 2; nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from search.cli import main
+
+SPACE_ERRORS = [
+    ("params:\n  lr: {type: float, low: 0.1, high: [\n", "line"),
+    ("params:\n  lr: {type: gaussian, low: 0.1, high: 1}\n", "type"),
+    ("params:\n  lr: {type: float, low: 0.1, high: 0.01}\n", "low"),
+    ("params:\n  lr: {type: float, low: 0.0, high: 0.1, log: true}\n", "log"),
+    ("params:\n  optimizer: {type: categorical, choices: []}\n", "choices"),
+    ("params:\n  momentum: {type: float, low: 0.8, high: 0.9, when: {optimiser: sgd}}\n", "optimiser"),
+]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
+    return tmp_path
+
+
+def _fails(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """Run the CLI; it must exit 2 with exactly one line on stderr. Return that line."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("cnnsearch: error: ")
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def _nothing_written(workdir: Path) -> None:
+    leftovers = sorted(p.name for p in workdir.iterdir() if p.suffix not in (".yaml",) and p.name != "images")
+    assert leftovers == [], leftovers
+
+
+@pytest.mark.parametrize("text, key", SPACE_ERRORS)
+def test_bad_space_file_is_one_line_naming_file_and_key(workdir: Path, capsys: pytest.CaptureFixture, text: str,
+                                                        key: str) -> None:
+    (workdir / "bad.yaml").write_text(text)
+    line = _fails(capsys, ["run", "--study", "s", "--space", "bad.yaml", "--trials", "1"])
+    assert "bad.yaml" in line and key in line
+    assert _fails(capsys, ["spaces", "validate", "bad.yaml"]) == line
+    _nothing_written(workdir)
+
+
+def test_grid_over_a_continuous_float_is_refused_before_anything_runs(workdir: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    (workdir / "cont.yaml").write_text("params:\n  lr: {type: float, low: 0.001, high: 0.1}\n")
+    line = _fails(capsys, ["run", "--study", "s", "--space", "cont.yaml", "--sampler", "grid"])
+    assert "grid search needs a finite set of values" in line and "'lr'" in line and "step" in line
+    _nothing_written(workdir)
+
+
+@pytest.mark.parametrize("flag, value, listed", [
+    ("--space", "defualt", "default"),
+    ("--dataset", "mnist10k", "mnist5k"),
+    ("--sampler", "bayes", "tpe"),
+    ("--pruner", "asha", "hyperband"),
+    ("--objectives", "accuracy,speed", "latency"),
+])
+def test_unknown_names_list_the_valid_ones(workdir: Path, capsys: pytest.CaptureFixture, flag: str, value: str,
+                                           listed: str) -> None:
+    line = _fails(capsys, ["run", "--study", "s", flag, value, "--trials", "1"])
+    assert value.split(",")[-1] in line and listed in line
+    _nothing_written(workdir)
+
+
+def test_torchvision_dataset_without_its_files_points_to_download(workdir: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    line = _fails(capsys, ["run", "--study", "s", "--dataset", "cifar10", "--trials", "1"])
+    assert "--data-dir" in line
+    line = _fails(capsys, ["run", "--study", "s", "--dataset", "mnist", "--data-dir", str(workdir / "data"),
+                           "--trials", "1"])
+    assert "--download" in line and "data" in line
+    _nothing_written(workdir)
+
+
+def _images(root: Path, classes: dict[str, int]) -> None:
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("L", (12, 12), color=(i * 37) % 255).save(root / name / f"{i}.png")
+
+
+def test_image_folder_with_one_class_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    _images(workdir / "images", {"cats": 5})
+    line = _fails(capsys, ["run", "--study", "s", "--dataset", f"imagefolder:{workdir / 'images'}", "--trials", "1"])
+    assert "2 classes" in line
+    _nothing_written(workdir)
+
+
+def test_too_few_images_for_a_stratified_val_split_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    _images(workdir / "images", {"a": 3, "b": 3})
+    line = _fails(capsys, ["run", "--study", "s", "--dataset", f"imagefolder:{workdir / 'images'}", "--trials", "1"])
+    assert "val" in line or "test" in line
+    _nothing_written(workdir)
+
+
+def test_batch_larger_than_the_train_split_is_adjusted_with_a_note(workdir: Path) -> None:
+    import optuna
+
+    (workdir / "big.yaml").write_text("params:\n  batch_size: 4096\n  epochs: 1\n  width: 4\n  depth: 1\n")
+    assert main(["run", "--study", "b", "--dataset", "digits", "--space", "big.yaml", "--trials", "1",
+                 "--no-progress"]) == 0
+    (trial,) = optuna.load_study(study_name="b", storage="sqlite:///cnnsearch.db").get_trials()
+    assert trial.state.name == "COMPLETE"
+    assert any("batch_size 4096 reduced" in note for note in trial.user_attrs["notes"])
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql+psycopg://cnn:s3cret-pw@127.0.0.1:9/cnnsearch", "127.0.0.1:9"),
+    ("mysql://cnn:s3cret-pw@127.0.0.1/cnnsearch", "sqlite"),
+    ("sqlite:////no/such/dir/cnnsearch.db", "/no/such/dir"),
+])
+def test_unusable_storage_is_one_line_with_the_password_masked(workdir: Path, capsys: pytest.CaptureFixture,
+                                                               url: str, shown: str) -> None:
+    for argv in (["run", "--study", "s", "--dataset", "digits", "--trials", "1", "--storage", url],
+                 ["status", "--study", "s", "--storage", url], ["studies", "--storage", url]):
+        line = _fails(capsys, argv)
+        assert "s3cret-pw" not in line
+        assert shown in line
+    _nothing_written(workdir)
+
+
+def test_status_of_an_unknown_study_lists_the_studies_there(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    (workdir / "q.yaml").write_text("params:\n  epochs: 1\n  width: 4\n  depth: 1\n")
+    assert main(["run", "--study", "real", "--dataset", "digits", "--space", "q.yaml", "--trials", "1",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    line = _fails(capsys, ["status", "--study", "nope"])
+    assert "'nope'" in line and "real" in line
