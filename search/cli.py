@@ -14,9 +14,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from search.errors import TooManyFailures, WorkerStopped, user_errors
+from search.errors import CnnSearchError, TooManyFailures, WorkerStopped, user_errors
+
+if TYPE_CHECKING:
+    from search.ray_backend import RayOptions
 
 Command = Callable[[argparse.Namespace], int]
 AddArgs = Callable[[argparse.ArgumentParser], Command]
@@ -61,7 +64,7 @@ def _run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--trials", type=int, help="trial budget of the whole study (all workers together)")
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     p.add_argument("--trial-timeout", type=float, help="prune a trial that trains longer than this (seconds)")
-    p.add_argument("--jobs", type=int, default=1, help="local worker processes")
+    p.add_argument("--jobs", type=int, help="local worker processes (default 1; same as --workers)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the trials")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     p.add_argument("--warm-start", metavar="STUDY", help="enqueue the best configs of this study first")
@@ -73,15 +76,55 @@ def _run_args(p: argparse.ArgumentParser) -> Command:
                    help="keep each completed trial's weights and learning curve in the artifact store "
                         "(`cnnsearch export` then ships the weights with the recipe)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _backend_args(p)
     return cmd_run
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workers: local processes or Ray tasks")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: processes on this machine; ray: Ray tasks, each a worker with its own GPU share")
+    g.add_argument("--workers", type=int, help="how many workers (default 1)")
+    g.add_argument("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local cluster for this "
+                                         "command, shut down at its end)")
+    g.add_argument("--gpus-per-trial", type=float, help="GPUs per Ray worker; 0.5 puts two on a GPU (default 1 when "
+                                                        "the cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-trial", type=float, help="CPUs (and training threads) per Ray worker (default 1)")
+
+
+def _worker_count(args: argparse.Namespace) -> int:
+    jobs = getattr(args, "jobs", None)
+    if args.workers is not None and jobs is not None and args.workers != jobs:
+        raise CnnSearchError(f"--workers {args.workers} and --jobs {jobs} disagree; give one of them")
+    count = args.workers if args.workers is not None else (jobs if jobs is not None else 1)
+    if count < 1:
+        flag = "--workers" if args.workers is not None else "--jobs"
+        raise CnnSearchError(f"{flag} must be at least 1, got {count}")
+    return count
+
+
+def _ray_options(args: argparse.Namespace, workers: int) -> RayOptions | None:
+    """The Ray settings of ``--backend ray`` (None for local); Ray flags without it are refused."""
+    if args.backend != "ray":
+        for flag, value in (("--ray-address", args.ray_address), ("--gpus-per-trial", args.gpus_per_trial),
+                            ("--cpus-per-trial", args.cpus_per_trial)):
+            if value is not None:
+                raise CnnSearchError(f"{flag} needs --backend ray (got --backend {args.backend})")
+        return None
+    if args.device not in ("auto", "cpu"):
+        raise CnnSearchError(f"--device {args.device!r} with --backend ray: Ray assigns the GPUs; use auto or cpu")
+    from search.ray_backend import RayOptions  # does not import Ray itself
+
+    return RayOptions(workers=workers, gpus_per_trial=args.gpus_per_trial, address=args.ray_address,
+                      cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from search.study import StudySpec
     from spaces import load_space
 
-    if args.jobs < 1:
-        return _usage(f"--jobs must be at least 1, got {args.jobs}")
+    workers = _worker_count(args)
+    ray = _ray_options(args, workers)
     if args.trials is None and args.timeout is None and args.sampler != "grid":
         return _usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
     space = load_space(args.space)
@@ -99,9 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.worker import stop_on_sigterm
 
     stop_on_sigterm()
-    result = run_study(spec, args.study, args.storage, timeout=args.timeout, jobs=args.jobs,
+    result = run_study(spec, args.study, args.storage, timeout=args.timeout, jobs=workers,
                        device=args.device, warm_start=args.warm_start, progress=not args.no_progress,
-                       download=args.download)
+                       download=args.download, ray=ray)
     import optuna
 
     from storage import mask_url, open_storage
@@ -147,6 +190,7 @@ def _worker_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--threads", type=int, help="CPU threads for training")
     p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset")
     p.add_argument("--name", help="worker name shown in `cnnsearch status` (default host:pid)")
+    _backend_args(p)
     return cmd_worker
 
 
@@ -154,11 +198,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from search.worker import stop_on_sigterm, worker_loop
     from storage import resolve_storage_url
 
+    workers = _worker_count(args)
+    ray = _ray_options(args, workers)
+    if ray is None and workers > 1:
+        return _usage(f"--workers {workers} needs --backend ray; or start {workers} `cnnsearch worker` processes")
     stop_on_sigterm()
+    if ray is not None:
+        return _ray_workers(args, ray)
     summary = worker_loop(resolve_storage_url(args.storage), args.study, device=args.device,
                           threads=args.threads, max_trials=args.trials, timeout=args.timeout,
                           data_dir=args.data_dir, worker_name=args.name)
     print(f"worker {summary.worker} on {summary.device}: {summary.counts} ({summary.stopped_because})")
+    return 0
+
+
+def _ray_workers(args: argparse.Namespace, ray: RayOptions) -> int:
+    """``cnnsearch worker --backend ray``: Ray tasks join the study (``--trials`` counts per worker)."""
+    for flag, value in (("--name", args.name), ("--threads", args.threads)):
+        if value is not None:
+            hint = "each Ray worker is named host:pid" if flag == "--name" else "use --cpus-per-trial"
+            raise CnnSearchError(f"{flag} does not apply to --backend ray: {hint}")
+    from search.ray_backend import run_ray_workers
+    from search.run import _raise_worker_errors
+    from storage import resolve_storage_url
+
+    results = run_ray_workers(resolve_storage_url(args.storage), args.study, ray, device=args.device,
+                              timeout=args.timeout, max_trials=args.trials, data_dir=args.data_dir)
+    for w in results:
+        print(f"worker {w['worker']} on {w.get('device', '?')} (Ray GPUs {w.get('gpu_ids') or 'none'}): "
+              f"{w.get('counts') or w.get('error')} ({w.get('stopped', 'stopped')})")
+    _raise_worker_errors(results)
     return 0
 
 
@@ -334,4 +403,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m search.cli` this file runs as `__main__`, while the command modules
+    # register into `search.cli`: call that module's main so every command is there.
+    from search.cli import main as _main
+
+    sys.exit(_main())

@@ -20,14 +20,14 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from search.cli import _storage_arg, _usage, command
+from search.cli import Command, _storage_arg, _usage, command
 from search.errors import CnnSearchError
 
 log = logging.getLogger(__name__)
 
 
 @command("dashboard", "serve optuna-dashboard on the study storage, to watch studies live")
-def _dashboard_args(p: argparse.ArgumentParser) -> Any:
+def _dashboard_args(p: argparse.ArgumentParser) -> Command:
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface, "

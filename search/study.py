@@ -165,6 +165,8 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: Stud
     for key, value in wanted.items():
         if recorded.get(key) != value:
             study.set_user_attr(key, value)
+    if not recorded:
+        study.set_metric_names([METRIC_OF[name] for name in spec.objectives])  # what the dashboard labels
     return study
 
 

@@ -1,13 +1,64 @@
-"""A trial's heartbeat: proof, written to the storage, that its worker is alive."""
+"""A trial's heartbeat: proof, written to the storage, that its worker is alive.
+
+Two records per beat: Optuna's heartbeat row (what ``fail_stale_trials`` reads to fail the
+trial of a dead worker) and the trial user attr :data:`LAST_HEARTBEAT_ATTR` (seconds since
+the epoch), which ``cnnsearch status`` and the dashboard can read: Optuna has no public way
+to read its heartbeat table back.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+from collections.abc import Mapping
 
 import optuna
 
+from storage.errors import StorageError
+
 log = logging.getLogger(__name__)
+
+LAST_HEARTBEAT_ATTR = "last_heartbeat"
+"""Trial user attr: when its worker last proved alive (``time.time()``)."""
+
+INTERVAL_ENV = "CNNSEARCH_HEARTBEAT_INTERVAL"
+"""Seconds between heartbeats of a worker's running trial (default 10)."""
+
+GRACE_ENV = "CNNSEARCH_HEARTBEAT_GRACE"
+"""Seconds without a heartbeat after which a trial's worker counts as dead (default 3 intervals)."""
+
+DEFAULT_INTERVAL = 10
+
+
+def heartbeat_settings(environ: Mapping[str, str] | None = None) -> dict[str, int | None]:
+    """``open_storage`` keyword arguments for heartbeats, from :data:`INTERVAL_ENV` and :data:`GRACE_ENV`.
+
+    A setting of the deployment, not of one command: every worker of a study should use the
+    same values, and workers started by Ray or docker-compose inherit the environment, not
+    flags. Unset means the defaults (10 s, grace three intervals); ``0`` turns heartbeats off.
+
+    Raises:
+        StorageError: a value that is not a whole number of seconds.
+    """
+    env = os.environ if environ is None else environ
+    interval = _seconds(env, INTERVAL_ENV, DEFAULT_INTERVAL)
+    grace = _seconds(env, GRACE_ENV, None)
+    return {"heartbeat_interval": interval or None, "grace_period": grace}
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise StorageError(f"${name}={raw!r} is not a number of seconds; use a whole number like 10 (0: off)")
+    return value
 
 
 class Heartbeat:
@@ -43,6 +94,9 @@ class Heartbeat:
         while True:
             try:
                 self._storage.record_heartbeat(self._trial_id)
+                self._storage.set_trial_user_attr(self._trial_id, LAST_HEARTBEAT_ATTR, time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # the trial ended between two beats: nothing left to prove
             except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the trial
                 log.warning("heartbeat for trial id %d not recorded: %s", self._trial_id,
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
