@@ -1,0 +1,19 @@
+"""cnnsearch's search package; in a training repo: ``from search import build_model, load_recipe``.
+
+The names below are loaded on first use, so ``import search`` (and the CLI's ``--help``)
+does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["build_model", "load_recipe", "train_recipe"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from search import recipe
+
+        return getattr(recipe, name)
+    raise AttributeError(f"module 'search' has no attribute {name!r}")

@@ -19,12 +19,13 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from search.artifacts import keep_checkpoint
 from search.data import TrialData
 from search.errors import TrialFailed, WorkerStopped
 from search.measure import count_params
 from search.models import build_model
 from search.study import METRIC_OF, StudySpec
-from search.train import train
+from search.train import fit
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,14 @@ class TrialOutcome:
 
 
 def worker_identity(device: torch.device, worker: str | None = None) -> dict[str, Any]:
-    """Who runs a trial: recorded on it, and what ``cnnsearch status`` shows."""
+    """Who runs a trial: recorded on it, and what ``cnnsearch status`` shows.
+
+    ``threads`` (CPU threads of torch) is part of it because CPU kernels split their sums
+    by thread: a retrain matches a trial bit for bit only with the same thread count.
+    """
     host = socket.gethostname()
     return {"host": host, "pid": os.getpid(), "worker": worker or f"{host}:{os.getpid()}",
-            "device": str(device)}
+            "device": str(device), "threads": torch.get_num_threads()}
 
 
 def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialData,
@@ -72,8 +77,11 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         _record_constraints(trial, spec, {})
         _check_params_constraint(trial, spec, config, data)
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
-        metrics = train(config, data, device, report=_reporter(trial, spec), deadline=deadline)
+        model, metrics = fit(config, data, device, report=_reporter(trial, spec), deadline=deadline)
         _record_metrics(trial, metrics)
+        if spec.keep_checkpoints:
+            # Before tell(): Optuna records an artifact only on a trial that is still running.
+            keep_checkpoint(trial, model)
         values = [float(metrics[METRIC_OF[name]]) for name in spec.objectives]
         _record_constraints(trial, spec, metrics)
         study.tell(trial, values)

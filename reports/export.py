@@ -1,0 +1,311 @@
+"""The exported recipe: one trial's configuration in a form a training repo can consume.
+
+A recipe (``recipe.yaml`` or ``recipe.json``) holds:
+
+- ``config``: the complete config the trial trained from (``spaces.schema.CONFIG_KEYS``);
+  ``search.build_model(recipe["config"], recipe["input_shape"], recipe["num_classes"])``
+  builds the model, ``cnnsearch train --config recipe.yaml`` retrains it.
+- ``input_shape``, ``num_classes``, ``classes``: what the model takes and predicts.
+- ``preprocessing``: channels, how pixels become model input (``x / 255``, then
+  ``(x - mean) / std`` per channel, with the training split's statistics), and the
+  training-time augmentation keys.
+- ``data``: the dataset name and the exact split (seed, fractions, fingerprint), so a
+  retrain sees the same images.
+- ``metrics``: what the trial measured (val accuracy, params, FLOPs, latency, time).
+- ``provenance``: study, trial number, seed, space fingerprint, package versions, git
+  commit, storage (password masked).
+- ``weights``: the trial's ``state_dict`` file (``weights.pt``, from the artifact store,
+  when the study kept checkpoints) with its sha256, or null.
+
+Beside it, ``weights.pt`` (when kept) and a short ``README.md``. Files are written to
+temporary names in the target directory and renamed into place only when all are
+complete. This module builds and writes; the dataset statistics and versions come from
+``search`` (``search.recipe.export_recipe``), which reads the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial, TrialState
+
+from reports.errors import ReportError
+from reports.summary import METRIC_KEYS, best_trials
+from storage import artifact_store_for
+
+log = logging.getLogger(__name__)
+
+RECIPE_FORMAT = "cnnsearch-recipe/1"
+FORMATS = ("yaml", "json")
+WEIGHTS_FILE = "weights.pt"
+README_FILE = "README.md"
+README_FALLBACK = "README.cnnsearch.md"
+README_MARK = "<!-- written by cnnsearch export -->"
+"""First line of our README: an existing README.md without it is the user's and is left alone."""
+
+CHECKPOINT_ATTR = "checkpoint_artifact"
+"""Trial user attr with the artifact id of the trial's kept ``state_dict`` (written by ``search.artifacts``)."""
+
+AUGMENTATION_KEYS = ("aug_flip", "aug_translate", "aug_rotate", "aug_jitter", "aug_noise")
+
+
+def pick_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
+    """Trial ``number`` (it must be COMPLETE), or the best completed trial.
+
+    For several objectives "best" is the Pareto-front trial with the highest val
+    accuracy. Raises :class:`ReportError` when there is no such trial.
+    """
+    if number is not None:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        if number not in trials:
+            raise ReportError(f"--trial {number}: study {study.study_name!r} has no trial #{number} "
+                              f"(trials #0..#{len(trials) - 1})" if trials else
+                              f"--trial {number}: study {study.study_name!r} has no trials")
+        trial = trials[number]
+        if trial.state != TrialState.COMPLETE:
+            raise ReportError(f"--trial {number}: trial #{number} of study {study.study_name!r} is "
+                              f"{trial.state.name}, only a COMPLETE trial can be exported")
+        return trial
+    best = best_trials(study, 1)
+    if not best:
+        raise ReportError(f"study {study.study_name!r} has no completed trial to export yet; "
+                          "run more trials or wait for a running one to finish")
+    if len(study.directions) > 1:
+        return max(best, key=lambda t: (t.user_attrs.get("val_accuracy", 0.0), -t.number))
+    return best[0]
+
+
+def build_recipe(study: optuna.Study, trial: FrozenTrial, *, mean: list[float], std: list[float],
+                 storage_label: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """The recipe of ``trial`` (see the module docstring); ``weights`` is filled in by :func:`write_export`.
+
+    ``mean`` and ``std`` are the per-channel statistics of ``x / 255`` over the training
+    split the trial trained on; ``storage_label`` must already be masked; ``versions``
+    are the packages installed at export time (the study records those it was created with).
+    """
+    attrs = study.user_attrs
+    config = dict(trial.user_attrs.get("config") or {})
+    if not config:
+        raise ReportError(f"trial #{trial.number} of study {study.study_name!r} has no recorded config "
+                          "(was it run by cnnsearch?); nothing to export")
+    input_shape = [int(v) for v in attrs.get("input_shape") or []]
+    classes = [str(c) for c in attrs.get("classes") or []]
+    split = attrs.get("split_sizes") or {}
+    return {
+        "format": RECIPE_FORMAT,
+        "config": config,
+        "input_shape": input_shape,
+        "num_classes": len(classes),
+        "classes": classes,
+        "preprocessing": {
+            "channels": input_shape[0] if input_shape else None,
+            "height": input_shape[1] if input_shape else None,
+            "width": input_shape[2] if input_shape else None,
+            "pixels": "uint8 0..255, divided by 255",
+            "normalize": "(x / 255 - mean) / std per channel; mean and std of the training split",
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "augmentation": {k: config[k] for k in AUGMENTATION_KEYS if k in config},
+        },
+        "data": {
+            "dataset": attrs.get("dataset"),
+            "data_dir": attrs.get("data_dir"),
+            "image_size": attrs.get("image_size"),
+            "split": {"seed": split.get("seed"), "val_fraction": split.get("val_fraction"),
+                      "test_fraction": split.get("test_fraction"), "sizes": split.get("sizes"),
+                      "fingerprint": attrs.get("split_fingerprint")},
+        },
+        "metrics": {k: trial.user_attrs[k] for k in METRIC_KEYS if k in trial.user_attrs},
+        "provenance": {
+            "study": study.study_name,
+            "trial": trial.number,
+            "seed": config.get("seed", trial.user_attrs.get("seed")),
+            "objectives": attrs.get("objectives"),
+            "values": trial.values,
+            "space": attrs.get("space_name"),
+            "space_fingerprint": attrs.get("space_fingerprint"),
+            "sampler": attrs.get("sampler"),
+            "storage": storage_label,
+            "trained_on": trial.user_attrs.get("device"),
+            "threads": trial.user_attrs.get("threads"),
+            "completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
+            "exported": dt.datetime.now().isoformat(timespec="seconds"),
+            "study_versions": attrs.get("versions") or {},
+            "export_versions": versions or {},
+            "git_commit": git_commit(),
+        },
+        "weights": None,
+    }
+
+
+def checkpoint_source(trial: FrozenTrial, storage_url: str) -> Callable[[Path], None] | None:
+    """A function that copies ``trial``'s kept checkpoint to a path, or None when none was kept.
+
+    The checkpoint is read from the artifact store of ``storage_url``
+    (:func:`storage.artifact_store_for`).
+    """
+    artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
+    if not artifact_id:
+        return None
+
+    def fetch(path: Path) -> None:
+        try:
+            optuna.artifacts.download_artifact(artifact_store=artifact_store_for(storage_url),
+                                               artifact_id=artifact_id, file_path=str(path))
+        except ArtifactNotFound:
+            raise ReportError(f"trial #{trial.number}'s checkpoint (artifact {artifact_id}) is not in the artifact "
+                              "store; point $CNNSEARCH_ARTIFACTS at the directory its workers wrote, or export "
+                              "without weights (--no-weights)") from None
+
+    return fetch
+
+
+def write_export(recipe: dict[str, Any], out_dir: str | Path, fmt: str = "yaml",
+                 weights: Callable[[Path], None] | None = None) -> list[Path]:
+    """Write the recipe, the weights (``weights(path)`` copies them) and a README into ``out_dir``.
+
+    Returns the paths written. Existing files of the same names are replaced, except a
+    README.md that cnnsearch did not write (the README then goes to README.cnnsearch.md).
+    Nothing is renamed into place until every file is complete. Raises
+    :class:`ReportError` for a bad ``fmt`` or an unwritable ``out_dir``.
+    """
+    if fmt not in FORMATS:
+        raise ReportError(f"--format {fmt!r} is not accepted; choose yaml or json")
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; give a directory for the recipe")
+    recipe = dict(recipe)
+    pending: list[tuple[Path, Path]] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if weights is not None:
+            tmp = _temp_name(out, WEIGHTS_FILE)
+            weights(tmp)
+            pending.append((tmp, out / WEIGHTS_FILE))
+            recipe["weights"] = {"file": WEIGHTS_FILE, "format": "state_dict", "sha256": _sha256(tmp),
+                                 "load": f"torch.load('{WEIGHTS_FILE}', weights_only=True)"}
+        recipe_name = f"recipe.{fmt}"
+        text = (yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True) if fmt == "yaml"
+                else json.dumps(recipe, indent=2) + "\n")
+        pending.append((_temp_text(out, recipe_name, text), out / recipe_name))
+        pending.append((_temp_text(out, README_FILE, readme(recipe, recipe_name)), out / _readme_name(out)))
+        for tmp, final in pending:
+            os.replace(tmp, final)
+    except OSError as exc:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise ReportError(f"cannot write the recipe to {out}: {exc.strerror or exc}; choose another --out") from exc
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    return [final for _, final in pending]
+
+
+def _temp_name(directory: Path, name: str) -> Path:
+    fd, path = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
+    os.close(fd)
+    os.unlink(path)  # download_artifact refuses to overwrite: hand it a free name in the same directory
+    return Path(path)
+
+
+def _temp_text(directory: Path, name: str, text: str) -> Path:
+    fd, path = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o644)  # mkstemp makes it private; a recipe is for sharing
+    return Path(path)
+
+
+def _readme_name(out: Path) -> str:
+    existing = out / README_FILE
+    if existing.is_file():
+        with existing.open(encoding="utf-8", errors="replace") as f:
+            if f.readline().strip() != README_MARK:
+                log.warning("%s exists and was not written by cnnsearch; writing %s instead", existing,
+                            README_FALLBACK)
+                return README_FALLBACK
+    return README_FILE
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    """The commit of the cnnsearch checkout this runs from (``+dirty`` with local changes), or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (an installed wheel), or no git
+    return commit + ("+dirty" if dirty else "") if commit else None
+
+
+def readme(recipe: dict[str, Any], recipe_name: str) -> str:
+    """The short README.md that goes with a recipe into the training repo."""
+    prov, metrics, pre = recipe["provenance"], recipe["metrics"], recipe["preprocessing"]
+    weights = recipe.get("weights")
+    acc = metrics.get("val_accuracy")
+    lines = [
+        README_MARK,
+        f"# CNN recipe: study `{prov['study']}`, trial #{prov['trial']}",
+        "",
+        f"Val accuracy {acc:.4f} on `{recipe['data']['dataset']}`" if isinstance(acc, float) else
+        f"Trained on `{recipe['data']['dataset']}`",
+        f"({metrics.get('params', '?')} parameters, {metrics.get('flops', '?')} FLOPs, "
+        f"{recipe['num_classes']} classes, input {'x'.join(str(v) for v in recipe['input_shape'])}).",
+        f"Exported {prov['exported']} from space `{prov['space']}` ({prov['space_fingerprint']}), "
+        f"seed {prov['seed']}.",
+        "",
+        "## Retrain",
+        "",
+        f"    cnnsearch train --config {recipe_name} --out runs/trial{prov['trial']}",
+        "",
+        "Same dataset, same split, same seed: on CPU this reproduces the val accuracy above exactly.",
+        "",
+        "## Use in Python",
+        "",
+        "```python",
+        "import torch, yaml" if recipe_name.endswith(".yaml") else "import json, torch",
+        "from search import build_model",
+        "",
+        (f"recipe = yaml.safe_load(open('{recipe_name}'))" if recipe_name.endswith(".yaml")
+         else f"recipe = json.load(open('{recipe_name}'))"),
+        "model = build_model(recipe['config'], recipe['input_shape'], recipe['num_classes'])",
+    ]
+    if weights:
+        lines.append(f"model.load_state_dict(torch.load('{weights['file']}', weights_only=True))")
+    lines += [
+        "model.eval()",
+        "mean = torch.tensor(recipe['preprocessing']['mean']).view(1, -1, 1, 1)",
+        "std = torch.tensor(recipe['preprocessing']['std']).view(1, -1, 1, 1)",
+        "logits = model((images_uint8.float() / 255 - mean) / std)  # images: N x C x H x W",
+        "```",
+        "",
+        f"Inputs: {pre['channels']} channel(s), {pre['height']}x{pre['width']} pixels; "
+        f"mean {pre['mean']}, std {pre['std']}.",
+    ]
+    if not weights:
+        lines += ["", "No weights: the study did not keep checkpoints (`cnnsearch run --keep-checkpoints`); "
+                      "`cnnsearch train` makes them."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,181 @@
+"""Recipes: export one from a study, load one, build its model, retrain it.
+
+A recipe is what ``cnnsearch export`` writes (its keys are described in
+:mod:`reports.export`). In a training repo::
+
+    from search import build_model, load_recipe
+    recipe = load_recipe("configs/cnn/recipe.yaml")
+    model = build_model(recipe)            # or build_model(recipe["config"], input_shape, num_classes)
+
+``cnnsearch train --config recipe.yaml`` (:func:`train_recipe`) retrains it on the same
+dataset and split with the same seed; on CPU with the thread count the trial used, that
+reproduces the trial's val accuracy exactly (the trainer is seeded and deterministic; CPU
+kernels split their sums by thread, so another thread count can move the last digits).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from reports.export import FORMATS, RECIPE_FORMAT, build_recipe, checkpoint_source, pick_trial, write_export
+from search import models
+from search.data import TrialData, make_split, prepare_data
+from search.datasets import load_dataset
+from search.errors import CnnSearchError, DataError
+from search.train import fit
+from spaces.schema import complete_config
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = ("config", "input_shape", "num_classes", "classes", "data")
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file (YAML with a safe loader, or JSON by its ``.json`` suffix) and check it.
+
+    Raises :class:`CnnSearchError` (one line naming the file and the key) for a missing
+    file, unparsable text, something that is not a cnnsearch recipe, or a config the
+    trainer would refuse.
+    """
+    path = Path(path)
+    where = f"--config {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CnnSearchError(f"{where}: no such file; export a recipe with `cnnsearch export`") from None
+    except OSError as exc:
+        raise CnnSearchError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        recipe = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CnnSearchError(f"{where}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") \
+            from None
+    if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
+        found = recipe.get("format") if isinstance(recipe, dict) else type(recipe).__name__
+        raise CnnSearchError(f"{where}: not a cnnsearch recipe (format {found!r}, expected {RECIPE_FORMAT!r}); "
+                             "write one with `cnnsearch export`")
+    missing = [k for k in REQUIRED_KEYS if k not in recipe]
+    if missing:
+        raise CnnSearchError(f"{where}: missing key(s) {', '.join(missing)}; re-export it with `cnnsearch export`")
+    if not isinstance(recipe["config"], dict):
+        raise CnnSearchError(f"{where}: config must be a mapping of config keys, got {recipe['config']!r}")
+    recipe["config"] = complete_config(recipe["config"], where=f"{where}: config")
+    return recipe
+
+
+def build_model(config_or_recipe: dict[str, Any], input_shape: tuple[int, int, int] | list[int] | None = None,
+                num_classes: int | None = None) -> nn.Module:
+    """The model of a trial config, or of a recipe (a dict with ``config``, ``input_shape``, ``num_classes``).
+
+    ``input_shape`` (C, H, W) and ``num_classes`` default to the recipe's and are required
+    for a bare config, which may be partial (unset keys take their defaults). The initial
+    weights come from ``config["seed"]``; load trained ones with ``model.load_state_dict``.
+    """
+    source = config_or_recipe
+    if "config" in source and "format" in source:
+        input_shape = input_shape if input_shape is not None else source.get("input_shape")
+        num_classes = num_classes if num_classes is not None else source.get("num_classes")
+        source = source["config"]
+    if input_shape is None or num_classes is None:
+        raise CnnSearchError("build_model: give input_shape (C, H, W) and num_classes with a bare config, "
+                             "or pass the whole recipe")
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3:
+        raise CnnSearchError(f"build_model: input_shape must be (channels, height, width), got {list(shape)}")
+    return models.build_model(complete_config(dict(source)), shape, int(num_classes))  # type: ignore[arg-type]
+
+
+def recipe_data(recipe: dict[str, Any], *, data_dir: str | None = None, device: torch.device | str = "cpu",
+                stage: str = "search") -> TrialData:
+    """The recipe's dataset, split exactly as the study split it, on ``device``.
+
+    ``stage="search"`` gives the trial's train and val parts; ``"final"`` train+val and
+    test. Raises :class:`DataError` when the data here splits differently (other files)
+    or does not have the recipe's shape and classes.
+    """
+    data_spec = recipe["data"]
+    split_spec = data_spec.get("split") or {}
+    images = load_dataset(data_spec["dataset"], data_dir=data_dir or data_spec.get("data_dir"),
+                          image_size=data_spec.get("image_size"))
+    split = make_split(images.labels, seed=split_spec.get("seed", 0),
+                       val_fraction=split_spec.get("val_fraction", 0.1),
+                       test_fraction=split_spec.get("test_fraction", 0.1))
+    wanted = split_spec.get("fingerprint")
+    if wanted and split.fingerprint() != wanted:
+        raise DataError(f"dataset {data_spec['dataset']!r} here splits differently from the recipe's study "
+                        f"(fingerprint {split.fingerprint()}, recipe has {wanted}): the data files differ")
+    if list(images.images.shape[1:]) != list(recipe["input_shape"]) or list(images.classes) != recipe["classes"]:
+        raise DataError(f"dataset {data_spec['dataset']!r} here has input {list(images.images.shape[1:])} and "
+                        f"{len(images.classes)} classes; the recipe wants {recipe['input_shape']} and "
+                        f"{recipe['num_classes']}")
+    return prepare_data(images, split, device, stage=stage)
+
+
+def train_recipe(recipe: dict[str, Any], *, data_dir: str | None = None, device: torch.device | str = "cpu",
+                 stage: str = "search", threads: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Retrain the recipe's config with its seed; return the model and :func:`search.train.train`'s metrics.
+
+    On CPU, torch's thread count (process-wide: ``torch.set_num_threads``) is set to
+    ``threads``, by default to the count the trial ran with (recorded in the recipe), so
+    the result matches the trial's bit for bit.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        wanted = threads or (recipe.get("provenance") or {}).get("threads")
+        if wanted:
+            torch.set_num_threads(int(wanted))
+    data = recipe_data(recipe, data_dir=data_dir, device=device, stage=stage)
+    return fit(recipe["config"], data, device, measure=False)
+
+
+def save_trained(model: nn.Module, metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write ``weights.pt`` (a CPU ``state_dict``) and ``metrics.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        weights = out / "weights.pt"
+        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights)
+        metrics_file = out / "metrics.json"
+        metrics_file.write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise CnnSearchError(f"--out {out}: cannot write there: {exc.strerror or exc}; choose another --out") \
+            from None
+    return [weights, metrics_file]
+
+
+def export_recipe(storage_url: str, study_name: str, out_dir: str | Path, *, trial: int | None = None,
+                  fmt: str = "yaml", data_dir: str | None = None, weights: bool = True) -> list[Path]:
+    """Export trial ``trial`` (default: the best) of a study as a recipe in ``out_dir``; return the files.
+
+    Loads the study's dataset once to compute the normalisation statistics of the split
+    the trial trained on, and copies the trial's kept checkpoint from the artifact store
+    (unless ``weights`` is False).
+    """
+    from reports.summary import load_study
+    from search.study import load_spec, package_versions
+    from search.worker import load_study_data
+    from storage import mask_url, open_storage
+
+    if fmt not in FORMATS:
+        raise CnnSearchError(f"--format {fmt!r} is not accepted; choose yaml or json")
+    study = load_study(open_storage(storage_url, heartbeat_interval=None), study_name)
+    chosen = pick_trial(study, trial)
+    spec = load_spec(study)
+    images, split = load_study_data(spec, data_dir)
+    recorded = study.user_attrs.get("split_fingerprint")
+    if recorded and split.fingerprint() != recorded:
+        raise DataError(f"dataset {spec.dataset!r} here splits differently from study {study_name!r} "
+                        f"(fingerprint {split.fingerprint()}, study has {recorded}): the data files differ")
+    data = prepare_data(images, split, "cpu", stage="search")
+    recipe = build_recipe(study, chosen, mean=data.mean.flatten().tolist(), std=data.std.flatten().tolist(),
+                          storage_label=mask_url(storage_url), versions=package_versions())
+    source = checkpoint_source(chosen, storage_url) if weights else None
+    return write_export(recipe, out_dir, fmt, source)
