@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from typing import Any
 
 import optuna
@@ -16,6 +17,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from reports.errors import ReportError
+from storage.heartbeat import LAST_HEARTBEAT_ATTR
 
 METRIC_KEYS = ("val_accuracy", "val_loss", "best_val_accuracy", "epochs_run", "params", "flops",
                "latency_ms", "throughput", "train_seconds", "device", "host")
@@ -72,7 +74,7 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def status_record(study: optuna.Study) -> dict[str, Any]:
-    """``cnnsearch status --json``: counts by state, best value, running trials, elapsed time."""
+    """``cnnsearch status --json``: counts by state, best value, running trials, elapsed time, workers."""
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: 0 for s in TrialState}
     for t in trials:
@@ -98,7 +100,38 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
     return {"study": study.study_name, "counts": counts, "best_value": best_value, "running": running,
             "elapsed_s": round(elapsed, 1), "directions": [d.name.lower() for d in study.directions],
             "dataset": study.user_attrs.get("dataset"), "space": study.user_attrs.get("space_name"),
-            "budget": study.user_attrs.get("budget")}
+            "budget": study.user_attrs.get("budget"), "workers": worker_records(trials)}
+
+
+def worker_records(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """One record per worker that ran trials of the study, as ``status --json`` lists them under ``workers``.
+
+    Each: worker (name), host, pid, device, gpu_ids (Ray workers), backend, trials (count by
+    state), running (number of its running trial or None), last_heartbeat (local time, ISO)
+    and heartbeat_age_s. A worker whose heartbeat is older than the grace period is dead;
+    its running trial is failed and retried by the next worker that looks.
+    """
+    workers: dict[str, dict[str, Any]] = {}
+    beats: dict[str, float] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        name = t.user_attrs.get("worker")
+        if name is None or t.state == TrialState.WAITING:
+            continue  # a queued retry still carries the attrs of the worker that died
+        rec = workers.setdefault(name, {"worker": name, "trials": {}, "running": None})
+        for key in ("host", "pid", "device", "gpu_ids", "backend"):
+            rec[key] = t.user_attrs.get(key)
+        rec["trials"][t.state.name] = rec["trials"].get(t.state.name, 0) + 1
+        if t.state == TrialState.RUNNING:
+            rec["running"] = t.number
+        beat = t.user_attrs.get(LAST_HEARTBEAT_ATTR)
+        if beat is not None:
+            beats[name] = max(beat, beats.get(name, beat))
+    now = time.time()
+    for name, rec in workers.items():
+        beat = beats.get(name)
+        rec["last_heartbeat"] = _iso(dt.datetime.fromtimestamp(beat)) if beat is not None else None
+        rec["heartbeat_age_s"] = round(max(0.0, now - beat), 1) if beat is not None else None
+    return sorted(workers.values(), key=lambda r: r["worker"])
 
 
 def studies_records(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests need: a PostgreSQL server (the tests start a private
-# cluster with its initdb/pg_ctl) and Chromium (headless screenshots of the dashboard).
+# cluster with its initdb/pg_ctl), Chromium (headless screenshots of the dashboard) and
+# docker-compose (validates docker-compose.yml).
 # Idempotent and quiet: what is already there is skipped, and when nothing is missing nothing
 # is fetched and nothing is printed.
 set -euo pipefail
@@ -12,6 +13,10 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null && ! command -v pg
 fi
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
     missing+=(chromium)
+fi
+# `docker-compose config` validates docker-compose.yml without a Docker engine (tests/test_compose.py).
+if ! command -v docker-compose >/dev/null; then
+    missing+=(docker-compose)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -8,7 +8,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -20,6 +20,9 @@ from search.progress import StudyProgress, study_counts
 from search.study import StudySpec, create_or_resume, fill_budget, warm_start_params
 from search.worker import load_study_data, process_worker, record_or_check_split, resolve_device, worker_loop
 from storage import open_storage, resolve_storage_url
+
+if TYPE_CHECKING:
+    from search.ray_backend import RayOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,12 @@ def cpu_threads_per_worker(jobs: int) -> int:
 
 def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, *,
               timeout: float | None = None, jobs: int = 1, device: str = "auto",
-              warm_start: str | None = None, progress: bool = True, download: bool = False) -> RunResult:
+              warm_start: str | None = None, progress: bool = True, download: bool = False,
+              ray: RayOptions | None = None) -> RunResult:
     """Create (or resume) study ``study_name`` from ``spec`` and run it with ``jobs`` local workers.
+
+    With ``ray``, the workers are Ray tasks instead (``jobs`` is then ignored; see
+    :func:`search.ray_backend.run_ray_workers`), all running the same worker loop.
 
     Everything that can be wrong with the input (storage URL, data, an existing study
     made from something else) is checked before the study is created or changed. The
@@ -67,7 +74,12 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
     total = spec.budget if spec.sampler != "grid" or spec.budget else len(study.get_trials(deepcopy=False))
     workers: list[dict[str, Any]] = []
     with StudyProgress(study, total=total, enabled=progress):
-        if jobs <= 1:
+        if ray is not None:
+            from search.ray_backend import run_ray_workers  # imports Ray only when asked for
+
+            del images
+            workers = run_ray_workers(url, study_name, ray, device=device, timeout=timeout)
+        elif jobs <= 1:
             torch.set_num_threads(cpu_threads_per_worker(1))
             data = prepare_data(images, split, dev)
             del images

@@ -159,6 +159,7 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
         if timeout is not None and time.monotonic() - started > timeout:
             summary.stopped_because = f"timeout of {timeout:g} s"
             break
+        trial_id = None
         try:
             trial_id = _next_trial(study, storage, study_id, spec)
             if trial_id is None:
@@ -176,6 +177,12 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
             # RUNNING without heartbeats: once the database is back, the next fail_stale_trials
             # (here or in another worker) fails it and queues its retry.
             outage.wait(exc)
+            continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker ended this trial first: it saw no heartbeat for the grace period (this
+            # worker stalled, or lost the database that long) and failed it, queueing its retry; or,
+            # on SQLite, it claimed the same waiting trial at the same moment and finished it.
+            log.warning("trial id %s was ended by another worker meanwhile; going on", trial_id)
             continue
         outage.reset()
         if outcome.state == TrialState.COMPLETE:

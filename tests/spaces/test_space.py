@@ -31,7 +31,8 @@ CONDITIONAL = {
 
 SGD_PARAMS = {"lr": 1e-3, "batch_size": 32, "optimizer": "sgd", "momentum": 0.95, "weight_decay": 1e-4,
               "schedule": "cosine", "epochs": 3, "loss": "focal", "label_smoothing": 0.1, "depth": 2,
-              "width": 16, "growth": 1.5, "kernel": 3, "head": "flatten", "dropout": 0.1, "batch_norm": True, "residual": False,
+              "width": 16, "growth": 1.5, "kernel": 3, "head": "flatten", "dropout": 0.1, "batch_norm": True,
+              "residual": False,
               "attention": "channel", "init": "kaiming", "aug_translate": 2, "aug_rotate": 5.0,
               "aug_jitter": 0.1, "aug_noise": 0.05}
 

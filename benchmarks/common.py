@@ -1,0 +1,91 @@
+"""What the benchmark scripts share: the machine line, interleaved timing, medians and the table.
+
+Every figure a benchmark prints is a ratio or a pair measured in the same run: the
+machines are shared and noisy, so the variants are run interleaved (A B C A B C ...)
+and each is summarised by its median over the rounds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line() -> str:
+    """One line naming the machine and the date, printed above every benchmark table."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"machine: {cores} cores (nproc), {cpu_model()}; date {datetime.date.today().isoformat()}"
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[Any]]:
+    """Run every variant once per round; return each one's results, in round order.
+
+    Interleaving spreads the machine's noise (other users, frequency changes) over all the
+    variants alike, so their medians compare; each round starts one variant later than the
+    last (A B C, B C A, C A B, ...) so that no variant always runs first.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}: need at least 1")
+    names = list(variants)
+    out: dict[str, list[Any]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            out[name].append(variants[name]())
+    return out
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """``(wall seconds, CPU seconds of this process, result)`` of one call of ``fn``.
+
+    On a shared machine the CPU time of a one-thread run is the steadier figure: time spent
+    waiting for a core that another user holds counts in the wall time only.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values`` (NaN for none)."""
+    return statistics.median(values) if values else float("nan")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (so it pastes into BENCHMARKS.md as printed), columns padded to align."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.1f}"
+    return str(value)
+
+
+def result_line(benchmark: str, summary: str) -> str:
+    """The one line ``run_all.py`` collects from a benchmark's output: ``RESULT <benchmark>: <summary>``."""
+    return f"RESULT {benchmark}: {summary}"

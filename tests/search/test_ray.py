@@ -1,0 +1,208 @@
+"""Ray workers on a real local Ray cluster declared with logical GPUs (this machine has none)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.ray_backend import RayOptions, run_ray_workers, task_device
+from storage import open_storage
+from tests.pg import PgCluster
+from tests.search.test_workers import (
+    FAST_HEARTBEAT,
+    FAST_SPACE,
+    Workers,
+    make_study,
+    status_json,
+    study_name,
+    trials_of,
+)
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+SPACE_YAML = """
+params:
+  lr: {type: float, low: 3.0e-3, high: 3.0e-2, log: true}
+  width: {type: int, low: 4, high: 6}
+  epochs: 1
+  depth: 1
+  batch_size: 256
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
+    (tmp_path / "fast.yaml").write_text(SPACE_YAML)
+    return tmp_path
+
+
+def _run(*args: str) -> int:
+    return main(["run", "--dataset", "digits", "--space", "fast.yaml", "--pruner", "none", "--sampler", "random",
+                 "--no-progress", *args])
+
+
+def _sqlite_trials(workdir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(f"sqlite:///{workdir / 'cnnsearch.db'}", heartbeat_interval=None)
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ray-address", "auto"], "--ray-address needs --backend ray (got --backend local)"),
+        (["--backend", "ray", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5 is not a GPU share"),
+        (["--backend", "ray", "--gpus-per-trial", "-1"], "--gpus-per-trial -1 is not a GPU share"),
+        (["--backend", "ray", "--cpus-per-trial", "0"], "--cpus-per-trial must be more than 0, got 0"),
+        (["--backend", "ray", "--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--backend", "ray", "--device", "cuda:1"], "--device 'cuda:1' with --backend ray: Ray assigns the GPUs"),
+        (["--workers", "2", "--jobs", "3"], "--workers 2 and --jobs 3 disagree; give one of them"),
+    ],
+)
+def test_bad_worker_flags_get_one_line_exit_2_and_create_nothing(
+    workdir: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    assert _run("--study", "bad", "--trials", "2", *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (workdir / "cnnsearch.db").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--workers", "3"], "--workers 3 needs --backend ray; or start 3 `cnnsearch worker` processes"),
+        (["--backend", "ray", "--name", "w1"], "--name does not apply to --backend ray: each Ray worker is named"),
+        (["--backend", "ray"], "no study named 's' in this storage; create it with `cnnsearch run`"),
+    ],
+)
+def test_worker_command_refuses_what_it_cannot_do_before_starting_ray(
+    workdir: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    import ray
+
+    running = ray.is_initialized()
+    assert main(["worker", "--study", "s", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert ray.is_initialized() == running
+
+
+@pytest.mark.parametrize(
+    "device, gpu_ids, cuda, expected",
+    [("auto", [1], True, "cuda:0"), ("auto", [1], False, "cpu"), ("cpu", [0], True, "cpu"), ("auto", [], True, "cpu")],
+)
+def test_a_ray_task_trains_on_its_first_gpu_else_cpu(device: str, gpu_ids: list, cuda: bool, expected: str) -> None:
+    assert task_device(device, gpu_ids, cuda) == expected
+
+
+def test_run_on_a_cpu_only_local_cluster_it_starts_and_shuts_down(workdir: Path) -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    assert _run("--study", "cpu", "--trials", "3", "--backend", "ray", "--workers", "2") == 0
+    assert not ray.is_initialized()
+    trials = _sqlite_trials(workdir, "cpu")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert t.user_attrs["backend"] == "ray" and t.user_attrs["gpu_ids"] == []
+        assert t.user_attrs["device"] == "cpu"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster with 2 CPUs and 2 logical GPUs; yields its address."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.postgres
+def test_ray_tasks_and_a_hand_started_worker_share_one_postgres_study(
+    ray_cluster: str, pg_cluster: PgCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture
+) -> None:
+    for key, value in FAST_HEARTBEAT.items():
+        monkeypatch.setenv(key, value)  # forwarded to the Ray tasks
+    url, name = pg_cluster.url, study_name()
+    make_study(url, name, FAST_SPACE, budget=9)
+    by_hand = Workers(pg_cluster, tmp_path)
+    try:
+        # 3 trials per worker and a budget of 9: each of the three surely works on the study.
+        hand = by_hand.start(name, "--trials", "3")
+        ray_workers = run_ray_workers(url, name, RayOptions(workers=2, gpus_per_trial=1), max_trials=3)
+        hand_output = by_hand.wait(hand)
+    finally:
+        by_hand.kill_all()
+
+    trials = trials_of(url, name)
+    assert len(trials) == 9 and all(t.state == TrialState.COMPLETE for t in trials)
+    ray_trials = [t for t in trials if t.user_attrs.get("backend") == "ray"]
+    gpus_of = {t.user_attrs["pid"]: t.user_attrs["gpu_ids"] for t in ray_trials}
+    assert len(gpus_of) == 2
+    assert sorted(ids for ids in gpus_of.values()) in ([[0], [1]], [["0"], ["1"]])
+    for t in ray_trials:
+        assert t.user_attrs["gpu_ids"] == gpus_of[t.user_attrs["pid"]]
+        assert t.user_attrs["cuda_visible_devices"] == str(t.user_attrs["gpu_ids"][0])
+        assert t.user_attrs["device"] == "cpu"  # logical GPUs: trained on the CPU
+    # Every trial is accounted for: the three workers' own counts add up to the study's.
+    by_pid = Counter(t.user_attrs["pid"] for t in trials)
+    assert set(by_pid) == {*gpus_of, hand.pid}
+    hand_done = int(re.search(r"'COMPLETE': (\d+)", hand_output).group(1))
+    assert sorted(w["counts"]["COMPLETE"] for w in ray_workers) == sorted(by_pid[p] for p in gpus_of) == [3, 3]
+    assert sorted(w["gpu_ids"] for w in ray_workers) == sorted(gpus_of.values())
+    assert hand_done == by_pid[hand.pid] == 3
+
+    listed = {w["pid"]: w for w in status_json(url, name, capsys)["workers"]}
+    assert set(listed) == set(by_pid)
+    for pid, worker in listed.items():
+        assert worker["host"] and worker["device"] == "cpu" and worker["last_heartbeat"]
+        assert worker["gpu_ids"] == gpus_of.get(pid)
+
+
+def test_run_joins_a_running_cluster_by_address_with_fractional_gpus(
+    ray_cluster: str, workdir: Path
+) -> None:
+    import ray
+
+    env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{workdir / 'cnnsearch.db'}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", "--study", "frac", "--dataset", "digits", "--space", "fast.yaml",
+         "--pruner", "none", "--trials", "4", "--no-progress", "--backend", "ray", "--ray-address", ray_cluster,
+         "--workers", "2", "--gpus-per-trial", "0.5"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 complete" in proc.stdout
+    trials = _sqlite_trials(workdir, "frac")
+    assert all(t.state == TrialState.COMPLETE for t in trials) and len(trials) == 4
+    assert all(len(t.user_attrs["gpu_ids"]) == 1 for t in trials)  # a share of one GPU each
+    # The cluster was joined, not started: it is still up with both GPUs free.
+    assert ray.is_initialized() and ray.available_resources().get("GPU") == 2
+
+
+def test_more_gpus_per_trial_than_a_node_has_is_refused(
+    ray_cluster: str, workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _run("--study", "big", "--trials", "1", "--backend", "ray", "--gpus-per-trial", "3") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("cnnsearch: error: --gpus-per-trial 3: no node of the Ray cluster has that many GPUs "
+                   "(the most on one node: 2); use --gpus-per-trial 0 on a CPU-only cluster")

@@ -1,0 +1,241 @@
+"""Several `cnnsearch worker` processes on one study in a real PostgreSQL server.
+
+Workers are started the way a colleague would start them by hand (a subprocess each, the
+password in ``PGPASSWORD``), with a 1 s heartbeat so that a dead worker is noticed in 3 s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from search.cli import main
+from search.study import StudySpec, create_or_resume, fill_budget
+from spaces import parse_space
+from storage import open_storage
+from storage.heartbeat import heartbeat_settings
+from tests.pg import PgCluster
+
+pytestmark = pytest.mark.postgres
+
+FAST_SPACE = {
+    "params": {
+        "lr": {"type": "float", "low": 3.0e-3, "high": 3.0e-2, "log": True},
+        "width": {"type": "int", "low": 4, "high": 6},
+        "epochs": 1,
+        "depth": 1,
+        "batch_size": 256,
+    }
+}
+
+SLOW_SPACE = {"params": {"lr": {"type": "float", "low": 3.0e-3, "high": 3.0e-2, "log": True},
+                         "epochs": 4, "width": 8, "depth": 1, "batch_size": 64}}
+"""Trials of several epochs (a few seconds): a worker can be killed in the middle of one."""
+
+GRID_SPACE = {
+    "params": {
+        "lr": {"type": "categorical", "choices": [0.003, 0.03]},
+        "width": {"type": "int", "low": 4, "high": 6, "step": 2},
+        "batch_norm": {"type": "bool"},
+        "epochs": 1,
+        "depth": 1,
+        "batch_size": 256,
+    }
+}
+
+FAST_HEARTBEAT = {"CNNSEARCH_HEARTBEAT_INTERVAL": "1", "CNNSEARCH_HEARTBEAT_GRACE": "3"}
+
+
+def study_name() -> str:
+    return f"w-{uuid.uuid4().hex[:8]}"
+
+
+def make_study(url: str, name: str, space: dict, *, budget: int | None, sampler: str = "random") -> StudySpec:
+    """Create study ``name`` as `cnnsearch run` would, without running any trial of it."""
+    spec = StudySpec(space=parse_space(space, source="test-space"), dataset="digits", sampler=sampler,
+                     pruner="none", budget=budget)
+    fill_budget(create_or_resume(open_storage(url, heartbeat_interval=None), name, spec), spec)
+    return spec
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=None))
+
+
+class Workers:
+    """`cnnsearch worker` subprocesses; whatever is still running at the end is killed."""
+
+    def __init__(self, cluster: PgCluster, logs: Path) -> None:
+        self.url = cluster.url_for(password=None)  # the password travels in PGPASSWORD only
+        self.env = {**os.environ, **FAST_HEARTBEAT, "PGPASSWORD": cluster.password}
+        self.env.pop("CNNSEARCH_STORAGE", None)
+        self.logs = logs
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, study: str, *args: str) -> subprocess.Popen:
+        log = self.logs / f"worker-{len(self.procs)}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "search.cli", "worker", "--study", study, "--storage", self.url,
+                 "--device", "cpu", "--threads", "1", *args],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc.log = log  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def wait(self, proc: subprocess.Popen, timeout: float = 90) -> str:
+        """Wait for ``proc`` to exit 0 and return its output."""
+        proc.wait(timeout=timeout)
+        output = proc.log.read_text()  # type: ignore[attr-defined]
+        assert proc.returncode == 0, output
+        return output
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(pg_cluster: PgCluster, tmp_path: Path) -> Iterator[Workers]:
+    started = Workers(pg_cluster, tmp_path)
+    try:
+        yield started
+    finally:
+        started.kill_all()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def trials_of(url: str, name: str, *states: TrialState) -> list[FrozenTrial]:
+    return load(url, name).get_trials(deepcopy=False, states=states or None)
+
+
+def test_killed_worker_trial_fails_is_retried_and_survivors_finish_the_budget(
+    pg_url: str, workers: Workers
+) -> None:
+    name = study_name()
+    make_study(pg_url, name, SLOW_SPACE, budget=2)
+    victim, survivor = workers.start(name), workers.start(name)
+
+    def victim_trained_an_epoch() -> bool:
+        return any(t.user_attrs.get("pid") == victim.pid and t.intermediate_values
+                   for t in trials_of(pg_url, name, TrialState.RUNNING))
+
+    wait_for(victim_trained_an_epoch, 60, "the victim's first epoch")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    workers.wait(survivor, timeout=90)
+
+    trials = trials_of(pg_url, name)
+    (dead,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert dead.user_attrs["pid"] == victim.pid
+    (retry,) = [t for t in trials if "failed_trial" in t.system_attrs]
+    assert retry.system_attrs["failed_trial"] == dead.number
+    assert retry.params == dead.params
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["pid"] == survivor.pid
+    # The budget of 2 is met by the survivor; the retry stands in for the killed trial.
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert len(trials) == 3
+
+
+def test_study_survives_postgres_restart_while_workers_run(pg_cluster: PgCluster, workers: Workers) -> None:
+    url = pg_cluster.url
+    name = study_name()
+    make_study(url, name, FAST_SPACE, budget=8)
+    procs = [workers.start(name), workers.start(name)]
+    wait_for(lambda: len(trials_of(url, name, TrialState.COMPLETE)) >= 2, 60, "two completed trials")
+
+    pg_cluster.restart()  # both workers are mid-study: their connections die
+
+    for proc in procs:
+        workers.wait(proc, timeout=90)
+    trials = trials_of(url, name)
+    originals = [t for t in trials if "failed_trial" not in t.system_attrs]
+    assert len(originals) == 8
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # A trial the restart broke is failed and retried, never dropped.
+    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    assert {t.number for t in trials if t.state == TrialState.FAIL} <= retried
+
+
+def test_grid_points_run_exactly_once_across_workers_one_joining_late(
+    pg_url: str, workers: Workers, capsys: pytest.CaptureFixture
+) -> None:
+    name = study_name()
+    make_study(pg_url, name, GRID_SPACE, budget=None, sampler="grid")
+    # The first two stop after 2 points each, so the late worker surely finds points left.
+    first = [workers.start(name, "--trials", "2"), workers.start(name, "--trials", "2")]
+    wait_for(lambda: bool(trials_of(pg_url, name, TrialState.COMPLETE)), 60, "a completed grid point")
+    late = workers.start(name)
+    for proc in [*first, late]:
+        workers.wait(proc, timeout=90)
+
+    trials = trials_of(pg_url, name)
+    points = Counter((t.params["lr"], t.params["width"], t.params["batch_norm"]) for t in trials)
+    assert sorted(points) == sorted((lr, w, bn) for lr in (0.003, 0.03) for w in (4, 6) for bn in (False, True))
+    assert set(points.values()) == {1}
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    by_pid = Counter(t.user_attrs["pid"] for t in trials)
+    assert by_pid[first[0].pid] == by_pid[first[1].pid] == 2
+    assert by_pid[late.pid] == 4
+
+    listed = status_json(pg_url, name, capsys)["workers"]
+    assert sorted(w["pid"] for w in listed) == sorted(p.pid for p in [*first, late])
+    for worker in listed:
+        assert worker["host"] == socket.gethostname() and worker["device"] == "cpu"
+        assert worker["trials"] == {"COMPLETE": by_pid[worker["pid"]]} and worker["running"] is None
+        assert dt.datetime.fromisoformat(worker["last_heartbeat"]) <= dt.datetime.now()
+        assert 0 <= worker["heartbeat_age_s"] < 120
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, {"heartbeat_interval": 10, "grace_period": None}),
+        ({"CNNSEARCH_HEARTBEAT_INTERVAL": "2", "CNNSEARCH_HEARTBEAT_GRACE": "5"},
+         {"heartbeat_interval": 2, "grace_period": 5}),
+        ({"CNNSEARCH_HEARTBEAT_INTERVAL": "0"}, {"heartbeat_interval": None, "grace_period": None}),
+    ],
+)
+def test_heartbeat_settings_come_from_the_environment(env: dict[str, str], expected: dict) -> None:
+    assert heartbeat_settings(env) == expected
+
+
+def test_bad_heartbeat_setting_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CNNSEARCH_HEARTBEAT_INTERVAL", "soon")
+    assert main(["worker", "--study", "x", "--storage", f"sqlite:///{tmp_path / 'h.db'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("cnnsearch: error: $CNNSEARCH_HEARTBEAT_INTERVAL='soon' is not a number of seconds; "
+                   "use a whole number like 10 (0: off)")
+
+
+def status_json(url: str, name: str, capsys: pytest.CaptureFixture) -> dict:
+    """`cnnsearch status --json` as a user runs it."""
+    capsys.readouterr()
+    assert main(["status", "--study", name, "--storage", url, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
