@@ -261,6 +261,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rec["running"]:
         print(f"  running #{r['number']} on {r['worker']} ({r['device']}), started {r['started']}, "
               f"{r['epochs_done']} epochs done")
+    for w in rec.get("workers", []):
+        print(f"  worker {w['worker']} ({w['device']}): {w['trials']}, last heartbeat {w['last_heartbeat'] or '-'}")
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import platform
 import random
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from typing import Any
@@ -166,7 +167,9 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: Stud
         if recorded.get(key) != value:
             study.set_user_attr(key, value)
     if not recorded:
-        study.set_metric_names([METRIC_OF[name] for name in spec.objectives])  # what the dashboard labels
+        with warnings.catch_warnings():  # experimental since Optuna 3.2 and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_OF[name] for name in spec.objectives])  # the dashboard's labels
     return study
 
 
@@ -221,9 +224,10 @@ def claim_waiting_trial(storage: optuna.storages.BaseStorage, study_id: int) -> 
     """Move one WAITING trial to RUNNING for this worker and return its id, or None.
 
     The storage's state update is the lock: ``set_trial_state_values`` returns False
-    when another worker claimed the trial first (a row lock on PostgreSQL, a write lock
-    on SQLite), so no trial is run twice. This is Optuna's own waiting-trial pop, which
-    ``Study.ask`` does not expose without also creating a new trial when the queue is empty.
+    when another worker claimed the trial first (a row lock on PostgreSQL; on SQLite the
+    caller holds :func:`storage.claims.claim_lock`), so no trial is run twice. This is
+    Optuna's own waiting-trial pop, which ``Study.ask`` does not expose without also
+    creating a new trial when the queue is empty.
     """
     for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:

@@ -33,6 +33,7 @@ from search.objective import TrialOutcome, run_trial, worker_identity
 from search.samplers import make_pruner, make_sampler
 from search.study import StudySpec, claim_waiting_trial, load_spec
 from storage import StorageError, mask_url, open_storage
+from storage.claims import claim_lock
 from storage.heartbeat import Heartbeat, heartbeat_settings
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
             break
         trial_id = None
         try:
-            trial_id = _next_trial(study, storage, study_id, spec)
+            trial_id = _next_trial(study, storage, study_id, spec, storage_url)
             if trial_id is None:
                 if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                     break
@@ -200,7 +201,7 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
 
 
 def _next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int,
-                spec: StudySpec) -> int | None:
+                spec: StudySpec, storage_url: str) -> int | None:
     """Fail the trials of dead workers (queueing their retries), then claim a waiting trial.
 
     Without a budget a new trial is made when none waits; None means nothing to claim.
@@ -208,7 +209,8 @@ def _next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, study
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         fail_stale_trials(study)  # experimental since Optuna 2.9 and unchanged since
-    trial_id = claim_waiting_trial(storage, study_id)
+    with claim_lock(storage_url):
+        trial_id = claim_waiting_trial(storage, study_id)
     if trial_id is None and spec.budget is None and spec.sampler != "grid":
         trial_id = storage.create_new_trial(study_id)
     return trial_id

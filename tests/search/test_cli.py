@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -212,7 +213,7 @@ def test_sigint_leaves_no_running_trial(workdir: Path) -> None:
                     study = optuna.load_study(study_name="s", storage=env["CNNSEARCH_STORAGE"])
                     if study.get_trials(states=(TrialState.RUNNING,)):
                         break
-                except KeyError:
+                except (KeyError, sqlalchemy.exc.OperationalError):  # the run is still creating it
                     pass
             time.sleep(0.5)
         else:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import torch
 from optuna.trial import TrialState
 
@@ -99,7 +100,7 @@ def test_sigterm_marks_the_running_trial_failed_and_exits_nonzero(workdir: Path)
                 if optuna.load_study(study_name="t", storage=env["CNNSEARCH_STORAGE"]).get_trials(
                         states=(TrialState.RUNNING,)):
                     break
-            except KeyError:
+            except (KeyError, sqlalchemy.exc.OperationalError):  # the run is still creating it
                 pass
             time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)

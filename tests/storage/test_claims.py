@@ -1,0 +1,42 @@
+"""Processes sharing one SQLite file never claim the same waiting trial."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import optuna
+
+from search.study import claim_waiting_trial
+from storage import open_storage
+from storage.claims import claim_lock
+
+
+def _claim_all(url: str, out: multiprocessing.Queue) -> None:
+    storage = optuna.storages.get_storage(open_storage(url, heartbeat_interval=None))
+    study_id = storage.get_study_id_from_name("c")
+    claimed = []
+    while True:
+        with claim_lock(url):
+            trial_id = claim_waiting_trial(storage, study_id)
+        if trial_id is None:
+            break
+        claimed.append(trial_id)
+    out.put(claimed)
+
+
+def test_four_processes_claim_each_waiting_trial_exactly_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    study = optuna.create_study(study_name="c", storage=open_storage(url, heartbeat_interval=None))
+    for _ in range(120):
+        study.enqueue_trial({})
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(url, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    claimed = [tid for _ in procs for tid in out.get(timeout=120)]
+    for p in procs:
+        p.join()
+    assert len(claimed) == 120
+    assert len(set(claimed)) == 120
