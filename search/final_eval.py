@@ -29,7 +29,7 @@ from search.data import TrialData, prepare_data
 from search.errors import CnnSearchError, StudyError
 from search.study import load_spec
 from search.train import EVAL_BATCH, amp_dtype_for, fit
-from search.worker import load_study_data, resolve_device
+from search.worker import load_study_data, record_or_check_split, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,7 @@ def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str
         raise StudyError(f"--final-eval: study {study.study_name!r} has no completed trial to evaluate yet")
     spec = load_spec(study)
     images, split = load_study_data(spec, data_dir)
-    recorded = study.user_attrs.get("split_fingerprint")
-    if recorded and split.fingerprint() != recorded:
-        raise StudyError(f"dataset {spec.dataset!r} here splits differently from study {study.study_name!r} "
-                         f"(fingerprint {split.fingerprint()}, study has {recorded}): the data files differ")
+    record_or_check_split(study, spec, images, split)  # refuses data that splits differently
     dev = resolve_device(device)
     data = prepare_data(images, split, dev, stage="final")
     models = []

@@ -161,7 +161,7 @@ def export_recipe(storage_url: str, study_name: str, out_dir: str | Path, *, tri
     """
     from reports.summary import load_study
     from search.study import load_spec, package_versions
-    from search.worker import load_study_data
+    from search.worker import load_study_data, record_or_check_split
     from storage import mask_url, open_storage
 
     if fmt not in FORMATS:
@@ -170,10 +170,7 @@ def export_recipe(storage_url: str, study_name: str, out_dir: str | Path, *, tri
     chosen = pick_trial(study, trial)
     spec = load_spec(study)
     images, split = load_study_data(spec, data_dir)
-    recorded = study.user_attrs.get("split_fingerprint")
-    if recorded and split.fingerprint() != recorded:
-        raise DataError(f"dataset {spec.dataset!r} here splits differently from study {study_name!r} "
-                        f"(fingerprint {split.fingerprint()}, study has {recorded}): the data files differ")
+    record_or_check_split(study, spec, images, split)  # refuses data that splits differently
     data = prepare_data(images, split, "cpu", stage="search")
     recipe = build_recipe(study, chosen, mean=data.mean.flatten().tolist(), std=data.std.flatten().tolist(),
                           storage_label=mask_url(storage_url), versions=package_versions())
