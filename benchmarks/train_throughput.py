@@ -159,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help="mnist-baseline and default configs on 1,000 train images (about a minute)")
+                      help="mnist-baseline and default configs on 1,000 train images, 3 rounds (under a minute)")
     mode.add_argument("--smoke", action="store_true", help="seconds: digits, the default config, 1 round (tests)")
     parser.add_argument("--dataset", default=None, help="dataset name (default mnist5k; digits with --smoke)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
     parser.add_argument("--train-images", type=int, default=None,
                         help="train on the first N images of the train split (default all; 1000 with --quick)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; 1 with --smoke)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds (default 5; 3 with --quick, 1 with --smoke)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared machine 2 threads on 2 cores stall "
                              "each other's OpenMP barriers and the timings scatter)")
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     dataset = args.dataset or ("digits" if args.smoke else "mnist5k")
     epochs = args.epochs
-    rounds = args.rounds or (1 if args.smoke else 5)
+    rounds = args.rounds or (1 if args.smoke else 3 if args.quick else 5)
     configs = model_configs()
     default_configs = ["default"] if args.smoke else ["mnist-baseline", "default"] if args.quick else list(configs)
     wanted = args.configs.split(",") if args.configs else default_configs
