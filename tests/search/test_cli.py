@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -177,57 +174,6 @@ def test_trials_budget_counts_across_jobs(workdir: Path) -> None:
     assert "5 complete" in proc.stdout
     workers = [line for line in proc.stdout.splitlines() if line.startswith("  worker ")]
     assert len(workers) == 2 and all("budget spent" in line for line in workers)
-
-
-def test_sigint_leaves_no_running_trial(workdir: Path) -> None:
-    (workdir / "slow.yaml").write_text("params:\n  epochs: 200\n  width: 16\n  depth: 1\n")
-    db = workdir / "sig.db"
-    env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{db}"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "search.cli",
-            "run",
-            "--study",
-            "s",
-            "--dataset",
-            "digits",
-            "--space",
-            "slow.yaml",
-            "--trials",
-            "3",
-            "--no-progress",
-        ],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if db.exists():
-                try:
-                    study = optuna.load_study(study_name="s", storage=env["CNNSEARCH_STORAGE"])
-                    if study.get_trials(states=(TrialState.RUNNING,)):
-                        break
-                except (KeyError, sqlalchemy.exc.OperationalError):  # the run is still creating it
-                    pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("no trial started")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130
-    assert "interrupted" in err
-    trials = optuna.load_study(study_name="s", storage=env["CNNSEARCH_STORAGE"]).get_trials()
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
-    assert failed.user_attrs["fail_reason"] == "interrupted"
 
 
 def test_multi_objective_best_is_the_pareto_front(workdir: Path, capsys: pytest.CaptureFixture) -> None:

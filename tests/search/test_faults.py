@@ -86,7 +86,9 @@ def test_consecutive_failures_stop_the_study_with_the_last_reason(workdir: Path,
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
-def test_sigterm_marks_the_running_trial_failed_and_exits_nonzero(workdir: Path) -> None:
+@pytest.mark.parametrize("signum, code, says", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_marks_the_running_trial_failed_and_exits_nonzero(workdir: Path, signum: int, code: int,
+                                                                   says: str) -> None:
     _space(workdir, "slow.yaml", "  epochs: 200\n  width: 16\n  depth: 1\n")
     db = workdir / "term.db"
     env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{db}"}
@@ -103,12 +105,14 @@ def test_sigterm_marks_the_running_trial_failed_and_exits_nonzero(workdir: Path)
             except (KeyError, sqlalchemy.exc.OperationalError):  # the run is still creating it
                 pass
             time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
+        else:
+            pytest.fail("no trial started")
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 143
-    assert "SIGTERM" in err
+    assert proc.returncode == code
+    assert says in err
     trials = optuna.load_study(study_name="t", storage=env["CNNSEARCH_STORAGE"]).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert [t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL] == ["interrupted"]
