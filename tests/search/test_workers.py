@@ -143,7 +143,7 @@ def test_killed_worker_trial_fails_is_retried_and_survivors_finish_the_budget(
         return any(t.user_attrs.get("pid") == victim.pid and t.intermediate_values
                    for t in trials_of(pg_url, name, TrialState.RUNNING))
 
-    wait_for(victim_trained_an_epoch, 60, "the victim's first epoch")
+    wait_for(victim_trained_an_epoch, 180, "the victim's first epoch")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     workers.wait(survivor, timeout=90)
@@ -165,7 +165,7 @@ def test_study_survives_postgres_restart_while_workers_run(pg_cluster: PgCluster
     name = study_name()
     make_study(url, name, FAST_SPACE, budget=8)
     procs = [workers.start(name), workers.start(name)]
-    wait_for(lambda: len(trials_of(url, name, TrialState.COMPLETE)) >= 2, 60, "two completed trials")
+    wait_for(lambda: len(trials_of(url, name, TrialState.COMPLETE)) >= 2, 180, "two completed trials")
 
     pg_cluster.restart()  # both workers are mid-study: their connections die
 
@@ -188,7 +188,7 @@ def test_grid_points_run_exactly_once_across_workers_one_joining_late(
     make_study(pg_url, name, GRID_SPACE, budget=None, sampler="grid")
     # The first two stop after 2 points each, so the late worker surely finds points left.
     first = [workers.start(name, "--trials", "2"), workers.start(name, "--trials", "2")]
-    wait_for(lambda: bool(trials_of(pg_url, name, TrialState.COMPLETE)), 60, "a completed grid point")
+    wait_for(lambda: bool(trials_of(pg_url, name, TrialState.COMPLETE)), 180, "a completed grid point")
     late = workers.start(name)
     for proc in [*first, late]:
         workers.wait(proc, timeout=90)
