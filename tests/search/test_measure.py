@@ -8,18 +8,10 @@ from torch import nn
 
 from search.measure import count_flops, count_params, measure_latency_ms, measure_throughput
 from search.models import build_model
+from spaces import load_space
 from spaces.schema import complete_config
 
-MNIST_BASELINE = {
-    "depth": 2,
-    "width": 16,
-    "growth": 2.0,
-    "kernel": 5,
-    "batch_norm": False,
-    "head": "flatten",
-    "fc_units": 0,
-    "pool": "max",
-}
+MNIST_BASELINE = load_space("mnist-baseline").config_from_params({})
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,7 +30,7 @@ def test_flops_of_a_conv_are_two_times_its_multiply_adds(c_in, c_out, k, size):
 
 
 def test_flops_of_the_mnist_baseline_add_up_over_its_layers():
-    model = build_model(complete_config(MNIST_BASELINE), (1, 28, 28), 10)
+    model = build_model(MNIST_BASELINE, (1, 28, 28), 10)
     conv1 = 2 * 1 * 16 * 25 * 28 * 28
     conv2 = 2 * 16 * 32 * 25 * 14 * 14
     fc = 2 * 32 * 7 * 7 * 10
@@ -57,7 +49,7 @@ def test_count_flops_leaves_training_mode_and_batch_norm_statistics_alone():
 
 
 def test_count_params_counts_only_trainable_parameters():
-    model = build_model(complete_config(MNIST_BASELINE), (1, 28, 28), 10)
+    model = build_model(MNIST_BASELINE, (1, 28, 28), 10)
     assert count_params(model) == 28938
     for p in model.features.parameters():
         p.requires_grad_(False)

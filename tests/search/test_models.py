@@ -15,6 +15,7 @@ from torch import nn
 from search.errors import ModelError
 from search.measure import count_params
 from search.models import build_model
+from spaces import load_space
 from spaces.schema import complete_config
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
@@ -132,18 +133,7 @@ def test_stage_channels_grow_and_are_capped_at_512_with_a_note():
 
 
 def test_mnist_baseline_is_the_classic_two_conv_network():
-    config = complete_config(
-        {
-            "depth": 2,
-            "width": 16,
-            "growth": 2.0,
-            "kernel": 5,
-            "batch_norm": False,
-            "head": "flatten",
-            "fc_units": 0,
-            "pool": "max",
-        }
-    )
+    config = load_space("mnist-baseline").config_from_params({})  # the preset itself, not a copy of it
     model = build_model(config, (1, 28, 28), 10)
     leaves = [m for m in model.modules() if not list(m.children())]
     assert [type(m) for m in leaves] == [
