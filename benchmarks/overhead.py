@@ -5,7 +5,8 @@ Two ways to train the same configs, interleaved (A B A B ...):
 - ``study``: a fresh SQLite study (``create_or_resume`` + ``fill_budget``, as ``cnnsearch run``
   does) worked by the real worker loop (``search.worker.worker_loop``): sampler, trial
   claim, heartbeat thread, config/identity/metric user attrs, per-epoch intermediate values
-  and pruner calls, FLOP count, latency and throughput measurement, ``tell``;
+  and pruner calls, FLOP count, latency measurement, ``tell`` (throughput is timed on the
+  validation pass the trial runs anyway);
 - ``direct``: the configs that study ran (its trials' ``config`` user attrs, seeds
   included) trained by calling ``search.train.train(config, data, "cpu", measure=False)``
   in a loop.
@@ -13,8 +14,8 @@ Two ways to train the same configs, interleaved (A B A B ...):
 Both get the same on-device data (loading it is a once-per-worker cost, not per trial).
 Overhead per trial = (worker-loop wall - direct wall) / trials; the study's setup (storage,
 study, split record, enqueueing the budget) happens once per study and is shown apart. To say what dominates, the
-latency/throughput measurement is also timed alone on each config's model (it is the part
-of the overhead that scales with the model, not with the storage). Goal: <= 5 %.
+latency measurement is also timed alone on each config's model (it is the part of the
+overhead that scales with the model, not with the storage). Goal: <= 5 %.
 
     python benchmarks/overhead.py              # 8 trials x 3 rounds
     python benchmarks/overhead.py --quick      # the short version run_all uses
@@ -43,7 +44,7 @@ if __package__ in (None, ""):
 from benchmarks.common import machine_line, median, result_line, table  # noqa: E402
 from search.data import TrialData, make_split, prepare_data  # noqa: E402
 from search.datasets import ImageSet, load_dataset  # noqa: E402
-from search.measure import measure_latency_ms, measure_throughput  # noqa: E402
+from search.measure import measure_latency_ms  # noqa: E402
 from search.models import build_model  # noqa: E402
 from search.study import StudySpec, create_or_resume, fill_budget  # noqa: E402
 from search.train import fit as real_fit  # noqa: E402
@@ -123,18 +124,15 @@ def run_direct(configs: list[dict[str, Any]], data: TrialData) -> float:
     return time.perf_counter() - started
 
 
-def measurement_seconds(configs: list[dict[str, Any]], data: TrialData) -> tuple[float, float]:
-    """Seconds the latency and the throughput measurements of ``configs``' models take, in total."""
-    latency = throughput = 0.0
+def latency_seconds(configs: list[dict[str, Any]], data: TrialData) -> float:
+    """Seconds the latency measurements of ``configs``' models take, in total."""
+    latency = 0.0
     for config in configs:
         model = build_model(config, data.input_shape, data.num_classes)
         started = time.perf_counter()
         measure_latency_ms(model, data.input_shape, "cpu")
-        middle = time.perf_counter()
-        measure_throughput(model, data.input_shape, "cpu")
-        latency += middle - started
-        throughput += time.perf_counter() - middle
-    return latency, throughput
+        latency += time.perf_counter() - started
+    return latency
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--smoke", action="store_true", help="seconds: digits, 2 tiny trials, 1 round (tests)")
     parser.add_argument("--trials", type=int, default=None, help="trials per study (default 8)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per trial (default 1: 2-3 s trials)")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs per trial (default 2: about 3-s trials on one quiet CPU thread)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -170,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(rounds):
             seconds, configs = run_study(space, dataset, images, data, trials, folder, round_)
             direct = run_direct(configs, data)
-            latency, throughput = measurement_seconds(configs, data)
+            latency = latency_seconds(configs, data)
             rows.append({key: 1000 * value / trials for key, value in (
-                ("study", seconds["loop"]), ("direct", direct), ("latency", latency), ("throughput", throughput))})
+                ("study", seconds["loop"]), ("direct", direct), ("latency", latency))})
             rows[-1].update({key: 1000 * seconds[key] for key in ("setup", "start", "between")})
 
     def med(key: str) -> float:
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overhead = [r["study"] - r["direct"] for r in rows]
     share = [100 * (r["study"] - r["direct"]) / r["direct"] for r in rows]
-    parts = [r["between"] + r["throughput"] + r["latency"] for r in rows]
+    parts = [r["between"] + r["latency"] for r in rows]
     parts_share = [100 * p / r["direct"] for p, r in zip(parts, rows, strict=True)]
     print(f"per-trial overhead: {dataset}, {trials} trials x {rounds} interleaved rounds (study, direct, ...), "
           f"epochs per trial {epochs}, SQLite, torch threads {torch.get_num_threads()}, medians")
@@ -192,8 +191,6 @@ def main(argv: list[str] | None = None) -> int:
         ["overhead by parts, each measured in the same round:", median(parts), median(parts_share)],
         ["  worker loop between trainings (tell, claim, sampler, attrs, reports)", med("between"),
          median([100 * r["between"] / r["direct"] for r in rows])],
-        ["  throughput measurement (batch 256)", med("throughput"),
-         median([100 * r["throughput"] / r["direct"] for r in rows])],
         ["  latency measurement (batch 1)", med("latency"), median([100 * r["latency"] / r["direct"] for r in rows])],
         ["worker start until its first training, once per worker", med("start"), float("nan")],
         [f"study setup, once per study (storage, study, {trials} enqueued trials)", med("setup"), float("nan")],

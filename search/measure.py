@@ -1,4 +1,6 @@
-"""What a model costs: parameters, FLOPs, latency and throughput, measured the same way for every trial.
+"""What a model costs: parameters, FLOPs and latency, measured the same way for every trial.
+
+Inference throughput is timed on the validation pass a trial runs anyway (:mod:`search.train`).
 
 FLOPs come from torch's own counter (``torch.utils.flop_counter.FlopCounterMode``), which
 counts a multiply-add as 2 FLOPs and covers convs and matmuls (not activations, pools or
@@ -49,17 +51,6 @@ def measure_latency_ms(model: nn.Module, input_shape: tuple[int, int, int], devi
     """
     times = _time_forward(model, (1, *input_shape), torch.device(device), repeats, warmup, amp_dtype)
     return statistics.median(times) * 1000.0
-
-
-def measure_throughput(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device | str,
-                       batch_size: int = 256, repeats: int = 5, warmup: int = 1,
-                       amp_dtype: torch.dtype | None = None) -> float:
-    """Inference images per second at ``batch_size``: the median over ``repeats`` timed batches.
-
-    Same conditions as :func:`measure_latency_ms` (device move, AMP/channels_last, sync).
-    """
-    times = _time_forward(model, (batch_size, *input_shape), torch.device(device), repeats, warmup, amp_dtype)
-    return batch_size / statistics.median(times)
 
 
 def _time_forward(model: nn.Module, shape: tuple[int, ...], device: torch.device, repeats: int, warmup: int,

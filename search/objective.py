@@ -63,6 +63,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
     end the trial FAIL with reason ``interrupted`` and propagate.
     """
     trial = optuna.Trial(study, trial_id)
+    origin = trial.user_attrs.get("origin")  # "start" / "warm_start" when fill_budget enqueued a known config
     for key, value in identity.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("started", time.time())
@@ -77,7 +78,8 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         _record_constraints(trial, spec, {})
         _check_params_constraint(trial, spec, config, data)
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
-        model, metrics = fit(config, data, device, report=_reporter(trial, spec), deadline=deadline)
+        report = _reporter(trial, spec, prune=origin is None)
+        model, metrics = fit(config, data, device, report=report, deadline=deadline)
         _record_metrics(trial, metrics)
         if spec.keep_checkpoints:
             # Before tell(): Optuna records an artifact only on a trial that is still running.
@@ -114,18 +116,26 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, message: str) -
     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def _reporter(trial: optuna.Trial, spec: StudySpec):
-    """Per-epoch report: intermediate value for the dashboard and pruner, curve in user attrs."""
+def _reporter(trial: optuna.Trial, spec: StudySpec, prune: bool = True):
+    """Per-epoch report: intermediate value for the dashboard and the pruner.
+
+    With ``prune`` False (a space's start point or a warm-start config) the pruner is not
+    asked: these are the search's reference results, run first, when a pruner would judge
+    them against one or two other trials (Optuna's successive halving promotes only the best
+    of the first ``reduction_factor`` trials at a rung) and cut a good config on the noise
+    of its second epoch. Multi-objective trials, which cannot store intermediate values,
+    keep their live curve in user attr ``val_accuracy_curve`` instead.
+    """
     curve: list[float] = []
     single = len(spec.objectives) == 1
 
     def report(epoch: int, val_accuracy: float, val_loss: float) -> None:
-        curve.append(val_accuracy)
-        trial.set_user_attr("val_accuracy_curve", list(curve))
-        if single:
-            # Optuna cannot store intermediate values for multi-objective trials.
+        if not single:
+            curve.append(val_accuracy)
+            trial.set_user_attr("val_accuracy_curve", list(curve))
+        else:
             trial.report(val_accuracy, step=epoch)
-            if trial.should_prune():
+            if prune and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {spec.pruner} at epoch {epoch} "
                                          f"(val_accuracy {val_accuracy:.4f})")
 

@@ -189,29 +189,31 @@ def fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str,
     Order: warm-start params first, then the space's ``start`` points, then grid points
     (shuffled with the study seed, so a partial grid still spreads over the space), then
     empty placeholders for the sampler. A point some trial already ran is not enqueued again.
+    Warm-start and start trials carry user attr ``origin`` (``warm_start`` / ``start``):
+    :func:`search.objective.run_trial` never prunes them (see there).
     """
     trials = study.get_trials(deepcopy=False)
     counted = sum(1 for t in trials if is_original(t))
     seen = {_key(t.params) for t in trials} | {_key(t.system_attrs.get("fixed_params", {})) for t in trials}
-    queue: list[dict[str, Any]] = []
-    for params in [*(warm_start or []), *(spec.space.start if spec.sampler != "grid" else [])]:
+    queue: list[tuple[dict[str, Any], str | None]] = []
+    starts = spec.space.start if spec.sampler != "grid" else []
+    for params, origin in [*((p, "warm_start") for p in warm_start or []), *((p, "start") for p in starts)]:
         if _key(params) not in seen:
-            queue.append(params)
+            queue.append((params, origin))
             seen.add(_key(params))
     if spec.sampler == "grid":
         points = spec.space.grid()
         random.Random(spec.seed).shuffle(points)
-        queue += [p for p in points if _key(p) not in seen]
+        queue += [(p, None) for p in points if _key(p) not in seen]
         budget = counted + len(queue) if spec.budget is None else spec.budget
     else:
         budget = spec.budget
     if budget is None:
-        for params in queue:
-            study.enqueue_trial(params)
-        return len(queue)
+        budget = counted + len(queue)
     added = 0
     while counted + added < budget:
-        study.enqueue_trial(queue[added] if added < len(queue) else {})
+        params, origin = queue[added] if added < len(queue) else ({}, None)
+        study.enqueue_trial(params, user_attrs={"origin": origin} if origin else None)
         added += 1
     return added
 

@@ -101,6 +101,7 @@ def test_trial_records_config_metrics_and_worker(workdir: Path) -> None:
     ):
         assert key in attrs, key
     assert attrs["device"] == "cpu"
+    assert attrs["latency_ms"] > 0 and attrs["throughput"] > 0
     assert attrs["val_accuracy"] == t.value
     assert attrs["curves"]["val_accuracy"] == [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
     study_attrs = _study(workdir, "rec").user_attrs
