@@ -29,7 +29,7 @@ from benchmarks.common import machine_line, table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NOT_BENCHMARKS = {"run_all", "common", "__init__"}
-ORDER = ("train_throughput", "overhead", "storage_overhead", "time_to_accuracy", "nasbench201")
+ORDER = ("train_throughput", "overhead", "storage_overhead", "time_to_accuracy", "sampler_cost", "nasbench201")
 """Preferred order (cheap and machine-bound first); scripts not named here run after, by name."""
 
 

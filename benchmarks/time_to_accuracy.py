@@ -27,6 +27,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path[0] = str(ROOT)  # benchmarks/spaces/ would shadow the `spaces` package
+
+from benchmarks.common import result_line  # noqa: E402
+
+GOAL_TARGET, GOAL_SPEEDUP = 0.97, 3.0
+"""Goal: cnnsearch reaches 0.97 val accuracy at least 3x sooner than the script."""
+GOAL_SECONDS, GOAL_BEST = 120.0, 0.985
+"""Goal: cnnsearch's best val accuracy within 120 s is at least 0.985."""
 
 
 def cnnsearch_side(seed: int, budget: float, workdir: str) -> list[tuple[float, float]]:
@@ -157,6 +166,29 @@ def main() -> None:
     a, b = medians["cnnsearch"]["seconds_to_target"], medians["optuna-script"]["seconds_to_target"]
     if a and b:
         print(f"\ncnnsearch reaches {args.target} {b / a:.1f}x sooner than the hand-written script")
+    print(result_line("time_to_accuracy", verdict(medians, args.target, args.budget)))
+
+
+def verdict(medians: dict[str, dict[str, float | None]], target: float, budget: float) -> str:
+    """The headline: speed-up to ``target`` and cnnsearch's best at the budget, against the goals."""
+    ours, theirs = medians["cnnsearch"], medians["optuna-script"]
+    a, b = ours["seconds_to_target"], theirs["seconds_to_target"]
+    best = ours[f"best_at_{budget:g}s"]
+    if a is None:
+        speed = f"cnnsearch never reached {target:g}"
+    elif b is None:
+        speed = f"cnnsearch reached {target:g} in {a:.0f} s, the script never did"
+    else:
+        speed = f"{b / a:.1f}x sooner to {target:g} ({a:.0f} s vs {b:.0f} s)"
+    goals = []
+    if target == GOAL_TARGET:
+        goals.append(f">= {GOAL_SPEEDUP:g}x: " + ("met" if a is not None and (b is None or b / a >= GOAL_SPEEDUP)
+                                                 else "NOT met"))
+    at = f"best {'-' if best is None else f'{best:.4f}'} within {budget:g} s"
+    if budget == GOAL_SECONDS:
+        goals.append(f">= {GOAL_BEST:g} within {GOAL_SECONDS:g} s: "
+                     + ("met" if best is not None and best >= GOAL_BEST else "NOT met"))
+    return f"{speed}; {at}" + (f" (goals {'; '.join(goals)})" if goals else " (goals checked at 0.97 and 120 s only)")
 
 
 if __name__ == "__main__":

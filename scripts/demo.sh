@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/cnnsearch run --study "${STUDY:-demo}" --dataset mnist5k --space default --timeout "${TIMEOUT:-280}" "$@"
+exec .venv/bin/cnnsearch run --study "${STUDY:-demo}" --dataset mnist5k --space default --timeout "${TIMEOUT:-260}" "$@"

@@ -57,7 +57,9 @@ def _run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--data-dir", help="where torchvision datasets live")
     p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir first")
     p.add_argument("--image-size", type=int, help="resize imagefolder images to this side")
-    p.add_argument("--sampler", default=None, help="tpe|random|grid|gp|cmaes|qmc|nsga2 (default tpe)")
+    p.add_argument("--sampler", default=None,
+                   help="auto|tpe|random|grid|gp|cmaes|qmc|nsga2 (default auto: GP for one objective over "
+                        "at most 12 searched parameters, else TPE)")
     p.add_argument("--pruner", default=None, help="none|median|sha|hyperband (default hyperband)")
     p.add_argument("--objectives", default="accuracy",
                    help="comma-separated: accuracy[,latency|params|flops]")
@@ -120,6 +122,7 @@ def _ray_options(args: argparse.Namespace, workers: int) -> RayOptions | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from search.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER
     from search.study import StudySpec
     from spaces import load_space
 
@@ -130,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     spec = StudySpec(
         space=space, dataset=args.dataset, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
-        sampler=args.sampler or "tpe", pruner=args.pruner or "hyperband", seed=args.seed,
+        sampler=args.sampler or DEFAULT_SAMPLER, pruner=args.pruner or DEFAULT_PRUNER, seed=args.seed,
         image_size=args.image_size, split_seed=args.split_seed, data_dir=args.data_dir,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial_timeout=args.trial_timeout,
         max_failures=args.max_failures, budget=args.trials, keep_checkpoints=args.keep_checkpoints,

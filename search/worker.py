@@ -138,7 +138,8 @@ def worker_loop(storage_url: str, study_name: str, *, device: str | torch.device
     study = optuna.load_study(
         study_name=study_name, storage=storage,
         sampler=make_sampler(spec.sampler, sampler_seed, n_objectives=len(spec.objectives),
-                             parallel=parallel, constraints=bool(spec.max_params or spec.max_latency_ms)),
+                             parallel=parallel, constraints=bool(spec.max_params or spec.max_latency_ms),
+                             n_params=len(spec.space.params)),
         pruner=make_pruner(spec.pruner, spec.max_epochs, len(spec.objectives)),
     )
     dev = resolve_device(device, worker_index)

@@ -73,3 +73,25 @@ def test_run_all_refuses_an_unknown_benchmark_name():
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2
     assert "nope" in done.stderr and "train_throughput" in done.stderr
+
+
+def test_time_to_accuracy_headline_says_whether_each_goal_is_met():
+    from benchmarks.time_to_accuracy import verdict
+
+    def medians(ours, theirs, best):
+        return {"cnnsearch": {"seconds_to_target": ours, "best_at_120s": best},
+                "optuna-script": {"seconds_to_target": theirs, "best_at_120s": 0.97}}
+
+    met = verdict(medians(10.0, 40.0, 0.99), 0.97, 120.0)
+    assert "4.0x sooner to 0.97" in met and ">= 3x: met" in met and ">= 0.985 within 120 s: met" in met
+    missed = verdict(medians(20.0, 40.0, 0.98), 0.97, 120.0)
+    assert ">= 3x: NOT met" in missed and ">= 0.985 within 120 s: NOT met" in missed
+    assert "the script never did" in verdict(medians(10.0, None, 0.99), 0.97, 120.0)
+    assert "cnnsearch never reached 0.97" in verdict(medians(None, 40.0, 0.96), 0.97, 120.0)
+
+
+def test_sampler_cost_names_the_sampler_auto_picks_per_space():
+    out = run_script("sampler_cost", "--smoke")
+    assert "| nasbench201 (6) " in out and "auto (SwitchingSampler)" in out  # GP first on 6 parameters
+    assert "| default (23) " in out and "auto (TPESampler)" in out
+    assert "RESULT sampler_cost: auto's slowest suggestion window" in out

@@ -52,7 +52,7 @@ def _run(*args: str) -> int:
     return main(["run", "--dataset", "digits", "--no-progress", *args])
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes", "qmc"])
+@pytest.mark.parametrize("sampler", ["auto", "tpe", "random", "gp", "cmaes", "qmc"])
 def test_each_sampler_completes_its_budget(workdir: Path, sampler: str) -> None:
     assert (
         _run("--study", sampler, "--space", "quick.yaml", "--sampler", sampler, "--pruner", "none", "--trials", "3")
