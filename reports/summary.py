@@ -87,7 +87,9 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
     running = [
         {"number": t.number, "host": t.user_attrs.get("host"), "worker": t.user_attrs.get("worker"),
          "pid": t.user_attrs.get("pid"), "device": t.user_attrs.get("device"),
-         "started": _iso(t.datetime_start), "epochs_done": len(t.intermediate_values)}
+         "started": _iso(t.datetime_start),
+         # Multi-objective trials cannot store intermediate values: their curve is a user attr.
+         "epochs_done": len(t.intermediate_values) or len(t.user_attrs.get("val_accuracy_curve", []))}
         for t in trials if t.state == TrialState.RUNNING
     ]
     starts = [t.datetime_start for t in trials if t.datetime_start]

@@ -16,14 +16,14 @@ DEFAULT_PRUNER = "hyperband"
 AUTO_GP_MAX_PARAMS = 12
 """``auto`` uses GP for one objective over at most this many searched parameters.
 
-Measured (benchmarks/nasbench201.py, BENCHMARKS.md): on NAS-Bench-201's 6-parameter cell space
-GP's median regret at 50 and 100 evaluations is below TPE's (ours and Optuna's default) and
-random search's on CIFAR-10, CIFAR-100 and ImageNet16-120. Its cost per suggestion grows with
-the parameter count as well as with the trials (one CPU thread, 91st-100th trial: ~0.2 s with
-6 parameters, ~0.7 s with the default space's 23, against ~15 ms for TPE): at 23 parameters
-that is a visible share of a 5-s CNN trial, and the default space, with its conditional
-parameters (which GP samples at random) and Hyperband pruning (GP learns only from completed
-trials, TPE from pruned ones too), stays with TPE. The threshold between 6 and 23 is a judgment.
+Measured (BENCHMARKS.md): on NAS-Bench-201's 6-parameter cell space GP's median regret at 50
+and 100 evaluations is below TPE's (ours and Optuna's default) and random search's on
+CIFAR-10, CIFAR-100 and ImageNet16-120 (``benchmarks/nasbench201.py``). Its cost per
+suggestion grows with the parameters and the trials (``benchmarks/sampler_cost.py``, one CPU
+thread, trials 91-100: ~180 ms with 6 parameters, ~160 ms with 12, ~410 ms with the default
+space's 23, against 2-20 ms for TPE). The default space also has conditional parameters (GP
+samples them at random) and runs with Hyperband (GP learns from completed trials only, TPE
+from pruned ones too), so it stays with TPE. The threshold between 6 and 23 is a judgment.
 """
 
 AUTO_GP_TRIALS = 200
@@ -79,7 +79,9 @@ def make_sampler(name: str, seed: int | None, *, n_objectives: int = 1, parallel
                 constraints_func=constraints_func, n_startup_trials=8,
             )
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func)
+        # GP samples conditional parameters at random; a warning per parameter per trial says so.
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func,
+                                         warn_independent_sampling=False)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "qmc":
