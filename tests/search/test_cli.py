@@ -243,7 +243,7 @@ def test_warm_start_runs_the_earlier_best_first(workdir: Path) -> None:
     [
         (
             ["--sampler", "bayes"],
-            "--sampler 'bayes' is unknown; choose one of tpe, random, grid, gp, cmaes, qmc, nsga2",
+            "--sampler 'bayes' is unknown; choose one of auto, tpe, random, grid, gp, cmaes, qmc, nsga2",
         ),
         (["--pruner", "asha"], "--pruner 'asha' is unknown; choose one of none, median, sha, hyperband"),
         (["--objectives", "accuracy,speed"], "--objectives: 'speed' is unknown"),

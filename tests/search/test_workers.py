@@ -43,8 +43,10 @@ FAST_SPACE = {
 }
 
 SLOW_SPACE = {"params": {"lr": {"type": "float", "low": 3.0e-3, "high": 3.0e-2, "log": True},
-                         "epochs": 4, "width": 8, "depth": 1, "batch_size": 64}}
-"""Trials of several epochs (a few seconds): a worker can be killed in the middle of one."""
+                         "epochs": 30, "width": 8, "depth": 1, "batch_size": 32}}
+"""Trials of many short epochs (several seconds in all): a worker can be killed in the middle of one.
+
+4 epochs (under a second on digits) let a whole trial slip between two polls of the test."""
 
 GRID_SPACE = {
     "params": {
