@@ -240,6 +240,8 @@ def _fit(config: dict[str, Any], data: TrialData, device: torch.device, report: 
         metrics["latency_ms"] = measure_latency_ms(model, data.input_shape, device, amp_dtype=amp)
         # Inference throughput comes from the last epoch's validation pass, which ran anyway: timing
         # extra batches cost ~0.3 s per trial on CPU (12 % of a 2.5-s trial, benchmarks/overhead.py).
+        # In a 1-epoch trial on CUDA that pass is the first in eval mode and includes cudnn's
+        # autotuning for its shapes: such a trial's throughput reads low.
         metrics["throughput"] = len(data.val_y) / max(eval_seconds, 1e-9)
     return model, metrics
 
