@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--smoke", action="store_true", help="seconds: digits, 2 tiny trials, 1 round (tests)")
     parser.add_argument("--trials", type=int, default=None, help="trials per study (default 8)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
-    parser.add_argument("--epochs", type=int, default=2,
-                        help="epochs per trial (default 2: about 3-s trials on one quiet CPU thread)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per trial (default 2: about 3-s trials on one quiet CPU thread; 1 with "
+                             "--smoke)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = "digits" if args.smoke else "mnist5k"
     trials = args.trials or (2 if args.smoke else 3 if args.quick else 8)
     rounds = args.rounds or (1 if args.smoke else 2 if args.quick else 3)
-    epochs = args.epochs
+    epochs = args.epochs or (1 if args.smoke else 2)
     if min(trials, rounds, epochs) < 1:
         parser.error(f"--trials {trials}, --rounds {rounds}, --epochs {epochs}: each must be at least 1")
     space = trial_space(epochs, width=4 if args.smoke else 16)

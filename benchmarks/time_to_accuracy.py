@@ -11,7 +11,7 @@ MedianPruner, a DataLoader over a TensorDataset, a small CNN with the usual knob
 5 epochs, per-epoch reporting.
 
     python benchmarks/time_to_accuracy.py            # 3 seeds x 120 s (about 13 minutes)
-    python benchmarks/time_to_accuracy.py --quick    # 1 seed x 40 s
+    python benchmarks/time_to_accuracy.py --quick    # 1 seed x 30 s
 """
 
 from __future__ import annotations
@@ -145,10 +145,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=120.0, help="seconds per run")
     parser.add_argument("--target", type=float, default=0.97)
-    parser.add_argument("--quick", action="store_true", help="1 seed x 40 s")
+    parser.add_argument("--quick", action="store_true", help="1 seed x 30 s")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.budget = 1, 40.0
+        args.seeds, args.budget = 1, 30.0
     at = sorted({min(60.0, args.budget), args.budget})
     results: dict[str, list[dict]] = {"cnnsearch": [], "optuna-script": []}
     with tempfile.TemporaryDirectory() as workdir:
