@@ -83,16 +83,18 @@ def test_live_study_shows_trials_curves_metrics_and_note_while_running(tmp_path:
     url = f"sqlite:///{tmp_path / 'cnnsearch.db'}"
     open_storage(url)  # the tables exist before two processes open the file at once
     port = free_port()
-    run = subprocess.Popen([*CLI, "run", "--study", "live", "--dataset", "digits", "--space", "tiny",
-                            "--trials", "6", "--keep-checkpoints", "--no-progress"], cwd=tmp_path, env=clean_env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     dashboard = Dashboard(tmp_path, "--port", str(port))  # no --storage: the same default file as `run`
+    # The dashboard is up before the study starts, and the budget outlasts the test (which stops the
+    # study at its end): 6 tiny trials on digits took 4 s in all and once ended before the first poll.
+    run = subprocess.Popen([*CLI, "run", "--study", "live", "--dataset", "mnist5k", "--space", "tiny",
+                            "--trials", "40", "--keep-checkpoints", "--no-progress"], cwd=tmp_path, env=clean_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert dashboard.first_line == f"dashboard: http://127.0.0.1:{port}/dashboard (storage: sqlite:///cnnsearch.db)"
         study_id, detail = _poll_until_complete_and_running(dashboard.url, run)
 
         study_attrs = _attrs(detail["user_attrs"])
-        assert study_attrs["dataset"] == "digits"
+        assert study_attrs["dataset"] == "mnist5k"
         assert study_attrs["space_name"] == "tiny"
         assert json.loads(study_attrs["objectives"]) == ["accuracy"]
         done = [t for t in detail["trials"] if t["state"] == "Complete"]
