@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from search.errors import CnnSearchError, TooManyFailures, WorkerStopped, user_errors
 
@@ -34,6 +34,35 @@ def command(name: str, help_text: str) -> Callable[[AddArgs], AddArgs]:
         return add_args
 
     return register
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with bad flags answered in one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"cnnsearch: error: {message} (see `{self.prog} --help`)\n")
+
+
+def at_least(low: float, kind: type = int, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` that is at least ``low`` (more than ``low`` when ``strict``)."""
+    what = "an integer" if kind is int else "a number"
+    bound = f"more than {low:g}" if strict else f"at least {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}") from None
+        if value != value or value < low or (strict and value == low):  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = at_least(1)
+NON_NEGATIVE_INT = at_least(0)
+POSITIVE_FLOAT = at_least(0, float, strict=True)
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
@@ -56,24 +85,24 @@ def _run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--dataset", default="mnist5k", help="dataset name (see `cnnsearch datasets`)")
     p.add_argument("--data-dir", help="where torchvision datasets live")
     p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir first")
-    p.add_argument("--image-size", type=int, help="resize imagefolder images to this side")
+    p.add_argument("--image-size", type=POSITIVE_INT, help="resize imagefolder images to this side")
     p.add_argument("--sampler", default=None,
                    help="auto|tpe|random|grid|gp|cmaes|qmc|nsga2 (default auto: GP for one objective over "
                         "at most 12 searched parameters, else TPE)")
     p.add_argument("--pruner", default=None, help="none|median|sha|hyperband (default hyperband)")
     p.add_argument("--objectives", default="accuracy",
                    help="comma-separated: accuracy[,latency|params|flops]")
-    p.add_argument("--trials", type=int, help="trial budget of the whole study (all workers together)")
-    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    p.add_argument("--trial-timeout", type=float, help="prune a trial that trains longer than this (seconds)")
+    p.add_argument("--trials", type=POSITIVE_INT, help="trial budget of the whole study (all workers together)")
+    p.add_argument("--timeout", type=POSITIVE_FLOAT, help="stop starting new trials after this many seconds")
+    p.add_argument("--trial-timeout", type=POSITIVE_FLOAT, help="prune a trial that trains longer than this (seconds)")
     p.add_argument("--jobs", type=int, help="local worker processes (default 1; same as --workers)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the trials")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the sampler and the trials")
+    p.add_argument("--split-seed", type=NON_NEGATIVE_INT, default=0, help="seed of the train/val/test split")
     p.add_argument("--warm-start", metavar="STUDY", help="enqueue the best configs of this study first")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
-    p.add_argument("--max-params", type=int, help="constraint: at most this many parameters")
-    p.add_argument("--max-latency-ms", type=float, help="constraint: at most this latency (ms/image)")
-    p.add_argument("--max-failures", type=int, default=5, help="stop after this many failed trials in a row")
+    p.add_argument("--max-params", type=POSITIVE_INT, help="constraint: at most this many parameters")
+    p.add_argument("--max-latency-ms", type=POSITIVE_FLOAT, help="constraint: at most this latency (ms/image)")
+    p.add_argument("--max-failures", type=POSITIVE_INT, default=5, help="stop after this many failed trials in a row")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each completed trial's weights and learning curve in the artifact store "
                         "(`cnnsearch export` then ships the weights with the recipe)")
@@ -89,9 +118,10 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, help="how many workers (default 1)")
     g.add_argument("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local cluster for this "
                                          "command, shut down at its end)")
-    g.add_argument("--gpus-per-trial", type=float, help="GPUs per Ray worker; 0.5 puts two on a GPU (default 1 when "
-                                                        "the cluster has GPUs, else 0)")
-    g.add_argument("--cpus-per-trial", type=float, help="CPUs (and training threads) per Ray worker (default 1)")
+    g.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per Ray worker; 0.5 puts two on a GPU (default 1 when the cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-trial", type=float,
+                   help="CPUs (and training threads) per Ray worker (default 1)")
 
 
 def _worker_count(args: argparse.Namespace) -> int:
@@ -162,11 +192,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  worker {w['worker']}: {w.get('counts') or w.get('error')} ({w.get('stopped', 'stopped')})")
     best = best_records(study, 1)
     if not best:
-        print("no trial completed yet")
+        print(_no_best(counts["COMPLETE"]))
         return 0
     _print_best_text(best)
     print(f"\nreport: cnnsearch report --study {args.study}   (writes cnnsearch-reports/{args.study}/)")
     return 0
+
+
+def _no_best(complete: int) -> str:
+    """Why there is no best trial to show: nothing completed, or nothing met the constraints."""
+    if not complete:
+        return "no trial completed yet"
+    return (f"none of the {complete} completed trials meets the study's constraints "
+            "(--max-params, --max-latency-ms)")
 
 
 def _print_best_text(records: list[dict[str, Any]]) -> None:
@@ -187,10 +225,10 @@ def _print_best_text(records: list[dict[str, Any]]) -> None:
 def _worker_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--study", required=True)
     _storage_arg(p)
-    p.add_argument("--trials", type=int, help="stop after this many trials of this worker")
-    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--trials", type=POSITIVE_INT, help="stop after this many trials of this worker")
+    p.add_argument("--timeout", type=POSITIVE_FLOAT, help="stop starting new trials after this many seconds")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads for training")
+    p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for training")
     p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset")
     p.add_argument("--name", help="worker name shown in `cnnsearch status` (default host:pid)")
     _backend_args(p)
@@ -273,21 +311,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _best_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--study", required=True)
     _storage_arg(p)
-    p.add_argument("--top", type=int, default=1, help="how many (single objective; several: the Pareto front)")
+    p.add_argument("--top", type=POSITIVE_INT, default=1, help="how many (single objective; several: the Pareto front)")
     p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")
     return cmd_best
 
 
 def cmd_best(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
     from reports.summary import best_records
 
-    if args.top < 1:
-        return _usage(f"--top must be at least 1, got {args.top}")
-    records = best_records(_open_study(args), args.top)
+    study = _open_study(args)
+    records = best_records(study, args.top)
     if args.json:
         _print_json(records)
     elif not records:
-        print(f"study {args.study!r} has no completed trial yet")
+        complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        print(f"study {args.study!r}: {_no_best(complete)}")
     else:
         _print_best_text(records)
     return 0
@@ -376,7 +416,7 @@ COMMAND_MODULES = ("search.cli_reports", "search.cli_dashboard", "search.cli_ben
 def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnnsearch", description="Hyperparameter and architecture search for CNN image classifiers, on Optuna.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -388,7 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad flag (2, its one line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

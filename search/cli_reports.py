@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from search.cli import Command, _storage_arg, _usage, command
+from search.cli import NON_NEGATIVE_INT, POSITIVE_INT, Command, _storage_arg, command
 
 
 @command("report", "write a study's report: DIR/index.html (self-contained), summary.md, trials.csv")
@@ -17,10 +17,11 @@ def _report_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--study", required=True)
     _storage_arg(p)
     p.add_argument("--out", help="report directory (default: cnnsearch-reports/STUDY/ under the working directory)")
-    p.add_argument("--top", type=int, default=10, help="rows of the top-trials table (default 10)")
-    p.add_argument("--final-eval", type=int, default=0, metavar="K",
+    p.add_argument("--top", type=POSITIVE_INT, default=10, help="rows of the top-trials table (default 10)")
+    p.add_argument("--final-eval", type=NON_NEGATIVE_INT, default=0, metavar="K",
                    help="retrain the top K configs on train+val and evaluate them on the test split")
-    p.add_argument("--seeds", type=int, default=3, metavar="S", help="seeds per config in --final-eval (default 3)")
+    p.add_argument("--seeds", type=POSITIVE_INT, default=3, metavar="S",
+                   help="seeds per config in --final-eval (default 3)")
     p.add_argument("--device", default="auto", help="device of --final-eval: auto|cpu|cuda|cuda:N")
     p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset (--final-eval)")
     return cmd_report
@@ -31,12 +32,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.summary import load_study
     from storage import mask_url, open_storage, resolve_storage_url
 
-    if args.top < 1:
-        return _usage(f"--top must be at least 1, got {args.top}")
-    if args.final_eval < 0:
-        return _usage(f"--final-eval must be 0 (off) or a number of configs, got {args.final_eval}")
-    if args.seeds < 1:
-        return _usage(f"--seeds must be at least 1, got {args.seeds}")
     url = resolve_storage_url(args.storage)
     study = load_study(open_storage(url, heartbeat_interval=None), args.study)
     out = check_out_dir(args.out or default_out_dir(args.study))
@@ -59,7 +54,7 @@ def _export_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--study", required=True)
     _storage_arg(p)
     p.add_argument("--out", required=True, help="directory for recipe.yaml|json, weights.pt and README.md")
-    p.add_argument("--trial", type=int, help="trial number (default: the best completed trial)")
+    p.add_argument("--trial", type=NON_NEGATIVE_INT, help="trial number (default: the best completed trial)")
     p.add_argument("--format", default="yaml", choices=("yaml", "json"), help="recipe format (default yaml)")
     p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset")
     p.add_argument("--no-weights", action="store_true", help="leave the trial's kept checkpoint out")
@@ -84,7 +79,7 @@ def _train_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--out", help="directory for weights.pt and metrics.json (default: cnnsearch-train/STUDY-trialN/)")
     p.add_argument("--device", default="cpu",
                    help="cpu (default: reproduces the trial exactly) | auto | cuda | cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads (default: as many as the trial used)")
+    p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: as many as the trial used)")
     p.add_argument("--final", action="store_true",
                    help="train on train+val and report test accuracy, instead of reproducing the trial on val")
     return cmd_train
@@ -94,8 +89,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from search.recipe import load_recipe, save_trained, train_recipe
     from search.worker import resolve_device
 
-    if args.threads is not None and args.threads < 1:
-        return _usage(f"--threads must be at least 1, got {args.threads}")
     recipe = load_recipe(args.config)
     prov = recipe.get("provenance") or {}
     default_out = Path("cnnsearch-train") / f"{prov.get('study', 'recipe')}-trial{prov.get('trial', '')}"

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from reports.summary import best_trials
 from search.study import is_original
 
 
@@ -24,13 +25,13 @@ def study_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def best_text(study: optuna.Study) -> str:
-    """The best value so far in a few characters (``-`` when nothing completed yet)."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    """The best feasible value so far in a few characters (``-`` while no trial meets the constraints)."""
+    best = best_trials(study, 1)
+    if not best:
         return "-"
     if len(study.directions) > 1:
-        return f"{len(study.best_trials)} on front"
-    return f"{study.best_value:.4f}"
+        return f"{len(best)} on front"
+    return f"{best[0].value:.4f}"
 
 
 class StudyProgress:

@@ -60,9 +60,19 @@ def make_sampler(name: str, seed: int | None, *, n_objectives: int = 1, parallel
     parameters an enqueued point leaves open, which is none.
     """
     check_sampler(name, n_objectives)
+    with warnings.catch_warnings():
+        # Optuna 5 deprecates constraints_func for Trial.set_constraint, which cannot update a value
+        # once set and which optuna-dashboard 0.21 does not show (it reads the list that
+        # constraints_func leaves in the system attrs). The warning says nothing to our users.
+        warnings.filterwarnings("ignore", message="`constraints_func` has been deprecated", category=FutureWarning)
+        return _make_sampler(name, seed, n_objectives, parallel, constraints, n_params)
+
+
+def _make_sampler(name: str, seed: int | None, n_objectives: int, parallel: bool, constraints: bool,
+                  n_params: int | None) -> optuna.samplers.BaseSampler:
     constraints_func = _constraints if constraints else None
     if name == "auto":
-        tpe = make_sampler("tpe", seed, n_objectives=n_objectives, parallel=parallel, constraints=constraints)
+        tpe = _make_sampler("tpe", seed, n_objectives, parallel, constraints, n_params)
         if n_objectives > 1 or n_params is None or n_params > AUTO_GP_MAX_PARAMS:
             return tpe
         gp = optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func,

@@ -37,6 +37,30 @@ def _fails(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "--study", "s", "--trials", "abc"], "argument --trials: expected an integer at least 1, got 'abc'"),
+    (["run", "--study", "s", "--trials", "0"], "argument --trials: must be at least 1, got 0"),
+    (["run", "--study", "s", "--trials", "2", "--timeout", "-5"], "argument --timeout: must be more than 0, got -5"),
+    (["run", "--study", "s", "--trials", "2", "--trial-timeout", "0"],
+     "argument --trial-timeout: must be more than 0, got 0"),
+    (["run", "--study", "s", "--trials", "2", "--max-params", "0"], "argument --max-params: must be at least 1, got 0"),
+    (["run", "--study", "s", "--trials", "2", "--max-latency-ms", "nan"],
+     "argument --max-latency-ms: must be more than 0, got nan"),
+    (["run", "--study", "s", "--trials", "2", "--seed", "-3"], "argument --seed: must be at least 0, got -3"),
+    (["run", "--trials", "2"], "the following arguments are required: --study"),
+    (["worker", "--study", "s", "--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    (["report", "--study", "s", "--final-eval", "-1"], "argument --final-eval: must be at least 0, got -1"),
+    (["best", "--study", "s", "--top", "0"], "argument --top: must be at least 1, got 0"),
+    (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+])
+def test_bad_flag_values_are_one_line_before_anything_runs(workdir: Path, capsys: pytest.CaptureFixture,
+                                                           argv: list[str], message: str) -> None:
+    line = _fails(capsys, argv)
+    assert line.startswith(f"cnnsearch: error: {message}")
+    assert line.endswith("--help`)")  # where to read what is accepted
+    _nothing_written(workdir)
+
+
 def _nothing_written(workdir: Path) -> None:
     leftovers = sorted(p.name for p in workdir.iterdir() if p.suffix not in (".yaml",) and p.name != "images")
     assert leftovers == [], leftovers

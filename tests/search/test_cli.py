@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import optuna
@@ -267,3 +268,61 @@ def test_start_points_of_the_space_run_first(workdir: Path) -> None:
     assert second.params != first.params
     assert _run("--study", "st", "--space", "start.yaml", "--trials", "3", "--pruner", "none") == 0
     assert [t.params for t in _study(workdir, "st").get_trials()].count(first.params) == 1  # not rerun on resume
+
+
+SIZES_SPACE = """
+params:
+  width: {type: categorical, choices: [4, 24]}
+  lr: {type: float, low: 3.0e-3, high: 3.0e-2, log: true}
+  epochs: 1
+  depth: 1
+  batch_size: 128
+"""
+
+
+def _params_of_width(width: int) -> int:
+    from search.measure import count_params
+    from search.models import build_model
+    from spaces import parse_space
+
+    config = parse_space({"params": {"width": width, "epochs": 1, "depth": 1}}, source="t").config_from_params({})
+    return count_params(build_model({**config, "seed": 0}, (1, 8, 8), 10))
+
+
+def test_max_params_refuses_big_models_before_training_and_best_meets_it(workdir: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    small, big = _params_of_width(4), _params_of_width(24)
+    limit = (small + big) // 2
+    (workdir / "sizes.yaml").write_text(SIZES_SPACE)
+    assert _run("--study", "mp", "--space", "sizes.yaml", "--sampler", "random", "--pruner", "none",
+                "--trials", "8", "--max-params", str(limit)) == 0
+    trials = _study(workdir, "mp").get_trials()
+    refused = [t for t in trials if t.params["width"] == 24]
+    kept = [t for t in trials if t.params["width"] == 4]
+    assert refused and kept, "the seeded random sampler drew both widths"
+    for t in refused:
+        assert (t.state, t.user_attrs["fail_reason"], t.user_attrs["params"]) == (TrialState.PRUNED, "constraint", big)
+        assert t.intermediate_values == {}, "refused before any training"
+        assert f"exceed --max-params {limit}" in t.user_attrs["fail_message"]
+    assert all(t.state == TrialState.COMPLETE and t.user_attrs["params"] == small for t in kept)
+    capsys.readouterr()
+    assert main(["best", "--study", "mp", "--json", "--top", "3"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best and all(rec["metrics"]["params"] <= limit for rec in best)
+    assert best[0]["value"] == max(t.value for t in kept)
+
+
+def test_a_study_where_no_trial_meets_the_constraints_says_so(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _run("--study", "lat", "--space", "quick.yaml", "--pruner", "none", "--trials", "2",
+                    "--max-latency-ms", "1e-9") == 0
+    out, err = capsys.readouterr()
+    assert "none of the 2 completed trials meets the study's constraints (--max-params, --max-latency-ms)" in out
+    assert "Traceback" not in err
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], "Optuna's deprecation shown to users"
+    assert all(t.user_attrs["latency_ms"] > 1e-9 for t in _study(workdir, "lat").get_trials())
+    assert main(["best", "--study", "lat", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["status", "--study", "lat", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["best_value"] is None
