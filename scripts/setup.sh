@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+# find_spec, not import: importing torch takes seconds, and this check runs on every demo and test run.
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('torch') and u.find_spec('torchvision')))"; then
     # shellcheck disable=SC2086
     .venv/bin/pip install -q $TORCH_SPEC
 fi
@@ -20,4 +21,12 @@ if [ "${1:-}" = "--test" ]; then
     extras="[test]"
     bash scripts/install-test-deps.sh
 fi
-.venv/bin/pip install -q -e ".${extras}"
+# The package is installed in editable mode, so code changes need no reinstall: pip runs again only
+# when pyproject.toml changed since the last install (a stamp in .venv holds its hash). This keeps a
+# second `demo.sh` or `test.sh` from spending ~13 s on a pip run that changes nothing.
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+stamp=.venv/.cnnsearch-installed${extras:+-test}
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] && [ "$(cat .venv/.cnnsearch-installed-test 2>/dev/null)" != "$want" ]; then
+    .venv/bin/pip install -q -e ".${extras}"
+    echo "$want" > "$stamp"
+fi
