@@ -60,4 +60,6 @@ def test_bad_final_eval_flags_are_refused_before_training(tmp_path: Path, capsys
                                                           flag: str, value: str) -> None:
     args = ["report", "--study", STUDY, "--storage", f"sqlite:///{tmp_path / 'none.db'}", flag, value]
     assert main(args) == 2
-    assert capsys.readouterr().err.startswith(f"cnnsearch: error: {flag} must be")
+    err = capsys.readouterr().err
+    assert err.startswith(f"cnnsearch: error: argument {flag}: must be at least") and err.count("\n") == 1
+    assert not (tmp_path / "none.db").exists()
