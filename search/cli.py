@@ -317,17 +317,15 @@ def _best_args(p: argparse.ArgumentParser) -> Command:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from optuna.trial import TrialState
-
     from reports.summary import best_records
+    from search.progress import study_counts
 
     study = _open_study(args)
     records = best_records(study, args.top)
     if args.json:
         _print_json(records)
     elif not records:
-        complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        print(f"study {args.study!r}: {_no_best(complete)}")
+        print(f"study {args.study!r}: {_no_best(study_counts(study)['COMPLETE'])}")
     else:
         _print_best_text(records)
     return 0
