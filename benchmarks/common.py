@@ -7,6 +7,7 @@ and each is summarised by its median over the rounds.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -89,3 +90,15 @@ def _cell(value: Any) -> str:
 def result_line(benchmark: str, summary: str) -> str:
     """The one line ``run_all.py`` collects from a benchmark's output: ``RESULT <benchmark>: <summary>``."""
     return f"RESULT {benchmark}: {summary}"
+
+
+def parser_with_modes(doc: str | None, quick: str, smoke: str) -> tuple[argparse.ArgumentParser, Any]:
+    """A benchmark's argument parser with its two short modes, ``--quick`` (run_all's) and ``--smoke`` (tests').
+
+    Returns the parser and the mutually exclusive group of the modes (for a script with one more).
+    """
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help=quick)
+    mode.add_argument("--smoke", action="store_true", help=smoke)
+    return parser, mode

@@ -8,7 +8,7 @@ and sampled through ``Space.suggest``, exactly as a study samples its configs.
 
 Samplers (``--samplers``):
 
-- ``cnnsearch``: ``search.samplers.make_sampler(DEFAULT_SAMPLER, seed, n_objectives=1,
+- ``cnnsearch``: ``search.study.samplers.make_sampler(DEFAULT_SAMPLER, seed, n_objectives=1,
   n_params=6)``, what a one-worker ``cnnsearch run`` uses on this space (``auto``: GP here);
 - ``random``: ``optuna.samplers.RandomSampler``;
 - ``optuna-tpe``: Optuna's default ``TPESampler()``;
@@ -51,8 +51,8 @@ if __package__ in (None, ""):
     # shadow the `spaces` package: import our modules from the repository root instead.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from benchmarks.common import machine_line, median, result_line, table  # noqa: E402
-from search.samplers import DEFAULT_SAMPLER, make_sampler  # noqa: E402
+from benchmarks.common import machine_line, median, parser_with_modes, result_line, table  # noqa: E402
+from search.study.samplers import DEFAULT_SAMPLER, make_sampler  # noqa: E402
 from spaces import load_space  # noqa: E402
 
 SPACE_FILE = Path(__file__).resolve().parent / "spaces" / "nasbench201.yaml"
@@ -181,11 +181,9 @@ def goal_check(medians_by_dataset: dict[str, dict[str, dict[int, float]]], n_eva
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="cifar10 only, 3 seeds, 50 evaluations (under a minute)")
-    mode.add_argument("--smoke", action="store_true", help="seconds: cifar10, random and cnnsearch, 2 seeds, "
-                                                           "20 evaluations (tests)")
+    parser, mode = parser_with_modes(
+        __doc__, quick="cifar10 only, 3 seeds, 50 evaluations (under a minute)",
+        smoke="seconds: cifar10, random and cnnsearch, 2 seeds, 20 evaluations (tests)")
     mode.add_argument("--merge", nargs="+", metavar="FILE", help="print the tables of runs saved with --save")
     parser.add_argument("--datasets", default=None, help=f"comma-separated subset of {', '.join(DATASETS)}")
     parser.add_argument("--samplers", default=None, help=f"comma-separated subset of {', '.join(SAMPLERS)}")

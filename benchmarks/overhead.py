@@ -3,12 +3,12 @@
 Two ways to train the same configs, interleaved (A B A B ...):
 
 - ``study``: a fresh SQLite study (``create_or_resume`` + ``fill_budget``, as ``cnnsearch run``
-  does) worked by the real worker loop (``search.worker.worker_loop``): sampler, trial
+  does) worked by the real worker loop (``search.study.worker.worker_loop``): sampler, trial
   claim, heartbeat thread, config/identity/metric user attrs, per-epoch intermediate values
   and pruner calls, FLOP count, latency measurement, ``tell`` (throughput is timed on the
   validation pass the trial runs anyway);
 - ``direct``: the configs that study ran (its trials' ``config`` user attrs, seeds
-  included) trained by calling ``search.train.train(config, data, "cpu", measure=False)``
+  included) trained by calling ``search.trial.train.train(config, data, "cpu", measure=False)``
   in a loop.
 
 Both get the same on-device data (loading it is a once-per-worker cost, not per trial).
@@ -27,7 +27,6 @@ study and is shown apart. Goal: <= 5 %.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import tempfile
@@ -45,17 +44,19 @@ if __package__ in (None, ""):
     # shadow the `spaces` package: import our modules from the repository root instead.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from benchmarks.common import machine_line, median, result_line, table  # noqa: E402
-from search.data import TrialData, make_split, prepare_data  # noqa: E402
-from search.datasets import ImageSet, load_dataset  # noqa: E402
-from search.measure import measure_latency_ms  # noqa: E402
-from search.models import build_model  # noqa: E402
-from search.objective import _reporter as real_reporter  # noqa: E402
-from search.study import StudySpec, create_or_resume, fill_budget  # noqa: E402
-from search.train import fit as real_fit  # noqa: E402
-from search.train import train  # noqa: E402
-from search.worker import record_or_check_split, worker_loop  # noqa: E402
+from benchmarks.common import machine_line, median, parser_with_modes, result_line, table  # noqa: E402
+from search.study.dataset import record_or_check_split  # noqa: E402
+from search.study.objective import _reporter as real_reporter  # noqa: E402
+from search.study.spec import StudySpec, create_or_resume, fill_budget  # noqa: E402
+from search.study.worker import WorkerSettings, worker_loop  # noqa: E402
+from search.trial.data import TrialData, make_split, prepare_data  # noqa: E402
+from search.trial.datasets import ImageSet, load_dataset  # noqa: E402
+from search.trial.measure import measure_latency_ms  # noqa: E402
+from search.trial.models import build_model  # noqa: E402
+from search.trial.train import fit as real_fit  # noqa: E402
+from search.trial.train import train  # noqa: E402
 from spaces import Space, parse_space  # noqa: E402
+from spaces.schema import TrialConfig  # noqa: E402
 from storage import open_storage  # noqa: E402
 
 GOAL_PERCENT = 5.0
@@ -77,7 +78,7 @@ def trial_space(epochs: int, width: int) -> Space:
 
 
 def run_study(space: Space, dataset: str, images: ImageSet, data: TrialData, trials: int, folder: str,
-              round_: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+              round_: int) -> tuple[dict[str, float], list[TrialConfig]]:
     """Create a SQLite study of ``trials`` trials and work it with the worker loop.
 
     Returns seconds, and the configs the study ran. Seconds: ``setup`` (storage, study,
@@ -86,8 +87,8 @@ def run_study(space: Space, dataset: str, images: ImageSet, data: TrialData, tri
     per worker), ``between`` (mean time between one trial's training and the next's:
     the per-trial work of the loop, ``tell`` to the next claim, config and attrs) and
     ``reports`` (per trial: the per-epoch report calls made during training). The trainings
-    are ``search.objective.fit`` calls and the reports the calls of the function
-    ``search.objective._reporter`` makes, each timed by a pass-through wrapper.
+    are ``search.study.objective.fit`` calls and the reports the calls of the function
+    ``search.study.objective._reporter`` makes, each timed by a pass-through wrapper.
     """
     url = f"sqlite:///{folder}/overhead-{round_}.db"
     name = f"overhead-{round_}"
@@ -121,22 +122,23 @@ def run_study(space: Space, dataset: str, images: ImageSet, data: TrialData, tri
         return timed_report
 
     started = time.perf_counter()
-    with mock.patch("search.objective.fit", timed_fit), mock.patch("search.objective._reporter", timed_reporter):
-        summary = worker_loop(url, name, device="cpu", data=data, parallel=False)
+    with mock.patch("search.study.objective.fit", timed_fit), \
+            mock.patch("search.study.objective._reporter", timed_reporter):
+        summary = worker_loop(url, name, WorkerSettings(device="cpu", parallel=False), data=data)
     wall = time.perf_counter() - started
     if summary.counts.get("COMPLETE") != trials:
         raise RuntimeError(f"the study ran {summary.counts}, expected {trials} complete trials")
     if len(fits) != trials:
-        raise RuntimeError(f"search.objective called fit {len(fits)} times for {trials} trials: it no "
-                           "longer trains through search.objective.fit; update benchmarks/overhead.py")
+        raise RuntimeError(f"search.study.objective called fit {len(fits)} times for {trials} trials: it no "
+                           "longer trains through search.study.objective.fit; update benchmarks/overhead.py")
     gaps = [nxt[0] - prev[1] for prev, nxt in zip(fits, fits[1:], strict=False)]
     seconds = {"setup": setup, "loop": wall, "start": fits[0][0] - started,
                "between": sum(gaps) / len(gaps) if gaps else float("nan"), "reports": sum(reports) / trials}
     done = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=None))
-    return seconds, [t.user_attrs["config"] for t in sorted(done.trials, key=lambda t: t.number)]
+    return seconds, [TrialConfig.from_dict(t.user_attrs["config"]) for t in sorted(done.trials, key=lambda t: t.number)]
 
 
-def run_direct(configs: list[dict[str, Any]], data: TrialData) -> float:
+def run_direct(configs: list[TrialConfig], data: TrialData) -> float:
     """Wall seconds of training ``configs`` with ``train(..., measure=False)`` in a plain loop."""
     started = time.perf_counter()
     for config in configs:
@@ -144,7 +146,7 @@ def run_direct(configs: list[dict[str, Any]], data: TrialData) -> float:
     return time.perf_counter() - started
 
 
-def latency_seconds(configs: list[dict[str, Any]], data: TrialData) -> float:
+def latency_seconds(configs: list[TrialConfig], data: TrialData) -> float:
     """Seconds the latency measurements of ``configs``' models take, in total."""
     latency = 0.0
     for config in configs:
@@ -156,10 +158,9 @@ def latency_seconds(configs: list[dict[str, Any]], data: TrialData) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="3 trials x 2 rounds (about a minute)")
-    mode.add_argument("--smoke", action="store_true", help="seconds: digits, 2 tiny trials, 1 round (tests)")
+    parser, _ = parser_with_modes(
+        __doc__, quick="3 trials x 2 rounds (about a minute)",
+        smoke="seconds: digits, 2 tiny trials, 1 round (tests)")
     parser.add_argument("--trials", type=int, default=None, help="trials per study (default 8)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
     parser.add_argument("--epochs", type=int, default=None,

@@ -5,7 +5,8 @@ Each script runs in its own process (its own torch threads and memory), with ``-
 (seconds, for tests), or in full without either. A script reports its headline in a line
 ``RESULT <name>: <summary>`` (``benchmarks.common.result_line``); from a script that prints
 none, the last line of its output is shown. A script without the asked-for mode (its source
-never mentions ``"--quick"``/``"--smoke"``) is listed as skipped rather than run in full.
+never mentions ``"--quick"``/``"--smoke"`` and does not build its parser with
+``benchmarks.common.parser_with_modes``) is listed as skipped rather than run in full.
 Scripts are found by name: every ``benchmarks/*.py`` except this runner and ``common.py``.
 
     python benchmarks/run_all.py --quick
@@ -14,7 +15,6 @@ Scripts are found by name: every ``benchmarks/*.py`` except this runner and ``co
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
@@ -25,7 +25,7 @@ if __package__ in (None, ""):
     # shadow the `spaces` package: import our modules from the repository root instead.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from benchmarks.common import machine_line, table  # noqa: E402
+from benchmarks.common import machine_line, parser_with_modes, table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NOT_BENCHMARKS = {"run_all", "common", "__init__"}
@@ -42,7 +42,8 @@ def benchmark_scripts(folder: Path = HERE) -> list[str]:
 def run_script(name: str, mode: str | None, timeout: float, show_output: bool) -> tuple[str, float, str]:
     """Run one benchmark; return (status, seconds, headline)."""
     script = HERE / f"{name}.py"
-    if mode and f'"--{mode}"' not in script.read_text(encoding="utf-8"):
+    text = script.read_text(encoding="utf-8")
+    if mode and f'"--{mode}"' not in text and "parser_with_modes(" not in text:
         return f"skipped (no --{mode})", 0.0, ""
     command = [sys.executable, str(script), *([f"--{mode}"] if mode else [])]
     started = time.perf_counter()
@@ -71,10 +72,9 @@ def _headline(name: str, output: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="each script's short version (under 5 minutes in all)")
-    mode.add_argument("--smoke", action="store_true", help="each script's seconds-long version (tests)")
+    parser, _ = parser_with_modes(
+        __doc__, quick="each script's short version (under 5 minutes in all)",
+        smoke="each script's seconds-long version (tests)")
     parser.add_argument("--only", help="comma-separated benchmark names (default: all in benchmarks/)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per script (default 600)")
     parser.add_argument("--show-output", action="store_true", help="print each script's own output too")

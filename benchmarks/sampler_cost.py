@@ -1,6 +1,6 @@
 """Seconds per suggestion of cnnsearch's default sampler (``auto``), TPE and GP, by space size and trial count.
 
-What ``search.samplers.AUTO_GP_MAX_PARAMS`` and ``AUTO_GP_TRIALS`` rest on: GP's cost per
+What ``search.study.samplers.AUTO_GP_MAX_PARAMS`` and ``AUTO_GP_TRIALS`` rest on: GP's cost per
 suggestion grows with the number of searched parameters and with the trials it has seen,
 TPE's hardly does. Each sampler runs a study of ``--trials`` trials on a space (the
 6-parameter NAS-Bench-201 cell space, the first 12 unconditional parameters of the
@@ -16,7 +16,6 @@ process, torch threads 1, samplers interleaved per space.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -29,8 +28,8 @@ import torch
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # benchmarks/spaces/ would shadow `spaces`
 
-from benchmarks.common import machine_line, result_line, table  # noqa: E402
-from search.samplers import AUTO_GP_MAX_PARAMS, make_sampler  # noqa: E402
+from benchmarks.common import machine_line, parser_with_modes, result_line, table  # noqa: E402
+from search.study.samplers import AUTO_GP_MAX_PARAMS, make_sampler  # noqa: E402
 from spaces import Space, load_space  # noqa: E402
 
 NAS_SPACE = Path(__file__).resolve().parent / "spaces" / "nasbench201.yaml"
@@ -79,10 +78,9 @@ def seconds_per_suggestion(space: Space, sampler_name: str, trials: int, seed: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="50 trials, two spaces (about a minute)")
-    mode.add_argument("--smoke", action="store_true", help="12 trials, two spaces (seconds, tests)")
+    parser, _ = parser_with_modes(
+        __doc__, quick="50 trials, two spaces (about a minute)",
+        smoke="12 trials, two spaces (seconds, tests)")
     parser.add_argument("--trials", type=int, default=None, help="trials per study (default 200)")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,11 +1,11 @@
 """Storage overhead per trial and trials/s of the worker loop: SQLite vs PostgreSQL, 1, 4 and 8 workers.
 
-Each worker is a process running the real worker loop (``search.worker.worker_loop``) on a
+Each worker is a process running the real worker loop (``search.study.worker.worker_loop``) on a
 study of N enqueued trials, exactly as ``cnnsearch worker`` does: failing stale trials,
 claiming a waiting trial, the heartbeat thread, identity/config/seed/constraint user attrs,
 one intermediate value (and pruner call) per epoch with its curve attr, metric user attrs,
 ``tell`` and the dashboard note. Only training is replaced, by a stub that reports two
-epochs and returns fixed metrics at once (``search.objective.fit``), so what is measured is
+epochs and returns fixed metrics at once (``search.study.objective.fit``), so what is measured is
 what the storage, and Optuna around it, costs per trial.
 
 - ``trials/s``: N / wall, the wall running from the moment all workers are ready until the
@@ -30,7 +30,6 @@ tests) unless ``--postgres URL`` names one; without either, only SQLite is measu
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 import queue
@@ -52,9 +51,11 @@ if __package__ in (None, ""):
     # shadow the `spaces` package: import our modules from the repository root instead.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from benchmarks.common import machine_line, median, result_line, table  # noqa: E402
-from search.study import StudySpec, create_or_resume, fill_budget  # noqa: E402
+from benchmarks.common import machine_line, median, parser_with_modes, result_line, table  # noqa: E402
+from search.study.spec import StudySpec, create_or_resume, fill_budget  # noqa: E402
+from search.trial.metrics import TrialMetrics  # noqa: E402
 from spaces import Space, parse_space  # noqa: E402
+from spaces.schema import TrialConfig  # noqa: E402
 from storage import open_storage  # noqa: E402
 
 EPOCHS = 2
@@ -71,19 +72,19 @@ def bench_space() -> Space:
 
 # --- the worker processes --------------------------------------------------------------------------
 
-def stub_fit(config: dict[str, Any], data: Any, device: Any, report: Callable | None = None, *,
-             measure: bool = True, deadline: float | None = None) -> tuple[None, dict[str, Any]]:
-    """``search.train.fit`` without the training: each epoch reported, fixed metrics returned."""
+def stub_fit(config: TrialConfig, data: Any, device: Any, report: Callable | None = None, *,
+             measure: bool = True, deadline: float | None = None) -> tuple[None, TrialMetrics]:
+    """``search.trial.train.fit`` without the training: each epoch reported, fixed metrics returned."""
     curve = []
-    for epoch in range(config["epochs"]):
+    for epoch in range(config.epochs):
         curve.append(0.5 + 0.01 * epoch)
         if report is not None:
             report(epoch, curve[-1], 1.0)
-    return None, {"val_accuracy": curve[-1], "val_loss": 1.0, "best_val_accuracy": curve[-1],
-                  "epochs_run": len(curve), "params": 1000, "flops": 100_000, "train_seconds": 0.0,
-                  "latency_ms": 0.1, "throughput": 10_000.0, "amp": False, "notes": [],
-                  "curves": {"val_accuracy": curve, "val_loss": [1.0] * len(curve),
-                             "train_loss": [1.0] * len(curve), "lr": [config["lr"]] * len(curve)}}
+    return None, TrialMetrics(
+        val_accuracy=curve[-1], val_loss=1.0, best_val_accuracy=curve[-1], epochs_run=len(curve), params=1000,
+        flops=100_000, train_seconds=0.0, latency_ms=0.1, throughput=10_000.0, device=str(device), amp=None,
+        notes=[], curves={"val_accuracy": curve, "val_loss": [1.0] * len(curve), "train_loss": [1.0] * len(curve),
+                          "lr": [config.lr] * len(curve)})
 
 
 def serve(index: int, jobs: Any, results: Any) -> None:
@@ -95,9 +96,9 @@ def serve(index: int, jobs: Any, results: Any) -> None:
     logging.basicConfig(level=logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    from search.data import make_split, prepare_data
-    from search.datasets import load_dataset
-    from search.worker import worker_loop
+    from search.study.worker import WorkerSettings, worker_loop
+    from search.trial.data import make_split, prepare_data
+    from search.trial.datasets import load_dataset
 
     images = load_dataset("digits")
     data = prepare_data(images, make_split(images.labels, seed=0), "cpu")
@@ -105,11 +106,12 @@ def serve(index: int, jobs: Any, results: Any) -> None:
     while (job := jobs.get()) is not None:
         url, study = job
         told: list[float] = []
-        with mock.patch("search.objective.fit", stub_fit):
+        with mock.patch("search.study.objective.fit", stub_fit):
             results.put(("ready", index))
             jobs.get()  # "go"
             start = time.monotonic()
-            summary = worker_loop(url, study, device="cpu", worker_index=index, threads=1, data=data,
+            settings = WorkerSettings(device="cpu", worker_index=index, threads=1)
+            summary = worker_loop(url, study, settings, data=data,
                                   on_trial=lambda _outcome, told=told: told.append(time.monotonic()))
         results.put((index, start, told[-1] if told else start, len(summary.outcomes)))
 
@@ -210,7 +212,7 @@ def private_postgres(wanted: bool) -> Iterator[Any]:
     if not wanted:
         yield None
         return
-    from tests.pg import PgCluster, find_pg_bindir
+    from tests.support.pg import PgCluster, find_pg_bindir
 
     bindir = find_pg_bindir()
     if bindir is None:
@@ -227,10 +229,9 @@ def private_postgres(wanted: bool) -> Iterator[Any]:
 # --- main ---------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="40 trials; 1 and 4 workers; 1 round (about a minute)")
-    mode.add_argument("--smoke", action="store_true", help="seconds: 20 trials; 1 and 2 workers; 1 round (tests)")
+    parser, _ = parser_with_modes(
+        __doc__, quick="40 trials; 1 and 4 workers; 1 round (about a minute)",
+        smoke="seconds: 20 trials; 1 and 2 workers; 1 round (tests)")
     parser.add_argument("--trials", type=int, help="trials per study (default 1000)")
     parser.add_argument("--workers", help="comma-separated worker counts (default 1,4,8)")
     parser.add_argument("--rounds", type=int, help="runs of each configuration (default 3)")

@@ -59,8 +59,8 @@ t0 = float(sys.argv[1]); seed = int(sys.argv[2]); budget = float(sys.argv[3])
 import optuna, torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from search.datasets import load_dataset
-from search.data import make_split
+from search.trial.datasets import load_dataset
+from search.trial.data import make_split
 torch.set_num_threads(2)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 images = load_dataset("mnist5k")

@@ -1,10 +1,10 @@
-"""Training throughput of ``search.train.train`` against two hand-written PyTorch loops.
+"""Training throughput of ``search.trial.train.train`` against two hand-written PyTorch loops.
 
-For each model config, three ways to train the same model (``search.models.build_model``),
+For each model config, three ways to train the same model (``search.trial.models.build_model``),
 with the same optimizer, batch size, number of epochs and on-device data, run
 interleaved (train, DataLoader, raw, train, DataLoader, raw, ...):
 
-- ``train``: ``search.train.train(config, data, device, measure=False)``, the call every
+- ``train``: ``search.trial.train.train(config, data, device, measure=False)``, the call every
   trial makes (its schedule, loss, finiteness checks, per-epoch validation, FLOP count);
 - ``dataloader``: a plain loop over ``DataLoader(TensorDataset(x, y), shuffle=True)``
   of the normalised float images;
@@ -20,10 +20,10 @@ per second of that wall time. Goal: ``train`` >= 0.95x ``raw``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +36,22 @@ if __package__ in (None, ""):
     # shadow the `spaces` package: import our modules from the repository root instead.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from benchmarks.common import interleaved, machine_line, median, result_line, table, timed  # noqa: E402
-from search.data import TrialData, make_split, prepare_data  # noqa: E402
-from search.datasets import load_dataset  # noqa: E402
-from search.models import build_model  # noqa: E402
-from search.train import make_optimizer, train  # noqa: E402
+from benchmarks.common import interleaved, machine_line, median, parser_with_modes, result_line, table, timed  # noqa: E402
+from search.trial.data import TrialData, make_split, prepare_data  # noqa: E402
+from search.trial.datasets import load_dataset  # noqa: E402
+from search.trial.models import build_model  # noqa: E402
+from search.trial.train import make_optimizer, train  # noqa: E402
 from spaces import load_space  # noqa: E402
-from spaces.schema import complete_config  # noqa: E402
+from spaces.schema import TrialConfig  # noqa: E402
 
 GOAL = 0.95
 
 
-def model_configs() -> dict[str, dict[str, Any]]:
+def model_configs() -> dict[str, TrialConfig]:
     """The model sizes measured: the published MNIST baseline, the default config's CNN and a wider, deeper one."""
-    baseline = complete_config(dict(load_space("mnist-baseline").fixed))
-    default = complete_config({})
-    wide = complete_config({"depth": 2, "width": 48, "batch_size": 128})
+    baseline = TrialConfig.from_dict(load_space("mnist-baseline").fixed)
+    default = TrialConfig()
+    wide = TrialConfig.from_dict({"depth": 2, "width": 48, "batch_size": 128})
     return {"mnist-baseline": baseline, "default": default, "wide": wide}
 
 
@@ -70,36 +70,17 @@ def _validate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
     return correct / len(y)
 
 
-def raw_loop(config: dict[str, Any], data: TrialData) -> float:
-    """Index-slice training loop; returns the last epoch's val accuracy."""
-    torch.manual_seed(config["seed"])
+def _loop(config: TrialConfig, data: TrialData,
+          epoch_batches: Callable[[torch.Tensor], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> float:
+    """A plain training loop over ``epoch_batches(train_x)`` each epoch; returns the last epoch's val accuracy."""
+    torch.manual_seed(config.seed)
     train_x, val_x = _float_data(data)
     model = build_model(config, data.input_shape, data.num_classes)
     optimizer = make_optimizer(config, model.parameters())
-    n, bs = len(data.train_y), config["batch_size"]
     acc = 0.0
-    for _ in range(config["epochs"]):
+    for _ in range(config.epochs):
         model.train()
-        for idx in torch.randperm(n).split(bs):
-            loss = F.cross_entropy(model(train_x[idx]), data.train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        acc = _validate(model, val_x, data.val_y)
-    return acc
-
-
-def dataloader_loop(config: dict[str, Any], data: TrialData) -> float:
-    """The textbook loop: DataLoader over a TensorDataset; returns the last epoch's val accuracy."""
-    torch.manual_seed(config["seed"])
-    train_x, val_x = _float_data(data)
-    model = build_model(config, data.input_shape, data.num_classes)
-    optimizer = make_optimizer(config, model.parameters())
-    loader = DataLoader(TensorDataset(train_x, data.train_y), batch_size=config["batch_size"], shuffle=True)
-    acc = 0.0
-    for _ in range(config["epochs"]):
-        model.train()
-        for xb, yb in loader:
+        for xb, yb in epoch_batches(train_x):
             loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -108,15 +89,27 @@ def dataloader_loop(config: dict[str, Any], data: TrialData) -> float:
     return acc
 
 
-def train_call(config: dict[str, Any], data: TrialData) -> float:
+def raw_loop(config: TrialConfig, data: TrialData) -> float:
+    """Index-slice training loop; returns the last epoch's val accuracy."""
+    n, y = len(data.train_y), data.train_y
+    return _loop(config, data, lambda x: ((x[idx], y[idx]) for idx in torch.randperm(n).split(config.batch_size)))
+
+
+def dataloader_loop(config: TrialConfig, data: TrialData) -> float:
+    """The textbook loop: DataLoader over a TensorDataset; returns the last epoch's val accuracy."""
+    return _loop(config, data, lambda x: DataLoader(TensorDataset(x, data.train_y), batch_size=config.batch_size,
+                                                    shuffle=True))
+
+
+def train_call(config: TrialConfig, data: TrialData) -> float:
     """The call a trial makes; returns the last epoch's val accuracy."""
-    return train(config, data, "cpu", measure=False)["val_accuracy"]
+    return train(config, data, "cpu", measure=False).val_accuracy
 
 
 VARIANTS = {"train": train_call, "dataloader": dataloader_loop, "raw": raw_loop}
 
 
-def measure(configs: dict[str, dict[str, Any]], data: TrialData, rounds: int, warmup: bool) -> list[list[Any]]:
+def measure(configs: dict[str, TrialConfig], data: TrialData, rounds: int, warmup: bool) -> list[list[Any]]:
     """One table row per config: median img/s of each variant, and the median over rounds of
     each round's ratio to ``raw`` (a ratio within one round is the one noise hits least).
 
@@ -126,11 +119,11 @@ def measure(configs: dict[str, dict[str, Any]], data: TrialData, rounds: int, wa
     if warmup:
         first = next(iter(configs.values()))
         for f in VARIANTS.values():
-            f({**first, "epochs": 1}, data)
+            f(first.replace(epochs=1), data)
     rows = []
     n_train = len(data.train_y)
     for name, config in configs.items():
-        images = config["epochs"] * n_train
+        images = config.epochs * n_train
         runners = {v: (lambda f=f, c=config: timed(lambda: f(c, data))) for v, f in VARIANTS.items()}
         results = interleaved(runners, rounds)
         ips = {v: median([images / wall for wall, _, _ in runs]) for v, runs in results.items()}
@@ -138,7 +131,7 @@ def measure(configs: dict[str, dict[str, Any]], data: TrialData, rounds: int, wa
                                       for v, runs in results.items()), file=sys.stderr, flush=True)
         accs = {v: median([acc for _, _, acc in runs]) for v, runs in results.items()}
 
-        rows.append([name, config["batch_size"], config["epochs"], ips["train"], ips["dataloader"], ips["raw"],
+        rows.append([name, config.batch_size, config.epochs, ips["train"], ips["dataloader"], ips["raw"],
                      _ratio(results, "train", 0), _ratio(results, "dataloader", 0),
                      _ratio(results, "train", 1), _ratio(results, "dataloader", 1),
                      f"{accs['train']:.3f}/{accs['dataloader']:.3f}/{accs['raw']:.3f}"])
@@ -156,11 +149,9 @@ HEADERS = ["config", "batch", "epochs", "train img/s", "DataLoader img/s", "raw 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true",
-                      help="mnist-baseline and default configs on 1,000 train images, 3 rounds (under a minute)")
-    mode.add_argument("--smoke", action="store_true", help="seconds: digits, the default config, 1 round (tests)")
+    parser, _ = parser_with_modes(
+        __doc__, quick="mnist-baseline and default configs on 1,000 train images, 3 rounds (under a minute)",
+        smoke="seconds: digits, the default config, 1 round (tests)")
     parser.add_argument("--dataset", default=None, help="dataset name (default mnist5k; digits with --smoke)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
     parser.add_argument("--train-images", type=int, default=None,
@@ -184,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in wanted if c not in configs]
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {', '.join(configs)}")
-    configs = {name: {**configs[name], "epochs": epochs} for name in wanted}
+    configs = {name: configs[name].replace(epochs=epochs) for name in wanted}
 
     images = load_dataset(dataset)
     data = prepare_data(images, make_split(images.labels, seed=0), "cpu")

@@ -24,6 +24,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import bootstrap
 
+from storage.records import VAL_ACCURACY
+
 MIN_TRIALS = 3
 """Fewer trials than this on either side: no interval, and the row says there are too few."""
 
@@ -35,7 +37,7 @@ N_RESAMPLES = 2000
 
 def trial_accuracy(trial: FrozenTrial) -> float | None:
     """The validation accuracy a trial ended with (its ``val_accuracy`` user attr), or None."""
-    value = trial.user_attrs.get("val_accuracy")
+    value = trial.user_attrs.get(VAL_ACCURACY)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None

@@ -20,7 +20,7 @@ A recipe (``recipe.yaml`` or ``recipe.json``) holds:
 Beside it, ``weights.pt`` (when kept) and a short ``README.md``. Files are written to
 temporary names in the target directory and renamed into place only when all are
 complete. This module builds and writes; the dataset statistics and versions come from
-``search`` (``search.recipe.export_recipe``), which reads the data.
+``search`` (``search.results.recipe.export_recipe``), which reads the data.
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from reports.errors import ReportError
-from reports.summary import METRIC_KEYS, best_trials
+from reports.summary import SHOWN_METRICS
+from spaces.schema import AUGMENTATION_KEYS
 from storage import artifact_store_for
+from storage.records import CHECKPOINT, CONFIG
+from storage.studies import best_trials
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +57,6 @@ README_FILE = "README.md"
 README_FALLBACK = "README.cnnsearch.md"
 README_MARK = "<!-- written by cnnsearch export -->"
 """First line of our README: an existing README.md without it is the user's and is left alone."""
-
-CHECKPOINT_ATTR = "checkpoint_artifact"
-"""Trial user attr with the artifact id of the trial's kept ``state_dict`` (written by ``search.artifacts``)."""
-
-AUGMENTATION_KEYS = ("aug_flip", "aug_translate", "aug_rotate", "aug_jitter", "aug_noise")
 
 
 def pick_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
@@ -96,7 +94,7 @@ def build_recipe(study: optuna.Study, trial: FrozenTrial, *, mean: list[float], 
     are the packages installed at export time (the study records those it was created with).
     """
     attrs = study.user_attrs
-    config = dict(trial.user_attrs.get("config") or {})
+    config = dict(trial.user_attrs.get(CONFIG) or {})
     if not config:
         raise ReportError(f"trial #{trial.number} of study {study.study_name!r} has no recorded config "
                           "(was it run by cnnsearch?); nothing to export")
@@ -127,7 +125,7 @@ def build_recipe(study: optuna.Study, trial: FrozenTrial, *, mean: list[float], 
                       "test_fraction": split.get("test_fraction"), "sizes": split.get("sizes"),
                       "fingerprint": attrs.get("split_fingerprint")},
         },
-        "metrics": {k: trial.user_attrs[k] for k in METRIC_KEYS if k in trial.user_attrs},
+        "metrics": {k: trial.user_attrs[k] for k in SHOWN_METRICS if k in trial.user_attrs},
         "provenance": {
             "study": study.study_name,
             "trial": trial.number,
@@ -156,7 +154,7 @@ def checkpoint_source(trial: FrozenTrial, storage_url: str) -> Callable[[Path], 
     The checkpoint is read from the artifact store of ``storage_url``
     (:func:`storage.artifact_store_for`).
     """
-    artifact_id = trial.user_attrs.get(CHECKPOINT_ATTR)
+    artifact_id = trial.user_attrs.get(CHECKPOINT)
     if not artifact_id:
         return None
 

@@ -20,7 +20,8 @@ from collections.abc import Iterable
 import optuna
 from optuna.trial import FrozenTrial
 
-from reports.summary import best_trials, format_value
+from reports.summary import format_value
+from storage.studies import best_trials
 
 log = logging.getLogger(__name__)
 

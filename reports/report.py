@@ -35,7 +35,9 @@ from optuna.trial import FrozenTrial, TrialState
 from reports import plots
 from reports.ablation import ablation, trial_accuracy
 from reports.errors import ReportError
-from reports.summary import best_trials, format_value
+from reports.summary import format_value
+from storage.records import CONFIG, CURVES, FAIL_MESSAGE, FAIL_REASON, FAIL_REASONS
+from storage.studies import best_trials
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +53,6 @@ FEW_TRIALS = 10
 
 Accuracy = Callable[[FrozenTrial], float]
 """Validation accuracy of a completed trial, as the plots and importances read it."""
-
-REASONS = {
-    "pruned": "stopped early by the pruner",
-    "nan_loss": "loss became NaN/inf",
-    "oom": "out of memory",
-    "timeout": "over --trial-timeout",
-    "error": "crashed (exception)",
-    "interrupted": "worker interrupted or killed",
-    "constraint": "over --max-params before training",
-}
-
 
 def default_out_dir(study_name: str) -> Path:
     """``cnnsearch-reports/<study>/`` under the working directory."""
@@ -241,7 +232,7 @@ def _top_row(t: FrozenTrial) -> dict[str, Any]:
         "params": ua.get("params"), "flops": ua.get("flops"), "latency_ms": ua.get("latency_ms"),
         "train_seconds": ua.get("train_seconds"), "epochs": ua.get("epochs_run"),
         "searched": t.params,
-        "config": json.dumps(ua.get("config") or {}, indent=1, sort_keys=True),
+        "config": json.dumps(ua.get(CONFIG) or {}, indent=1, sort_keys=True),
     }
 
 
@@ -287,7 +278,7 @@ def _plots(study: optuna.Study, done: list[FrozenTrial], top: list[FrozenTrial],
     if len(done) >= 2:
         out["parallel"] = plots.parallel_plot(study, ranked[:PARALLEL_PARAMS], acc, "val accuracy")
     out["curves"] = plots.curves_plot([
-        (f"#{t.number} ({acc(t):.3f})", (t.user_attrs.get("curves") or {}).get("val_accuracy", []))
+        (f"#{t.number} ({acc(t):.3f})", (t.user_attrs.get(CURVES) or {}).get("val_accuracy", []))
         for t in top[:CURVES_TOP]])
     if len(study.directions) > 1:
         out["pareto"] = plots.pareto_plot(study, objectives)
@@ -333,12 +324,12 @@ def _failures(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[FrozenTrial]] = {}
     for t in trials:
         if t.state in (TrialState.PRUNED, TrialState.FAIL):
-            reason = t.user_attrs.get("fail_reason") or ("pruned" if t.state == TrialState.PRUNED else "unknown")
+            reason = t.user_attrs.get(FAIL_REASON) or ("pruned" if t.state == TrialState.PRUNED else "unknown")
             groups.setdefault((t.state.name, reason), []).append(t)
     out = []
     for (state, reason), members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        messages = Counter(t.user_attrs.get("fail_message", "") for t in members if t.user_attrs.get("fail_message"))
-        out.append({"state": state, "reason": reason, "meaning": REASONS.get(reason, ""), "n": len(members),
+        messages = Counter(t.user_attrs.get(FAIL_MESSAGE, "") for t in members if t.user_attrs.get(FAIL_MESSAGE))
+        out.append({"state": state, "reason": reason, "meaning": FAIL_REASONS.get(reason, ""), "n": len(members),
                     "trials": [t.number for t in members][:12],
                     "examples": [m for m, _ in messages.most_common(3)]})
     return out

@@ -13,29 +13,27 @@ import time
 from typing import Any
 
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from reports.errors import ReportError
-from storage.heartbeat import LAST_HEARTBEAT_ATTR
+from storage.records import (
+    BACKEND,
+    CONFIG,
+    DEVICE,
+    GPU_IDS,
+    HOST,
+    LAST_HEARTBEAT,
+    LIVE_CURVE,
+    METRICS,
+    PID,
+    STUDY_BUDGET,
+    STUDY_DATASET,
+    STUDY_SPACE_NAME,
+    WORKER,
+)
+from storage.studies import best_trials, study_counts
 
-METRIC_KEYS = ("val_accuracy", "val_loss", "best_val_accuracy", "epochs_run", "params", "flops",
-               "latency_ms", "throughput", "train_seconds", "device", "host")
-
-
-def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    """Open study ``name`` or raise :class:`ReportError` listing the studies there are."""
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = sorted(s.study_name for s in storage.get_all_studies())
-        listing = ", ".join(names) if names else "none"
-        raise ReportError(f"no study named {name!r} in this storage; studies there: {listing}") from None
-
-
-def feasible(trial: FrozenTrial) -> bool:
-    """A trial meets its constraints (``--max-params``, ``--max-latency-ms``) when all values are <= 0."""
-    return all(c <= 0 for c in trial.user_attrs.get("constraints", []))
+SHOWN_METRICS = (*METRICS, DEVICE, HOST)
+"""The ``metrics`` of a trial record: what it measured, and where it ran."""
 
 
 def trial_record(trial: FrozenTrial, n_objectives: int) -> dict[str, Any]:
@@ -47,20 +45,9 @@ def trial_record(trial: FrozenTrial, n_objectives: int) -> dict[str, Any]:
         record["values"] = trial.values
     record["state"] = trial.state.name
     record["params"] = trial.params
-    record["config"] = trial.user_attrs.get("config")
-    record["metrics"] = {k: trial.user_attrs[k] for k in METRIC_KEYS if k in trial.user_attrs}
+    record["config"] = trial.user_attrs.get(CONFIG)
+    record["metrics"] = {k: trial.user_attrs[k] for k in SHOWN_METRICS if k in trial.user_attrs}
     return record
-
-
-def best_trials(study: optuna.Study, top: int = 1) -> list[FrozenTrial]:
-    """The best feasible completed trials: the top ``top`` by value, or the Pareto front for several objectives."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
-    if len(study.directions) > 1:
-        front_numbers = {t.number for t in study.best_trials}
-        return sorted((t for t in done if t.number in front_numbers), key=lambda t: t.number)
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    done.sort(key=lambda t: (sign * t.value, t.number))
-    return done[:top]
 
 
 def best_records(study: optuna.Study, top: int = 1) -> list[dict[str, Any]]:
@@ -76,20 +63,18 @@ def _iso(value: dt.datetime | None) -> str | None:
 def status_record(study: optuna.Study) -> dict[str, Any]:
     """``cnnsearch status --json``: counts by state, best value, running trials, elapsed time, workers."""
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name: 0 for s in TrialState}
-    for t in trials:
-        counts[t.state.name] += 1
+    counts = study_counts(study)
     best = best_trials(study, 1)
     if len(study.directions) == 1:
         best_value = best[0].value if best else None
     else:
         best_value = [t.values for t in best] if best else None
     running = [
-        {"number": t.number, "host": t.user_attrs.get("host"), "worker": t.user_attrs.get("worker"),
-         "pid": t.user_attrs.get("pid"), "device": t.user_attrs.get("device"),
+        {"number": t.number, "host": t.user_attrs.get(HOST), "worker": t.user_attrs.get(WORKER),
+         "pid": t.user_attrs.get(PID), "device": t.user_attrs.get(DEVICE),
          "started": _iso(t.datetime_start),
          # Multi-objective trials cannot store intermediate values: their curve is a user attr.
-         "epochs_done": len(t.intermediate_values) or len(t.user_attrs.get("val_accuracy_curve", []))}
+         "epochs_done": len(t.intermediate_values) or len(t.user_attrs.get(LIVE_CURVE, []))}
         for t in trials if t.state == TrialState.RUNNING
     ]
     starts = [t.datetime_start for t in trials if t.datetime_start]
@@ -101,8 +86,8 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
         elapsed = max(0.0, (last - min(starts)).total_seconds())
     return {"study": study.study_name, "counts": counts, "best_value": best_value, "running": running,
             "elapsed_s": round(elapsed, 1), "directions": [d.name.lower() for d in study.directions],
-            "dataset": study.user_attrs.get("dataset"), "space": study.user_attrs.get("space_name"),
-            "budget": study.user_attrs.get("budget"), "workers": worker_records(trials)}
+            "dataset": study.user_attrs.get(STUDY_DATASET), "space": study.user_attrs.get(STUDY_SPACE_NAME),
+            "budget": study.user_attrs.get(STUDY_BUDGET), "workers": worker_records(trials)}
 
 
 def worker_records(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
@@ -116,16 +101,16 @@ def worker_records(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
     workers: dict[str, dict[str, Any]] = {}
     beats: dict[str, float] = {}
     for t in sorted(trials, key=lambda t: t.number):
-        name = t.user_attrs.get("worker")
+        name = t.user_attrs.get(WORKER)
         if name is None or t.state == TrialState.WAITING:
             continue  # a queued retry still carries the attrs of the worker that died
         rec = workers.setdefault(name, {"worker": name, "trials": {}, "running": None})
-        for key in ("host", "pid", "device", "gpu_ids", "backend"):
+        for key in (HOST, PID, DEVICE, GPU_IDS, BACKEND):
             rec[key] = t.user_attrs.get(key)
         rec["trials"][t.state.name] = rec["trials"].get(t.state.name, 0) + 1
         if t.state == TrialState.RUNNING:
             rec["running"] = t.number
-        beat = t.user_attrs.get(LAST_HEARTBEAT_ATTR)
+        beat = t.user_attrs.get(LAST_HEARTBEAT)
         if beat is not None:
             beats[name] = max(beat, beats.get(name, beat))
     now = time.time()
@@ -150,8 +135,8 @@ def studies_records(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]
             "n_trials": len(trials),
             "complete": sum(1 for t in trials if t.state == TrialState.COMPLETE),
             "best_value": best_value,
-            "dataset": frozen.user_attrs.get("dataset"),
-            "space": frozen.user_attrs.get("space_name"),
+            "dataset": frozen.user_attrs.get(STUDY_DATASET),
+            "space": frozen.user_attrs.get(STUDY_SPACE_NAME),
             "created": _iso(min((t.datetime_start for t in trials if t.datetime_start), default=None)),
         })
     return out

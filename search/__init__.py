@@ -13,7 +13,7 @@ __all__ = ["build_model", "load_recipe", "train_recipe"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from search import recipe
+        from search.results import recipe
 
         return getattr(recipe, name)
     raise AttributeError(f"module 'search' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 Usage::
 
     space = load_space("default")   # a preset name, or a path to a .yaml file
-    config = space.suggest(trial)   # inside an Optuna objective: a complete, JSON-able config
+    config = space.suggest(trial)   # inside an Optuna objective: a complete TrialConfig
 """
 
 from spaces.errors import SpaceError

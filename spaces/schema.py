@@ -1,8 +1,9 @@
 """The configuration keys a trial understands, with their documented defaults.
 
-A *config* is the plain dict one trial trains from (JSON round-trips it unchanged). A
-space names some of these keys as parameters or fixed values; every key it leaves out
-takes the default below, so a three-line space file is a valid space.
+A *config* (:class:`TrialConfig`) is what one trial trains from: a frozen record of every
+key below, stored as a plain dict (:meth:`TrialConfig.to_dict`, which JSON and YAML
+round-trip unchanged). A space names some of these keys as parameters or fixed values;
+every key it leaves out takes its default, so a three-line space file is a valid space.
 
 Each key also declares its domain, so a space that could suggest a value the trainer
 would reject (``optimizer: rmsprop``, ``dropout: 1.5``) is refused when it is loaded,
@@ -12,8 +13,9 @@ not an hour into a study.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import InitVar, dataclass, field, fields
+from typing import Any, get_args, get_type_hints
 
 from spaces.errors import SpaceError
 
@@ -73,55 +75,130 @@ class Key:
         return True
 
 
-CONFIG_KEYS: dict[str, Key] = {
-    # --- model family ---
-    "model": Key("cnn", str, "the custom CNN family, or a torchvision backbone",
-                 choices=("cnn", *BACKBONES)),
-    "pretrained": Key(False, bool, "backbones: start from ImageNet weights (local file or torch hub cache only)"),
-    "weights_path": Key(None, str, "backbones: a local weights file to start from", nullable=True),
-    # --- custom CNN architecture ---
-    "depth": Key(2, int, "number of conv stages; each stage halves the feature map", low=1, high=8),
-    "layers": Key(None, int, "total conv layers spread over the stages (default: one per stage)",
-                  low=1, high=64, nullable=True),
-    "width": Key(32, int, "filters of the first stage", low=1, high=1024),
-    "growth": Key(2.0, float, "filter multiplier from one stage to the next", low=1.0, high=4.0),
-    "kernel": Key(3, int, "conv filter size (odd)", choices=(1, 3, 5, 7, 9, 11)),
-    "activation": Key("relu", str, "activation function", choices=("relu", "gelu", "silu", "leaky_relu")),
-    "batch_norm": Key(True, bool, "batch normalisation after each conv"),
-    "residual": Key(False, bool, "residual connections (projection when shapes change)"),
-    "attention": Key("none", str, "attention per stage: squeeze-excitation (channel), spatial, or CBAM-style both",
-                     choices=("none", "channel", "spatial", "both")),
-    "pool": Key("max", str, "downsampling between stages", choices=("max", "avg")),
-    "head": Key("flatten", str, "classifier head: flatten the feature map, or global average pool",
-                choices=("gap", "flatten")),
-    "fc_units": Key(0, int, "hidden units of an extra fully connected layer in the head (0: none)",
-                    low=0, high=8192),
-    "dropout": Key(0.0, float, "dropout before the classifier", low=0.0, high=1.0, high_open=True),
-    "init": Key("default", str, "weight initialisation", choices=("default", "kaiming", "xavier")),
-    # --- optimisation ---
-    "optimizer": Key("adam", str, "optimizer", choices=("sgd", "adam", "adamw")),
-    "lr": Key(1e-3, float, "peak learning rate", low=1e-7, high=10.0),
-    "momentum": Key(0.9, float, "SGD momentum", low=0.0, high=1.0, high_open=True),
-    "weight_decay": Key(0.0, float, "L2 weight decay", low=0.0, high=1.0),
-    "schedule": Key("cosine", str, "learning-rate schedule over the epochs",
-                    choices=("constant", "step", "cosine", "onecycle")),
-    "batch_size": Key(64, int, "training batch size", low=1, high=65536),
-    "epochs": Key(5, int, "training epochs (the pruners' resource)", low=1, high=1000),
-    "loss": Key("cross_entropy", str, "training loss", choices=("cross_entropy", "focal")),
-    "focal_gamma": Key(2.0, float, "focal loss focusing parameter", low=0.0, high=10.0),
-    "label_smoothing": Key(0.0, float, "label smoothing", low=0.0, high=1.0, high_open=True),
-    # --- augmentation (batched tensor ops on the device) ---
-    "aug_flip": Key(False, bool, "random horizontal flip"),
-    "aug_translate": Key(0, int, "random translation by up to this many pixels (padded crop)", low=0, high=64),
-    "aug_rotate": Key(0.0, float, "random rotation by up to this many degrees", low=0.0, high=180.0),
-    "aug_jitter": Key(0.0, float, "random brightness/contrast change of up to this fraction", low=0.0, high=1.0),
-    "aug_noise": Key(0.0, float, "Gaussian noise with this standard deviation (images in [0, 1])",
-                     low=0.0, high=1.0),
-    # --- reproducibility ---
-    "seed": Key(0, int, "random seed of the trial (model init, batch order, augmentation)", low=0),
-}
+def key(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
+        high: float | None = None, high_open: bool = False) -> Any:
+    """A :class:`TrialConfig` field: its default and domain; type and nullability come from its annotation."""
+    return field(default=default, metadata={"key": {"doc": doc, "choices": choices, "low": low, "high": high,
+                                                    "high_open": high_open}})
 
-DEFAULT_CONFIG: dict[str, Any] = {name: key.default for name, key in CONFIG_KEYS.items()}
+
+@dataclass(frozen=True)
+class TrialConfig(Mapping):
+    """The complete config one trial trains from: every key, each value in its domain.
+
+    The fields below are the one definition of the config keys (:data:`CONFIG_KEYS` and
+    :data:`DEFAULT_CONFIG` are derived from them). Build one with :meth:`from_dict`, which
+    fills the keys a partial dict leaves out with their defaults; an instance is valid by
+    construction (bad values raise :class:`SpaceError`) and immutable, so code that takes
+    a ``TrialConfig`` never checks it again. It reads as a read-only mapping too
+    (``config["lr"]``, ``dict(config)``); :meth:`to_dict` gives the JSON/YAML-able dict
+    that trials, recipes and ``cnnsearch train --config`` store.
+    """
+
+    # --- model family ---
+    model: str = key("cnn", "the custom CNN family, or a torchvision backbone", choices=("cnn", *BACKBONES))
+    pretrained: bool = key(False, "backbones: start from ImageNet weights (local file or torch hub cache only)")
+    weights_path: str | None = key(None, "backbones: a local weights file to start from")
+    # --- custom CNN architecture ---
+    depth: int = key(2, "number of conv stages; each stage halves the feature map", low=1, high=8)
+    layers: int | None = key(None, "total conv layers spread over the stages (default: one per stage)",
+                             low=1, high=64)
+    width: int = key(32, "filters of the first stage", low=1, high=1024)
+    growth: float = key(2.0, "filter multiplier from one stage to the next", low=1.0, high=4.0)
+    kernel: int = key(3, "conv filter size (odd)", choices=(1, 3, 5, 7, 9, 11))
+    activation: str = key("relu", "activation function", choices=("relu", "gelu", "silu", "leaky_relu"))
+    batch_norm: bool = key(True, "batch normalisation after each conv")
+    residual: bool = key(False, "residual connections (projection when shapes change)")
+    attention: str = key("none", "attention per stage: squeeze-excitation (channel), spatial, or CBAM-style both",
+                         choices=("none", "channel", "spatial", "both"))
+    pool: str = key("max", "downsampling between stages", choices=("max", "avg"))
+    head: str = key("flatten", "classifier head: flatten the feature map, or global average pool",
+                    choices=("gap", "flatten"))
+    fc_units: int = key(0, "hidden units of an extra fully connected layer in the head (0: none)", low=0, high=8192)
+    dropout: float = key(0.0, "dropout before the classifier", low=0.0, high=1.0, high_open=True)
+    init: str = key("default", "weight initialisation", choices=("default", "kaiming", "xavier"))
+    # --- optimisation ---
+    optimizer: str = key("adam", "optimizer", choices=("sgd", "adam", "adamw"))
+    lr: float = key(1e-3, "peak learning rate", low=1e-7, high=10.0)
+    momentum: float = key(0.9, "SGD momentum", low=0.0, high=1.0, high_open=True)
+    weight_decay: float = key(0.0, "L2 weight decay", low=0.0, high=1.0)
+    schedule: str = key("cosine", "learning-rate schedule over the epochs",
+                        choices=("constant", "step", "cosine", "onecycle"))
+    batch_size: int = key(64, "training batch size", low=1, high=65536)
+    epochs: int = key(5, "training epochs (the pruners' resource)", low=1, high=1000)
+    loss: str = key("cross_entropy", "training loss", choices=("cross_entropy", "focal"))
+    focal_gamma: float = key(2.0, "focal loss focusing parameter", low=0.0, high=10.0)
+    label_smoothing: float = key(0.0, "label smoothing", low=0.0, high=1.0, high_open=True)
+    # --- augmentation (batched tensor ops on the device) ---
+    aug_flip: bool = key(False, "random horizontal flip")
+    aug_translate: int = key(0, "random translation by up to this many pixels (padded crop)", low=0, high=64)
+    aug_rotate: float = key(0.0, "random rotation by up to this many degrees", low=0.0, high=180.0)
+    aug_jitter: float = key(0.0, "random brightness/contrast change of up to this fraction", low=0.0, high=1.0)
+    aug_noise: float = key(0.0, "Gaussian noise with this standard deviation (images in [0, 1])", low=0.0, high=1.0)
+    # --- reproducibility ---
+    seed: int = key(0, "random seed of the trial (model init, batch order, augmentation)", low=0)
+
+    where: InitVar[str] = "config"
+    """Names the config's origin (a file, a space) in the error a bad value raises."""
+
+    def __post_init__(self, where: str) -> None:
+        for name in CONFIG_KEYS:
+            check_value(name, getattr(self, name), where)
+
+    @classmethod
+    def from_dict(cls, partial: Mapping[str, Any], where: str = "config") -> TrialConfig:
+        """The config that sets ``partial``'s keys and leaves every other key at its default.
+
+        Raises :class:`SpaceError` (one line starting with ``where``) for a key the trainer
+        does not know, with the closest known name, or a value outside its key's domain.
+        A ``TrialConfig`` is returned as it is: it was checked when it was built.
+        """
+        if isinstance(partial, TrialConfig):
+            return partial
+        for name in partial:
+            if name not in CONFIG_KEYS:
+                raise SpaceError(unknown_key_message(name, where))
+        return cls(**partial, where=where)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every key and its value, in field order: plain JSON and YAML scalars, read back by :meth:`from_dict`."""
+        return {name: getattr(self, name) for name in CONFIG_KEYS}
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        """A copy with ``changes`` applied, checked as :meth:`from_dict` checks a dict."""
+        return TrialConfig.from_dict({**self.to_dict(), **changes})
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in CONFIG_KEYS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(CONFIG_KEYS)
+
+    def __len__(self) -> int:
+        return len(CONFIG_KEYS)
+
+
+def _config_keys() -> dict[str, Key]:
+    """Each :class:`TrialConfig` field as a :class:`Key`: its type and nullability read from its annotation."""
+    hints = get_type_hints(TrialConfig)
+    keys = {}
+    for f in fields(TrialConfig):
+        hint = hints[f.name]
+        nullable = type(None) in get_args(hint)  # `int | None`
+        kind = next(t for t in get_args(hint) if t is not type(None)) if nullable else hint
+        keys[f.name] = Key(default=f.default, kind=kind, nullable=nullable, **f.metadata["key"])
+    return keys
+
+
+CONFIG_KEYS: dict[str, Key] = _config_keys()
+"""Config key name -> its :class:`Key`, in :class:`TrialConfig` field order."""
+
+DEFAULT_CONFIG: dict[str, Any] = {name: k.default for name, k in CONFIG_KEYS.items()}
+
+AUGMENTATION_KEYS = tuple(name for name in CONFIG_KEYS if name.startswith("aug_"))
+"""The training-time augmentation keys (batched tensor ops on the device)."""
 
 
 ALIASES = {"learning_rate": "lr", "bs": "batch_size", "batchsize": "batch_size", "bn": "batch_norm",
@@ -145,14 +222,3 @@ def check_value(name: str, value: Any, where: str) -> None:
     key = CONFIG_KEYS[name]
     if not key.check(value):
         raise SpaceError(f"{where}: {name}={value!r} is not accepted; {name} takes {key.accepts()}")
-
-
-def complete_config(partial: dict[str, Any], where: str = "config") -> dict[str, Any]:
-    """Fill every key ``partial`` leaves out with its default, checking the keys it sets."""
-    for name, value in partial.items():
-        check_value(name, value, where)
-    config = dict(DEFAULT_CONFIG)
-    config.update(partial)
-    if config["kernel"] % 2 == 0:
-        raise SpaceError(f"{where}: kernel={config['kernel']!r} must be odd")
-    return config

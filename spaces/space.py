@@ -2,9 +2,9 @@
 
 A :class:`Space` is built once from YAML by :func:`spaces.loader.parse_space`, which rejects
 every bad definition; the objects here therefore trust their fields. A space turns an
-Optuna trial into a complete config (:meth:`Space.suggest`), enumerates its grid
-(:meth:`Space.grid`), and names itself with a fingerprint that a study records so that
-workers joining it with a different space are refused.
+Optuna trial into a complete :class:`~spaces.schema.TrialConfig` (:meth:`Space.suggest`),
+enumerates its grid (:meth:`Space.grid`), and names itself with a fingerprint that a study
+records so that workers joining it with a different space are refused.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from spaces.errors import SpaceError
-from spaces.schema import DEFAULT_CONFIG, complete_config
+from spaces.schema import TrialConfig
 
 if TYPE_CHECKING:  # optuna is imported only where distributions are built: listing spaces stays fast
     import optuna
@@ -180,10 +180,10 @@ class Space:
 
     ``params`` are the searched parameters in dependency order (a parameter comes after
     every parameter its ``when`` names); ``fixed`` are values every trial uses. With
-    ``strict`` (the default) configs are completed with :data:`spaces.schema.DEFAULT_CONFIG`
-    and checked by :func:`spaces.schema.complete_config`; otherwise a config holds only the
-    space's own keys (benchmark spaces whose names are not CNN config keys). Two spaces are
-    equal when their fingerprints are.
+    ``strict`` (the default) a config is a :class:`spaces.schema.TrialConfig` (keys the space
+    leaves out take their defaults); otherwise it is a plain dict of the space's own keys
+    (benchmark spaces whose names are not CNN config keys). Two spaces are equal when their
+    fingerprints are.
     """
 
     def __init__(self, name: str, source: str, description: str, params: Mapping[str, Param],
@@ -203,11 +203,12 @@ class Space:
 
     # --- sampling -----------------------------------------------------------------------
 
-    def suggest(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    def suggest(self, trial: optuna.trial.BaseTrial) -> TrialConfig | dict[str, Any]:
         """Sample a complete config from ``trial`` (also an ``optuna.trial.FixedTrial``).
 
         Every searched parameter whose condition holds is suggested under its own name;
-        the rest keep their defaults. The result is a JSON-able dict a trial trains from.
+        the rest keep their defaults. The result is the config a trial trains from (see
+        :meth:`config_from_params`).
         """
         chosen: dict[str, Any] = {}
         for name, param in self.params.items():
@@ -215,10 +216,11 @@ class Space:
                 chosen[name] = param.suggest(trial)
         return self.config_from_params(chosen)
 
-    def config_from_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    def config_from_params(self, params: Mapping[str, Any]) -> TrialConfig | dict[str, Any]:
         """The complete config of a trial whose params are ``params`` (e.g. ``trial.params``).
 
-        Values of inactive parameters are ignored. Raises :class:`SpaceError` when an active
+        A :class:`~spaces.schema.TrialConfig` for a strict space, a plain dict of the
+        space's own keys otherwise. Values of inactive parameters are ignored. Raises :class:`SpaceError` when an active
         parameter is missing, a value is outside the space, or a name is not in the space.
         """
         where = f"{self.source}: params"
@@ -238,12 +240,8 @@ class Space:
                 raise SpaceError(f"{where}: {name}={value!r} is outside the space; "
                                  f"{name} takes {param.domain()}")
             chosen[name] = value
-        config = dict(DEFAULT_CONFIG) if self.strict else {}
-        config.update(self.fixed)
-        config.update(chosen)
-        if self.strict:
-            config = complete_config(config, where=self.source)
-        return config
+        config = {**self.fixed, **chosen}
+        return TrialConfig.from_dict(config, where=self.source) if self.strict else config
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """The Optuna distribution of every searched parameter, active or not."""

@@ -1,7 +1,7 @@
 """A trial's heartbeat: proof, written to the storage, that its worker is alive.
 
 Two records per beat: Optuna's heartbeat row (what ``fail_stale_trials`` reads to fail the
-trial of a dead worker) and the trial user attr :data:`LAST_HEARTBEAT_ATTR` (seconds since
+trial of a dead worker) and the trial user attr :data:`storage.records.LAST_HEARTBEAT` (seconds since
 the epoch), which ``cnnsearch status`` and the dashboard can read: Optuna has no public way
 to read its heartbeat table back.
 """
@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Mapping
 
 import optuna
 
 from storage.errors import StorageError
+from storage.periodic import Periodic
+from storage.records import LAST_HEARTBEAT
 
 log = logging.getLogger(__name__)
-
-LAST_HEARTBEAT_ATTR = "last_heartbeat"
-"""Trial user attr: when its worker last proved alive (``time.time()``)."""
 
 INTERVAL_ENV = "CNNSEARCH_HEARTBEAT_INTERVAL"
 """Seconds between heartbeats of a worker's running trial (default 10)."""
@@ -75,30 +73,26 @@ class Heartbeat:
         self._storage = storage
         self._trial_id = trial_id
         get_interval = getattr(storage, "get_heartbeat_interval", None)
-        self._interval = get_interval() if get_interval else None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        interval = get_interval() if get_interval else None
+        self._beats = Periodic(f"heartbeat-{trial_id}", interval, self._beat, first_now=True) if interval else None
 
     def __enter__(self) -> Heartbeat:
-        if self._interval:
-            self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self._trial_id}", daemon=True)
-            self._thread.start()
+        if self._beats is not None:
+            self._beats.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._beats is not None:
+            self._beats.__exit__(*exc)
 
-    def _run(self) -> None:
-        while True:
-            try:
-                self._storage.record_heartbeat(self._trial_id)
-                self._storage.set_trial_user_attr(self._trial_id, LAST_HEARTBEAT_ATTR, time.time())
-            except optuna.exceptions.UpdateFinishedTrialError:
-                return  # the trial ended between two beats: nothing left to prove
-            except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the trial
-                log.warning("heartbeat for trial id %d not recorded: %s", self._trial_id,
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            if self._stop.wait(self._interval):
-                return
+    def _beat(self) -> bool:
+        """Record one beat; False once the trial has ended (nothing left to prove)."""
+        try:
+            self._storage.record_heartbeat(self._trial_id)
+            self._storage.set_trial_user_attr(self._trial_id, LAST_HEARTBEAT, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the trial
+            log.warning("heartbeat for trial id %d not recorded: %s", self._trial_id,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return True

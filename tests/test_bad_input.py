@@ -19,13 +19,6 @@ SPACE_ERRORS = [
 ]
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
-    return tmp_path
-
-
 def _fails(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     """Run the CLI; it must exit 2 with exactly one line on stderr. Return that line."""
     assert main(argv) == 2

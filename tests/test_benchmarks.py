@@ -16,6 +16,8 @@ from search.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow  # each test runs a benchmark script in a fresh process
+
 
 def run_script(name: str, *args: str) -> str:
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -27,22 +25,10 @@ from optuna_dashboard import get_note
 from reports.notes import NOTE_MAX_CHARS, refresh_study_note
 from search.cli import main
 from storage import artifact_store_for, open_storage
-from tests.pg import free_port
+from tests.support.cli import CLI, Dashboard, clean_env
+from tests.support.pg import free_port
 
-# The installed console script, as users run it (`python -m search.cli` cannot see commands registered
-# from other modules: they register into the imported search.cli, not into __main__).
-_SCRIPT = Path(sys.executable).with_name("cnnsearch")
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "import sys; from search.cli import main; "
-                                                                     "sys.exit(main())"]
-ROOT = Path(__file__).resolve().parents[2]
 METRICS = {"val_accuracy", "params", "flops", "latency_ms", "train_seconds", "device", "host", "config"}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without cnnsearch settings, plus ``extra``; the checkout importable."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CNNSEARCH_STORAGE", "CNNSEARCH_ARTIFACTS")}
-    env["PYTHONPATH"] = str(ROOT)
-    return {**env, **extra}
 
 
 def _get(url: str) -> Any:
@@ -55,30 +41,7 @@ def _attrs(serialized: list[dict[str, str]]) -> dict[str, str]:
     return {a["key"]: a["value"] for a in serialized}
 
 
-class Dashboard:
-    """`cnnsearch dashboard` in a subprocess; ``url`` is what it printed."""
-
-    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([*CLI, "dashboard", *args], cwd=cwd, env=env or clean_env(), text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.first_line = self.proc.stdout.readline().strip()
-        if not self.first_line.startswith("dashboard: "):
-            self.proc.kill()
-            raise AssertionError(f"dashboard did not start: {self.first_line!r} {self.proc.stderr.read()}")
-        self.url = self.first_line.split()[1].removesuffix("/dashboard")
-
-    def stop(self) -> tuple[int, str, str]:
-        """Ctrl-C; the exit code and the rest of stdout and stderr."""
-        self.proc.send_signal(signal.SIGINT)
-        out, err = self.proc.communicate(timeout=15)
-        return self.proc.returncode, out, err
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
-
-
+@pytest.mark.slow
 def test_live_study_shows_trials_curves_metrics_and_note_while_running(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cnnsearch.db'}"
     open_storage(url)  # the tables exist before two processes open the file at once

@@ -7,7 +7,6 @@ pass by skipping it (Debian: ``apt-get install -y chromium``).
 from __future__ import annotations
 
 import html
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,8 @@ import pytest
 from PIL import Image
 
 from search.cli import main
-from tests.reports.test_dashboard import Dashboard, clean_env
+from tests.support.ci import missing
+from tests.support.cli import Dashboard, clean_env
 
 pytestmark = pytest.mark.browser
 
@@ -44,10 +44,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        message = "headless Chromium not found (Debian: apt-get install -y chromium)"
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("headless Chromium not found (Debian: apt-get install -y chromium)")
     return found
 
 

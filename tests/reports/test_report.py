@@ -11,6 +11,7 @@ import math
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -23,19 +24,19 @@ from reports.errors import ReportError
 from reports.report import write_report
 from reports.summary import format_value
 from search.cli import main
-from search.study import StudySpec, create_or_resume
+from search.study.spec import StudySpec, create_or_resume
 from spaces import load_space
 from storage import open_storage
-from tests.reports.studies import STUDY, finished_study
+from tests.support.studies import STUDY
 
 SECTIONS = ("warnings", "overview", "top", "history", "importances", "curves", "ablation", "final", "failures")
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def reported(tmp_path_factory: pytest.TempPathFactory, tiny_study: Callable[[Path], str]) -> tuple[str, Path]:
     """The shared finished study plus a crashed and a running trial, and its report (written once: plots cost)."""
     root = tmp_path_factory.mktemp("report")
-    url = finished_study(tmp_path_factory, root / "db")
+    url = tiny_study(root / "db")
     study = _load(url)
     # A crashed trial as a worker records one: the failures section must count it.
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.augment import Augmenter
+from search.trial.augment import Augmenter
 from spaces.errors import SpaceError
+from spaces.schema import TrialConfig
 
 SHAPE = (3, 12, 10)
 ALL_ON = {"aug_flip": True, "aug_translate": 2, "aug_rotate": 15.0, "aug_jitter": 0.3, "aug_noise": 0.05}
@@ -17,7 +18,7 @@ def batch(n: int = 32, shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> to
 
 
 def augmenter(config: dict, shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> Augmenter:
-    return Augmenter(config, shape, torch.Generator().manual_seed(seed))
+    return Augmenter(TrialConfig.from_dict(config), shape, torch.Generator().manual_seed(seed))
 
 
 def test_all_off_is_inactive_and_identity():
@@ -133,7 +134,7 @@ def test_translation_only_is_reproducible_too():
 
 def test_bad_config_value_is_refused_with_the_key():
     with pytest.raises(SpaceError, match="aug_rotate"):
-        Augmenter({"aug_rotate": -5.0}, SHAPE)
+        augmenter({"aug_rotate": -5.0})
 
 
 def test_batch_of_another_shape_is_refused():
@@ -144,8 +145,8 @@ def test_batch_of_another_shape_is_refused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_runs_on_the_gpu_with_a_gpu_generator():
     x = batch().cuda()
-    aug = Augmenter(ALL_ON, SHAPE, torch.Generator(device="cuda").manual_seed(0))
+    aug = Augmenter(TrialConfig.from_dict(ALL_ON), SHAPE, torch.Generator(device="cuda").manual_seed(0))
     out = aug(x)
     assert out.device.type == "cuda" and out.shape == x.shape
-    again = Augmenter(ALL_ON, SHAPE, torch.Generator(device="cuda").manual_seed(0))(x)
+    again = Augmenter(TrialConfig.from_dict(ALL_ON), SHAPE, torch.Generator(device="cuda").manual_seed(0))(x)
     assert torch.equal(out, again)

@@ -37,12 +37,11 @@ params:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
-    (tmp_path / "quick.yaml").write_text(QUICK_SPACE)
-    (tmp_path / "grid.yaml").write_text(GRID_SPACE)
-    return tmp_path
+def workdir(workdir: Path) -> Path:
+    """The shared working directory (tests/conftest.py) with this module's space files."""
+    (workdir / "quick.yaml").write_text(QUICK_SPACE)
+    (workdir / "grid.yaml").write_text(GRID_SPACE)
+    return workdir
 
 
 def _study(workdir: Path, name: str) -> optuna.Study:
@@ -53,6 +52,7 @@ def _run(*args: str) -> int:
     return main(["run", "--dataset", "digits", "--no-progress", *args])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["auto", "tpe", "random", "gp", "cmaes", "qmc"])
 def test_each_sampler_completes_its_budget(workdir: Path, sampler: str) -> None:
     assert (
@@ -67,6 +67,7 @@ def test_each_sampler_completes_its_budget(workdir: Path, sampler: str) -> None:
         assert len(t.intermediate_values) == t.params["epochs"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pruner", ["none", "median", "sha", "hyperband"])
 def test_each_pruner_runs_and_records_every_trial(workdir: Path, pruner: str) -> None:
     assert (
@@ -120,6 +121,7 @@ def test_grid_visits_every_point_exactly_once(workdir: Path) -> None:
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_study(workdir: Path) -> None:
     assert _run("--study", "r", "--space", "quick.yaml", "--trials", "2", "--pruner", "none") == 0
     first = [t.params for t in _study(workdir, "r").get_trials()]
@@ -140,6 +142,7 @@ def test_a_different_space_is_refused_and_nothing_changes(workdir: Path, capsys:
     assert len(_study(workdir, "d").get_trials()) == 1
 
 
+@pytest.mark.slow
 def test_trials_budget_counts_across_jobs(workdir: Path) -> None:
     env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{workdir / 'jobs.db'}"}
     proc = subprocess.run(
@@ -178,6 +181,7 @@ def test_trials_budget_counts_across_jobs(workdir: Path) -> None:
     assert len(workers) == 2 and all("budget spent" in line for line in workers)
 
 
+@pytest.mark.slow
 def test_multi_objective_best_is_the_pareto_front(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     assert (
         _run(
@@ -260,6 +264,7 @@ def test_unknown_names_get_one_line_and_exit_2(
     assert not (workdir / "cnnsearch.db").exists()
 
 
+@pytest.mark.slow
 def test_start_points_of_the_space_run_first(workdir: Path) -> None:
     (workdir / "start.yaml").write_text(QUICK_SPACE + "start:\n  - {lr: 0.01, width: 8, batch_norm: true, epochs: 1}\n")
     assert _run("--study", "st", "--space", "start.yaml", "--trials", "2", "--pruner", "none") == 0
@@ -281,12 +286,12 @@ params:
 
 
 def _params_of_width(width: int) -> int:
-    from search.measure import count_params
-    from search.models import build_model
+    from search.trial.measure import count_params
+    from search.trial.models import build_model
     from spaces import parse_space
 
     config = parse_space({"params": {"width": width, "epochs": 1, "depth": 1}}, source="t").config_from_params({})
-    return count_params(build_model({**config, "seed": 0}, (1, 8, 8), 10))
+    return count_params(build_model(config.replace(seed=0), (1, 8, 8), 10))
 
 
 def test_max_params_refuses_big_models_before_training_and_best_meets_it(workdir: Path,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from search.data import Split, batches, make_split, prepare_data
-from search.datasets import ImageSet, load_dataset
-from search.errors import DataError
+from search.trial.data import Split, batches, make_split, prepare_data
+from search.trial.datasets import ImageSet, load_dataset
+from search.trial.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,10 +60,11 @@ def test_same_seed_same_split_different_seed_different_split():
     assert not np.array_equal(first.val, other.val)
 
 
+@pytest.mark.slow
 def test_split_reproduces_in_another_process():
     here = make_split(UNEVEN, seed=11)
     code = (
-        "import json, torch; from search.data import make_split\n"
+        "import json, torch; from search.trial.data import make_split\n"
         "y = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in enumerate([50, 73, 31, 120, 44])])\n"
         "s = make_split(y, seed=11)\n"
         "print(json.dumps({'describe': s.describe(), 'val': s.val.tolist()}))\n"

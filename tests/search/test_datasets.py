@@ -13,8 +13,8 @@ import torch
 import torchvision.datasets
 from PIL import Image
 
-from search.datasets import dataset_names, describe_datasets, load_dataset
-from search.errors import DataError
+from search.trial.datasets import dataset_names, describe_datasets, load_dataset
+from search.trial.errors import DataError
 
 
 def assert_image_set(images, n: int, shape: tuple[int, int, int]) -> None:
@@ -244,7 +244,7 @@ def test_image_folder_mixed_sizes_and_modes_come_back_uniform_rgb(tmp_path, capl
     save(tmp_path / "gray" / "c.png", 128, (24, 24), mode="L")
     save(tmp_path / "gray" / "d.jpg", 128, (32, 16), mode="L")
     (tmp_path / "gray" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with caplog.at_level(logging.WARNING, logger="search.datasets"):
+    with caplog.at_level(logging.WARNING, logger="search.trial.datasets"):
         data = load_dataset(f"imagefolder:{tmp_path}")
     # Median of the sides 40, 40, 20, 30, 24, 24, 32, 16 is 27.
     assert_image_set(data, 4, (3, 27, 27))
@@ -279,7 +279,7 @@ def test_truncated_image_is_skipped_with_one_warning(tmp_path, caplog):
     whole = (tmp_path / "b" / "full.jpg").read_bytes()
     (tmp_path / "b" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "b" / "full.jpg").unlink()
-    with caplog.at_level(logging.WARNING, logger="search.datasets"):
+    with caplog.at_level(logging.WARNING, logger="search.trial.datasets"):
         data = load_dataset(f"imagefolder:{tmp_path}")
     assert len(data.labels) == 2
     assert len(caplog.records) == 1 and "cut.jpg" in caplog.records[0].getMessage()

@@ -16,13 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.cli import main
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
-    return tmp_path
+from tests.support.cli import sigint_default
 
 
 def _space(workdir: Path, name: str, body: str) -> str:
@@ -58,12 +52,12 @@ def test_a_trial_over_its_time_limit_is_pruned_with_reason_timeout(workdir: Path
 
 
 def test_out_of_memory_is_recorded_so_the_sampler_learns(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import search.train
+    import search.trial.train
 
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(search.train, "_fit", no_memory)
+    monkeypatch.setattr(search.trial.train, "_fit", no_memory)
     space = _space(workdir, "oom.yaml", "  width: {type: int, low: 4, high: 8}\n  epochs: 1\n")
     assert _run("--study", "oom", "--space", space, "--trials", "2") == 0
     trials = _trials(workdir, "oom")
@@ -86,6 +80,7 @@ def test_consecutive_failures_stop_the_study_with_the_last_reason(workdir: Path,
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code, says", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_signal_marks_the_running_trial_failed_and_exits_nonzero(workdir: Path, signum: int, code: int,
                                                                    says: str) -> None:
@@ -94,7 +89,7 @@ def test_a_signal_marks_the_running_trial_failed_and_exits_nonzero(workdir: Path
     env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{db}"}
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "run", "--study", "t", "--dataset", "digits",
                              "--space", "slow.yaml", "--trials", "2", "--no-progress"], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +13,14 @@ from optuna.trial import TrialState
 
 from reports.report import write_report
 from search.cli import main
-from search.final_eval import CORRUPTIONS, final_evaluation
+from search.results.final_eval import CORRUPTIONS, final_evaluation
 from storage import open_storage
-from tests.reports.studies import STUDY, finished_study
+from tests.support.studies import STUDY
 
 
 @pytest.fixture
-def study(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[optuna.Study]:
-    url = finished_study(tmp_path_factory, tmp_path / "db")
+def study(tmp_path: Path, tiny_study: Callable[[Path], str]) -> Iterator[optuna.Study]:
+    url = tiny_study(tmp_path / "db")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared machine
     yield optuna.load_study(study_name=STUDY, storage=open_storage(url, heartbeat_interval=None))

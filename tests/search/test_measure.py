@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from search.measure import count_flops, count_params, measure_latency_ms
-from search.models import build_model
+from search.trial.measure import count_flops, count_params, measure_latency_ms
+from search.trial.models import build_model
 from spaces import load_space
-from spaces.schema import complete_config
+from spaces.schema import TrialConfig
 
 MNIST_BASELINE = load_space("mnist-baseline").config_from_params({})
 
@@ -38,7 +38,7 @@ def test_flops_of_the_mnist_baseline_add_up_over_its_layers():
 
 
 def test_count_flops_leaves_training_mode_and_batch_norm_statistics_alone():
-    model = build_model(complete_config({"width": 4, "batch_norm": True}), (1, 8, 8), 10)
+    model = build_model(TrialConfig.from_dict({"width": 4, "batch_norm": True}), (1, 8, 8), 10)
     model.train()
     bn = model.features[0].body[1]
     with torch.no_grad():
@@ -58,7 +58,7 @@ def test_count_params_counts_only_trainable_parameters():
 
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
 def test_latency_is_positive_and_leaves_the_model_as_found(amp_dtype):
-    model = build_model(complete_config({"width": 4, "attention": "both"}), (1, 8, 8), 10)
+    model = build_model(TrialConfig.from_dict({"width": 4, "attention": "both"}), (1, 8, 8), 10)
     model.train()
     rng = torch.get_rng_state()
     latency = measure_latency_ms(model, (1, 8, 8), "cpu", repeats=3, warmup=1, amp_dtype=amp_dtype)
@@ -70,7 +70,7 @@ def test_latency_is_positive_and_leaves_the_model_as_found(amp_dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("amp_dtype", [None, torch.float16, torch.bfloat16])
 def test_cuda_timings_and_flops_on_the_gpu(amp_dtype):
-    model = build_model(complete_config({"model": "resnet18"}), (3, 32, 32), 10)
+    model = build_model(TrialConfig.from_dict({"model": "resnet18"}), (3, 32, 32), 10)
     cpu_flops = count_flops(model, (3, 32, 32))
     latency = measure_latency_ms(model, (3, 32, 32), "cuda", repeats=5, warmup=2, amp_dtype=amp_dtype)
     assert next(model.parameters()).is_cuda

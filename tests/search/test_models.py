@@ -12,11 +12,12 @@ import torch
 import torchvision
 from torch import nn
 
-from search.errors import ModelError
-from search.measure import count_params
-from search.models import build_model
+import search
+from search.trial.errors import ModelError
+from search.trial.measure import count_params
+from search.trial.models import build_model
 from spaces import load_space
-from spaces.schema import complete_config
+from spaces.schema import DEFAULT_CONFIG, TrialConfig
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 BACKBONE_SHAPES = [(1, 28, 28), (3, 32, 32)]
@@ -60,7 +61,7 @@ def sgd_step(model: nn.Module, shape: tuple[int, int, int], num_classes: int = 3
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("batch_norm,residual,attention,head,pool", TOGGLES)
 def test_every_toggle_combination_trains_one_step_at_max_depth(shape, batch_norm, residual, attention, head, pool):
-    config = complete_config(
+    config = TrialConfig.from_dict(
         {
             "width": 4,
             "depth": MAX_DEPTH[shape],
@@ -85,7 +86,7 @@ def test_every_toggle_combination_trains_one_step_at_max_depth(shape, batch_norm
 
 @pytest.mark.parametrize("shape,depth", [((1, 8, 8), 2), ((1, 28, 28), 3), ((3, 32, 32), 4), ((1, 4, 4), 1)])
 def test_depth_beyond_what_the_input_holds_is_clamped_with_a_note(shape, depth):
-    model = build_model(complete_config({"width": 4, "depth": 8}), shape, 10)
+    model = build_model(TrialConfig.from_dict({"width": 4, "depth": 8}), shape, 10)
     assert len(model.features) == depth
     side = f"{shape[1]}x{shape[2]}"
     assert model.notes == [
@@ -95,7 +96,8 @@ def test_depth_beyond_what_the_input_holds_is_clamped_with_a_note(shape, depth):
 
 
 def test_input_too_small_to_pool_gets_one_unpooled_stage():
-    model = build_model(complete_config({"width": 4, "depth": 3, "attention": "both", "head": "flatten"}), (1, 3, 3), 2)
+    config = TrialConfig.from_dict({"width": 4, "depth": 3, "attention": "both", "head": "flatten"})
+    model = build_model(config, (1, 3, 3), 2)
     assert len(model.features) == 1
     assert any("no pooling" in note for note in model.notes)
     assert any("depth 3 clamped to 1" in note for note in model.notes)
@@ -103,31 +105,31 @@ def test_input_too_small_to_pool_gets_one_unpooled_stage():
 
 
 def test_layers_are_spread_evenly_with_earlier_stages_getting_the_extra():
-    model = build_model(complete_config({"width": 4, "depth": 3, "layers": 8}), (3, 32, 32), 10)
+    model = build_model(TrialConfig.from_dict({"width": 4, "depth": 3, "layers": 8}), (3, 32, 32), 10)
     assert stage_convs(model) == [3, 3, 2]
     assert model.notes == []
-    model = build_model(complete_config({"width": 4, "depth": 2, "layers": None}), (3, 32, 32), 10)
+    model = build_model(TrialConfig.from_dict({"width": 4, "depth": 2, "layers": None}), (3, 32, 32), 10)
     assert stage_convs(model) == [1, 1]
 
 
 def test_fewer_layers_than_stages_clamps_depth_with_a_note():
-    model = build_model(complete_config({"width": 4, "depth": 4, "layers": 2}), (3, 32, 32), 10)
+    model = build_model(TrialConfig.from_dict({"width": 4, "depth": 4, "layers": 2}), (3, 32, 32), 10)
     assert stage_convs(model) == [1, 1]
     assert model.notes == ["depth 4 clamped to 2: layers=2 gives each stage at least one conv"]
 
 
 def test_residual_with_several_convs_per_stage_trains():
-    config = complete_config({"width": 4, "depth": 2, "layers": 5, "residual": True, "growth": 1.0})
+    config = TrialConfig.from_dict({"width": 4, "depth": 2, "layers": 5, "residual": True, "growth": 1.0})
     model = build_model(config, (1, 8, 8), 10)
     assert stage_convs(model) == [3, 2]
     assert sgd_step(model, (1, 8, 8), 10).shape == (2, 10)
 
 
 def test_stage_channels_grow_and_are_capped_at_512_with_a_note():
-    model = build_model(complete_config({"width": 200, "growth": 2.0, "depth": 3}), (1, 8, 8), 10)
+    model = build_model(TrialConfig.from_dict({"width": 200, "growth": 2.0, "depth": 3}), (1, 8, 8), 10)
     # depth is clamped to 2 first; a third stage would not be built at all
     assert [stage.body[0].out_channels for stage in model.features] == [200, 400]
-    model = build_model(complete_config({"width": 200, "growth": 2.0, "depth": 3}), (3, 32, 32), 10)
+    model = build_model(TrialConfig.from_dict({"width": 200, "growth": 2.0, "depth": 3}), (3, 32, 32), 10)
     assert [stage.body[0].out_channels for stage in model.features] == [200, 400, 512]
     assert model.notes == ["channels [200, 400, 800] capped at 512"]
 
@@ -158,11 +160,11 @@ def test_mnist_baseline_is_the_classic_two_conv_network():
 
 
 def test_same_seed_gives_the_same_weights_and_leaves_the_global_rng_alone():
-    config = complete_config({"width": 4, "seed": 7})
+    config = TrialConfig.from_dict({"width": 4, "seed": 7})
     state = torch.get_rng_state()
     first, second = build_model(config, (1, 8, 8), 10), build_model(config, (1, 8, 8), 10)
     assert torch.equal(torch.get_rng_state(), state)
-    other = build_model({**config, "seed": 8}, (1, 8, 8), 10)
+    other = build_model(config.replace(seed=8), (1, 8, 8), 10)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(first.features[0].body[0].weight, other.features[0].body[0].weight)
@@ -170,11 +172,11 @@ def test_same_seed_gives_the_same_weights_and_leaves_the_global_rng_alone():
 
 def test_kaiming_and_xavier_init_follow_their_formulas():
     base = {"width": 64, "depth": 2, "kernel": 3, "batch_norm": False, "fc_units": 256, "head": "gap"}
-    kaiming = build_model(complete_config({**base, "init": "kaiming"}), (3, 32, 32), 10)
+    kaiming = build_model(TrialConfig.from_dict({**base, "init": "kaiming"}), (3, 32, 32), 10)
     conv = kaiming.features[1].body[0]  # 64 -> 128 channels, 3x3: fan_out = 128 * 9
     assert conv.weight.std().item() == pytest.approx((2 / (128 * 9)) ** 0.5, rel=0.05)
     assert torch.count_nonzero(conv.bias) == 0
-    xavier = build_model(complete_config({**base, "init": "xavier"}), (3, 32, 32), 10)
+    xavier = build_model(TrialConfig.from_dict({**base, "init": "xavier"}), (3, 32, 32), 10)
     fc = xavier.head[2]  # gap, flatten, Linear(128 -> 256)
     bound = (6 / (128 + 256)) ** 0.5
     assert fc.weight.abs().max().item() <= bound
@@ -182,29 +184,37 @@ def test_kaiming_and_xavier_init_follow_their_formulas():
     assert torch.count_nonzero(fc.bias) == 0
 
 
-def test_bad_config_value_or_missing_key_is_a_one_line_model_error():
+def test_bad_config_value_or_shape_is_a_one_line_model_error():
     with pytest.raises(ModelError, match="activation='tanh'"):
-        build_model({**complete_config({}), "activation": "tanh"}, (1, 8, 8), 10)
-    config = complete_config({})
-    del config["depth"]
-    with pytest.raises(ModelError, match="missing key.*depth"):
-        build_model(config, (1, 8, 8), 10)
+        search.build_model({**DEFAULT_CONFIG, "activation": "tanh"}, (1, 8, 8), 10)
     with pytest.raises(ModelError, match="input_shape"):
-        build_model(complete_config({}), (8, 8), 10)
+        search.build_model(DEFAULT_CONFIG, (8, 8), 10)
+    with pytest.raises(ModelError, match="input_shape"):
+        build_model(TrialConfig(), (8, 8), 10)
+
+
+def test_a_partial_config_builds_the_architecture_of_the_full_default_config():
+    partial = {name: value for name, value in DEFAULT_CONFIG.items() if name != "depth"}
+    model = search.build_model(partial, (1, 8, 8), 10)
+    default = build_model(TrialConfig(), (1, 8, 8), 10)
+    assert repr(model) == repr(default)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), default.state_dict().values(),
+                                                  strict=True))
 
 
 def test_pretrained_custom_cnn_is_refused():
     with pytest.raises(ModelError, match="pretrained=true.*'cnn'"):
-        build_model(complete_config({"pretrained": True}), (1, 8, 8), 10)
+        build_model(TrialConfig.from_dict({"pretrained": True}), (1, 8, 8), 10)
 
 
 # --- backbones ---
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", BACKBONE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "vgg11_bn", "alexnet", "lenet5"])
 def test_every_backbone_runs_on_grey_and_colour_images(name, shape):
-    model = build_model(complete_config({"model": name}), shape, 10)
+    model = build_model(TrialConfig.from_dict({"model": name}), shape, 10)
     if name == "vgg11_bn":  # 129M parameters: its backward pass alone takes seconds on 2 cores
         model.eval()
         with torch.no_grad():
@@ -217,7 +227,7 @@ def test_every_backbone_runs_on_grey_and_colour_images(name, shape):
 
 
 def test_lenet5_has_the_classic_parameter_count_on_28x28():
-    model = build_model(complete_config({"model": "lenet5"}), (1, 28, 28), 10)
+    model = build_model(TrialConfig.from_dict({"model": "lenet5"}), (1, 28, 28), 10)
     conv1, conv2 = 1 * 6 * 25 + 6, 6 * 16 * 25 + 16
     fcs = 400 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10
     assert count_params(model) == conv1 + conv2 + fcs == 61706
@@ -226,7 +236,7 @@ def test_lenet5_has_the_classic_parameter_count_on_28x28():
 
 def test_lenet5_pretrained_is_refused():
     with pytest.raises(ModelError, match="lenet5"):
-        build_model(complete_config({"model": "lenet5", "pretrained": True}), (1, 28, 28), 10)
+        build_model(TrialConfig.from_dict({"model": "lenet5", "pretrained": True}), (1, 28, 28), 10)
 
 
 @pytest.fixture
@@ -244,7 +254,7 @@ def offline(tmp_path, monkeypatch):
 def test_pretrained_weights_missing_offline_are_a_quick_model_error(offline):
     start = time.perf_counter()
     with pytest.raises(ModelError) as caught:
-        build_model(complete_config({"model": "resnet18", "pretrained": True}), (3, 32, 32), 10)
+        build_model(TrialConfig.from_dict({"model": "resnet18", "pretrained": True}), (3, 32, 32), 10)
     assert time.perf_counter() - start < 10
     message = str(caught.value)
     assert "\n" not in message
@@ -256,7 +266,7 @@ def test_weights_path_that_does_not_exist_is_a_model_error(offline, tmp_path):
     missing = str(tmp_path / "nowhere.pth")
     with pytest.raises(ModelError, match="weights_path=.*nowhere.pth.*does not exist"):
         build_model(
-            complete_config({"model": "resnet18", "pretrained": True, "weights_path": missing}), (3, 32, 32), 10
+            TrialConfig.from_dict({"model": "resnet18", "pretrained": True, "weights_path": missing}), (3, 32, 32), 10
         )
 
 
@@ -271,7 +281,7 @@ def resnet18_weights(tmp_path) -> tuple[str, dict[str, torch.Tensor]]:
 
 def test_pretrained_resnet18_loads_from_weights_path(offline, resnet18_weights):
     path, state = resnet18_weights
-    config = complete_config({"model": "resnet18", "pretrained": True, "weights_path": path})
+    config = TrialConfig.from_dict({"model": "resnet18", "pretrained": True, "weights_path": path})
     model = build_model(config, (3, 32, 32), 10)
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
     assert torch.equal(model.net.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
@@ -288,7 +298,7 @@ def test_pretrained_resnet18_loads_from_the_hub_cache(offline, resnet18_weights)
     checkpoints = offline / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     os.replace(path, checkpoints / "resnet18-f37072fd.pth")
-    model = build_model(complete_config({"model": "resnet18", "pretrained": True}), (3, 32, 32), 10)
+    model = build_model(TrialConfig.from_dict({"model": "resnet18", "pretrained": True}), (3, 32, 32), 10)
     assert torch.equal(model.net.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
 
 
@@ -296,7 +306,9 @@ def test_weights_of_another_model_are_a_model_error(offline, tmp_path):
     path = str(tmp_path / "lenet.pth")
     torch.save({"conv1.weight": torch.zeros(6, 1, 5, 5)}, path)
     with pytest.raises(ModelError, match="not a state dict of torchvision's resnet18"):
-        build_model(complete_config({"model": "resnet18", "pretrained": True, "weights_path": path}), (3, 32, 32), 10)
+        build_model(
+            TrialConfig.from_dict({"model": "resnet18", "pretrained": True, "weights_path": path}), (3, 32, 32), 10
+        )
 
 
 def test_unreadable_weights_file_is_a_model_error(offline, tmp_path):
@@ -304,5 +316,5 @@ def test_unreadable_weights_file_is_a_model_error(offline, tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot read .*truncated.pth as a state dict"):
         build_model(
-            complete_config({"model": "resnet18", "pretrained": True, "weights_path": str(path)}), (3, 32, 32), 10
+            TrialConfig.from_dict({"model": "resnet18", "pretrained": True, "weights_path": str(path)}), (3, 32, 32), 10
         )

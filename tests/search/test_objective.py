@@ -7,11 +7,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.data import make_split, prepare_data
-from search.datasets import load_dataset
-from search.objective import run_trial, worker_identity
-from search.study import StudySpec, fill_budget
+from search.study.objective import run_trial, worker_identity
+from search.study.spec import StudySpec, fill_budget
+from search.trial.data import make_split, prepare_data
+from search.trial.datasets import load_dataset
 from spaces import parse_space
+from storage.records import METRICS
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +39,9 @@ def test_start_points_are_never_pruned_and_sampled_trials_are(digits) -> None:
     assert [o.state for o in outcomes] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert sorted(start.intermediate_values) == [1, 2]  # both epochs reported, the pruner not asked
     assert sampled.user_attrs["fail_reason"] == "pruned" and list(sampled.intermediate_values) == [1]
+    # The completed trial records its complete config as a plain dict, with its own seed, and every metric.
+    assert start.user_attrs["seed"] == spec.seed * 100_000 + start.number
+    assert start.user_attrs["config"] == space.config_from_params(start.params).replace(
+        seed=start.user_attrs["seed"]).to_dict()
+    assert set(METRICS) <= set(start.user_attrs) and start.user_attrs["curves"]["val_accuracy"] == [
+        start.intermediate_values[1], start.intermediate_values[2]]

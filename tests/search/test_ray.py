@@ -13,13 +13,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.ray_backend import RayOptions, run_ray_workers, task_device
+from search.study.ray_workers import RayOptions, run_ray_workers, task_device
 from storage import open_storage
-from tests.pg import PgCluster
-from tests.search.test_workers import (
+from tests.support.pg import PgCluster
+from tests.support.workers import (
     FAST_HEARTBEAT,
     FAST_SPACE,
     Workers,
@@ -31,22 +32,12 @@ from tests.search.test_workers import (
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-SPACE_YAML = """
-params:
-  lr: {type: float, low: 3.0e-3, high: 3.0e-2, log: true}
-  width: {type: int, low: 4, high: 6}
-  epochs: 1
-  depth: 1
-  batch_size: 256
-"""
-
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
-    (tmp_path / "fast.yaml").write_text(SPACE_YAML)
-    return tmp_path
+def workdir(workdir: Path) -> Path:
+    """The shared working directory (tests/conftest.py) with this module's space files."""
+    (workdir / "fast.yaml").write_text(yaml.safe_dump(FAST_SPACE))
+    return workdir
 
 
 def _run(*args: str) -> int:
@@ -108,6 +99,7 @@ def test_a_ray_task_trains_on_its_first_gpu_else_cpu(device: str, gpu_ids: list,
     assert task_device(device, gpu_ids, cuda) == expected
 
 
+@pytest.mark.slow
 def test_run_on_a_cpu_only_local_cluster_it_starts_and_shuts_down(workdir: Path) -> None:
     import ray
 
@@ -168,8 +160,8 @@ def test_ray_tasks_and_a_hand_started_worker_share_one_postgres_study(
     by_pid = Counter(t.user_attrs["pid"] for t in trials)
     assert set(by_pid) == {*gpus_of, hand.pid}
     hand_done = int(re.search(r"'COMPLETE': (\d+)", hand_output).group(1))
-    assert sorted(w["counts"]["COMPLETE"] for w in ray_workers) == sorted(by_pid[p] for p in gpus_of) == [3, 3]
-    assert sorted(w["gpu_ids"] for w in ray_workers) == sorted(gpus_of.values())
+    assert sorted(w.counts["COMPLETE"] for w in ray_workers) == sorted(by_pid[p] for p in gpus_of) == [3, 3]
+    assert sorted(w.gpu_ids for w in ray_workers) == sorted(gpus_of.values())
     assert hand_done == by_pid[hand.pid] == 3
 
     listed = {w["pid"]: w for w in status_json(url, name, capsys)["workers"]}
@@ -179,6 +171,7 @@ def test_ray_tasks_and_a_hand_started_worker_share_one_postgres_study(
         assert worker["gpu_ids"] == gpus_of.get(pid)
 
 
+@pytest.mark.slow
 def test_run_joins_a_running_cluster_by_address_with_fractional_gpus(
     ray_cluster: str, workdir: Path
 ) -> None:
@@ -199,6 +192,7 @@ def test_run_joins_a_running_cluster_by_address_with_fractional_gpus(
     assert ray.is_initialized() and ray.available_resources().get("GPU") == 2
 
 
+@pytest.mark.slow
 def test_more_gpus_per_trial_than_a_node_has_is_refused(
     ray_cluster: str, workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -17,20 +18,21 @@ from optuna.trial import TrialState
 
 from search import build_model, load_recipe
 from search.cli import main
-from search.errors import CnnSearchError
-from search.study import StudySpec, create_or_resume
+from search.study.spec import StudySpec, create_or_resume
+from search.trial.errors import CnnSearchError
 from spaces import load_space
+from spaces.schema import TrialConfig
 from storage import open_storage
-from tests.reports.studies import STUDY, finished_study
+from tests.support.studies import STUDY
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def study_url(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
+def study_url(tmp_path: Path, tiny_study: Callable[[Path], str], monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
-    return finished_study(tmp_path_factory, tmp_path / "db")
+    return tiny_study(tmp_path / "db")
 
 
 def _best(url: str) -> optuna.trial.FrozenTrial:
@@ -38,6 +40,7 @@ def _best(url: str) -> optuna.trial.FrozenTrial:
     return max((t for t in study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
 
 
+@pytest.mark.slow
 def test_export_then_train_in_a_fresh_process_reproduces_the_trial(study_url: str, tmp_path: Path) -> None:
     out = tmp_path / "training-repo" / "configs"
     assert main(["export", "--study", STUDY, "--storage", study_url, "--out", str(out)]) == 0
@@ -136,13 +139,24 @@ def test_build_model_takes_a_recipe_or_a_config_with_its_shape() -> None:
     config = {"depth": 1, "width": 4, "seed": 3}
     model = build_model(config, (1, 8, 8), 10)
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    typed = build_model(TrialConfig.from_dict(config), (1, 8, 8), 10)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), typed.parameters(), strict=True))
     with pytest.raises(CnnSearchError, match="give input_shape"):
         build_model(config)
 
 
+def test_an_old_recipe_with_a_partial_config_loads_with_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("format: cnnsearch-recipe/1\nconfig: {depth: 1, width: 4, seed: 3}\ninput_shape: [1, 8, 8]\n"
+                    "num_classes: 10\nclasses: []\ndata: {dataset: digits}\n")
+    recipe = load_recipe(path)
+    assert recipe["config"] == TrialConfig(depth=1, width=4, seed=3)
+    assert build_model(recipe)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
 def test_a_checkpoint_that_cannot_be_kept_does_not_fail_the_trial(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from search.artifacts import keep_checkpoint
+    from search.study.checkpoints import keep_checkpoint
     from storage.errors import StorageError
 
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'a.db'}", heartbeat_interval=None))
@@ -154,7 +168,7 @@ def test_a_checkpoint_that_cannot_be_kept_does_not_fail_the_trial(tmp_path: Path
     def no_store(url: str) -> None:
         raise StorageError("cannot create artifact directory /full: No space left on device")
 
-    monkeypatch.setattr("search.artifacts.artifact_store_for", no_store)
+    monkeypatch.setattr("search.study.checkpoints.artifact_store_for", no_store)
     second = study.ask()
     assert keep_checkpoint(second, model) is None
     study.tell(second, 0.5)

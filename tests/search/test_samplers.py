@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.samplers import AUTO_GP_MAX_PARAMS, AUTO_GP_TRIALS, SwitchingSampler, make_sampler
+from search.study.samplers import AUTO_GP_MAX_PARAMS, AUTO_GP_TRIALS, SwitchingSampler, make_sampler
 
 
 @pytest.mark.parametrize("n_params, n_objectives, expected", [

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from spaces import SpaceError, load_space, parse_space, preset_names
-from spaces.schema import CONFIG_KEYS, complete_config
+from spaces.schema import CONFIG_KEYS, TrialConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,11 +37,12 @@ SGD_PARAMS = {"lr": 1e-3, "batch_size": 32, "optimizer": "sgd", "momentum": 0.95
               "aug_jitter": 0.1, "aug_noise": 0.05}
 
 
-def assert_trainable(config: dict) -> None:
+def assert_trainable(config: TrialConfig) -> None:
     """A config a trial can train from: every key, valid values, unchanged by JSON."""
+    assert isinstance(config, TrialConfig)
     assert set(config) == set(CONFIG_KEYS)
-    assert complete_config(config) == config
-    assert json.loads(json.dumps(config)) == config
+    assert TrialConfig.from_dict(config.to_dict()) == config
+    assert TrialConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 # --- suggest ----------------------------------------------------------------------------

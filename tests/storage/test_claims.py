@@ -6,10 +6,10 @@ import multiprocessing
 from pathlib import Path
 
 import optuna
+import pytest
 
-from search.study import claim_waiting_trial
 from storage import open_storage
-from storage.claims import claim_lock
+from storage.claims import claim_lock, claim_waiting_trial
 
 
 def _claim_all(url: str, out: multiprocessing.Queue) -> None:
@@ -25,6 +25,7 @@ def _claim_all(url: str, out: multiprocessing.Queue) -> None:
     out.put(claimed)
 
 
+@pytest.mark.slow
 def test_four_processes_claim_each_waiting_trial_exactly_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     study = optuna.create_study(study_name="c", storage=open_storage(url, heartbeat_interval=None))

@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from storage import StorageError, mask_url, open_storage
-from tests.pg import PgCluster, free_port
-from tests.storage.processes import open_at_once, square
+from tests.support.pg import PgCluster, free_port
+from tests.support.processes import open_at_once, square
 
 pytestmark = pytest.mark.postgres
 

@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from storage import StorageError, open_storage
-from tests.storage.processes import hang_in_a_trial, open_at_once, run_trials_until_budget, square
+from tests.support.processes import hang_in_a_trial, open_at_once, run_trials_until_budget, square
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Renamed in Optuna 4.9; the old name is a deprecated alias.
@@ -72,11 +72,13 @@ def test_two_processes_share_one_sqlite_file_without_lock_errors(tmp_path: Path)
     assert sorted(trial.number for trial in trials) == list(range(len(trials)))
 
 
+@pytest.mark.slow
 def test_workers_creating_a_fresh_database_at_once_all_succeed(tmp_path: Path) -> None:
     # Without a retry, two of three usually fail with "table studies already exists".
     assert open_at_once(f"sqlite:///{tmp_path / 'fresh.db'}") == [0, 0, 0]
 
 
+@pytest.mark.slow
 def test_trial_of_a_killed_worker_is_failed_and_retried(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'crash.db'}"
     study = optuna.create_study(study_name="crash", storage=open_storage(url, heartbeat_interval=1, grace_period=2))

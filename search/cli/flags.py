@@ -1,0 +1,65 @@
+"""What every command shares: the one-line argparse parser, number types, ``--storage``, output helpers.
+
+Only argparse-level code: the command modules import it when the parser is built, so
+``--help`` and bad flags answer before torch or optuna are imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+Command = Callable[[argparse.Namespace], int]
+"""A command's handler: the parsed arguments in, the exit code out."""
+
+AddArgs = Callable[[argparse.ArgumentParser], Command]
+"""Adds a command's arguments to its sub-parser and returns its handler."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with bad flags answered in one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"cnnsearch: error: {message} (see `{self.prog} --help`)\n")
+
+
+def at_least(low: float, kind: type = int, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` that is at least ``low`` (more than ``low`` when ``strict``)."""
+    what = "an integer" if kind is int else "a number"
+    bound = f"more than {low:g}" if strict else f"at least {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}") from None
+        if value != value or value < low or (strict and value == low):  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = at_least(1)
+NON_NEGATIVE_INT = at_least(0)
+POSITIVE_FLOAT = at_least(0, float, strict=True)
+
+
+def storage_arg(p: argparse.ArgumentParser) -> None:
+    """``--storage``, resolved by :func:`storage.resolve_storage_url` in every command."""
+    p.add_argument("--storage", help="study storage URL (default: $CNNSEARCH_STORAGE, else sqlite:///cnnsearch.db "
+                                     "in the working directory); PostgreSQL: postgresql+psycopg://user@host/db "
+                                     "with the password in $PGPASSWORD")
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def usage(message: str) -> int:
+    """Print a bad-input line as argparse would and return exit code 2."""
+    print(f"cnnsearch: error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,72 @@
+"""`cnnsearch export` and `cnnsearch train`: a study's trial as a recipe, and a model retrained from one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_INT, Command, storage_arg
+
+
+def add_export_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--study", required=True)
+    storage_arg(p)
+    p.add_argument("--out", required=True, help="directory for recipe.yaml|json, weights.pt and README.md")
+    p.add_argument("--trial", type=NON_NEGATIVE_INT, help="trial number (default: the best completed trial)")
+    p.add_argument("--format", default="yaml", choices=("yaml", "json"), help="recipe format (default yaml)")
+    p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset")
+    p.add_argument("--no-weights", action="store_true", help="leave the trial's kept checkpoint out")
+    return cmd_export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search.results.recipe import export_recipe
+    from storage import resolve_storage_url
+
+    files = export_recipe(resolve_storage_url(args.storage), args.study, args.out, trial=args.trial,
+                          fmt=args.format, data_dir=args.data_dir, weights=not args.no_weights)
+    for path in files:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_train_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--config", required=True, metavar="RECIPE", help="a recipe written by `cnnsearch export`")
+    p.add_argument("--data-dir", help="where this machine keeps the recipe's torchvision dataset")
+    p.add_argument("--out", help="directory for weights.pt and metrics.json (default: cnnsearch-train/STUDY-trialN/)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default: reproduces the trial exactly) | auto | cuda | cuda:N")
+    p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: as many as the trial used)")
+    p.add_argument("--final", action="store_true",
+                   help="train on train+val and report test accuracy, instead of reproducing the trial on val")
+    return cmd_train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from search.results.recipe import load_recipe, save_trained, train_recipe
+    from search.trial.device import resolve_device
+
+    recipe = load_recipe(args.config)
+    prov = recipe.get("provenance") or {}
+    default_out = Path("cnnsearch-train") / f"{prov.get('study', 'recipe')}-trial{prov.get('trial', '')}"
+    out = Path(args.out) if args.out else default_out
+    device = resolve_device(args.device)
+    stage = "final" if args.final else "search"
+    model, metrics = train_recipe(recipe, data_dir=args.data_dir, device=device, stage=stage, threads=args.threads)
+    # In the final stage the held-out part the trainer calls "val" is the test split.
+    evaluated_on = "test (trained on train+val)" if args.final else "val (trained on train)"
+    files = save_trained(model, metrics, out, evaluated_on=evaluated_on)
+    acc = metrics.val_accuracy
+    if args.final:
+        print(f"trained on train+val in {metrics.train_seconds:.1f} s on {device}: test accuracy {acc:.4f}")
+    else:
+        recorded = (recipe.get("metrics") or {}).get("val_accuracy")
+        verdict = ""
+        if isinstance(recorded, float):
+            verdict = (" (the trial's, exactly)" if acc == recorded
+                       else f" (the trial had {recorded:.4f}: {acc - recorded:+.4f})")
+        print(f"retrained trial #{prov.get('trial')} of study {prov.get('study')!r} in "
+              f"{metrics.train_seconds:.1f} s on {device}: val accuracy {acc:.4f}{verdict}")
+    for path in files:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,185 @@
+"""`cnnsearch run` and `cnnsearch worker`: start a study's workers here, or join one from this machine."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Command, storage_arg, usage
+from search.cli.studies import no_best, print_best
+from search.trial.errors import CnnSearchError
+
+if TYPE_CHECKING:
+    from search.study.ray_workers import RayOptions
+
+
+def add_run_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--study", required=True, help="study name")
+    storage_arg(p)
+    p.add_argument("--space", default="default", help="a preset name (see `cnnsearch spaces`) or a YAML file")
+    p.add_argument("--dataset", default="mnist5k", help="dataset name (see `cnnsearch datasets`)")
+    p.add_argument("--data-dir", help="where torchvision datasets live")
+    p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir first")
+    p.add_argument("--image-size", type=POSITIVE_INT, help="resize imagefolder images to this side")
+    p.add_argument("--sampler", default=None,
+                   help="auto|tpe|random|grid|gp|cmaes|qmc|nsga2 (default auto: GP for one objective over "
+                        "at most 12 searched parameters, else TPE)")
+    p.add_argument("--pruner", default=None, help="none|median|sha|hyperband (default hyperband)")
+    p.add_argument("--objectives", default="accuracy",
+                   help="comma-separated: accuracy[,latency|params|flops]")
+    p.add_argument("--trials", type=POSITIVE_INT, help="trial budget of the whole study (all workers together)")
+    p.add_argument("--timeout", type=POSITIVE_FLOAT, help="stop starting new trials after this many seconds")
+    p.add_argument("--trial-timeout", type=POSITIVE_FLOAT, help="prune a trial that trains longer than this (seconds)")
+    p.add_argument("--jobs", type=int, help="local worker processes (default 1; same as --workers)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the sampler and the trials")
+    p.add_argument("--split-seed", type=NON_NEGATIVE_INT, default=0, help="seed of the train/val/test split")
+    p.add_argument("--warm-start", metavar="STUDY", help="enqueue the best configs of this study first")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--max-params", type=POSITIVE_INT, help="constraint: at most this many parameters")
+    p.add_argument("--max-latency-ms", type=POSITIVE_FLOAT, help="constraint: at most this latency (ms/image)")
+    p.add_argument("--max-failures", type=POSITIVE_INT, default=5, help="stop after this many failed trials in a row")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each completed trial's weights and learning curve in the artifact store "
+                        "(`cnnsearch export` then ships the weights with the recipe)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _backend_args(p)
+    return cmd_run
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workers: local processes or Ray tasks")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: processes on this machine; ray: Ray tasks, each a worker with its own GPU share")
+    g.add_argument("--workers", type=int, help="how many workers (default 1)")
+    g.add_argument("--ray-address", help="Ray cluster to join: auto or HOST:PORT (default: a local cluster for this "
+                                         "command, shut down at its end)")
+    g.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per Ray worker; 0.5 puts two on a GPU (default 1 when the cluster has GPUs, else 0)")
+    g.add_argument("--cpus-per-trial", type=float,
+                   help="CPUs (and training threads) per Ray worker (default 1)")
+
+
+def _worker_count(args: argparse.Namespace) -> int:
+    jobs = getattr(args, "jobs", None)
+    if args.workers is not None and jobs is not None and args.workers != jobs:
+        raise CnnSearchError(f"--workers {args.workers} and --jobs {jobs} disagree; give one of them")
+    count = args.workers if args.workers is not None else (jobs if jobs is not None else 1)
+    if count < 1:
+        flag = "--workers" if args.workers is not None else "--jobs"
+        raise CnnSearchError(f"{flag} must be at least 1, got {count}")
+    return count
+
+
+def _ray_options(args: argparse.Namespace, workers: int) -> RayOptions | None:
+    """The Ray settings of ``--backend ray`` (None for local); Ray flags without it are refused."""
+    if args.backend != "ray":
+        for flag, value in (("--ray-address", args.ray_address), ("--gpus-per-trial", args.gpus_per_trial),
+                            ("--cpus-per-trial", args.cpus_per_trial)):
+            if value is not None:
+                raise CnnSearchError(f"{flag} needs --backend ray (got --backend {args.backend})")
+        return None
+    if args.device not in ("auto", "cpu"):
+        raise CnnSearchError(f"--device {args.device!r} with --backend ray: Ray assigns the GPUs; use auto or cpu")
+    from search.study.ray_workers import RayOptions  # does not import Ray itself
+
+    return RayOptions(workers=workers, gpus_per_trial=args.gpus_per_trial, address=args.ray_address,
+                      cpus_per_trial=1.0 if args.cpus_per_trial is None else args.cpus_per_trial)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER
+    from search.study.spec import StudySpec
+    from spaces import load_space
+
+    workers = _worker_count(args)
+    ray = _ray_options(args, workers)
+    if args.trials is None and args.timeout is None and args.sampler != "grid":
+        return usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
+    space = load_space(args.space)
+    spec = StudySpec(
+        space=space, dataset=args.dataset, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
+        sampler=args.sampler or DEFAULT_SAMPLER, pruner=args.pruner or DEFAULT_PRUNER, seed=args.seed,
+        image_size=args.image_size, split_seed=args.split_seed, data_dir=args.data_dir,
+        max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial_timeout=args.trial_timeout,
+        max_failures=args.max_failures, budget=args.trials, keep_checkpoints=args.keep_checkpoints,
+    )
+    if spec.sampler == "grid":
+        space.grid()  # refuses a space without a finite grid before anything is created
+    from search.study.local import run_study
+    from search.study.signals import stop_on_sigterm
+
+    with stop_on_sigterm():
+        result = run_study(spec, args.study, args.storage, timeout=args.timeout, jobs=workers,
+                           device=args.device, warm_start=args.warm_start, progress=not args.no_progress,
+                           download=args.download, ray=ray)
+    import optuna
+
+    from reports.summary import best_records
+    from storage import mask_url, open_storage
+
+    study = optuna.load_study(study_name=args.study, storage=open_storage(result.storage_url))
+    counts = result.counts
+    print(f"study {args.study!r} in {mask_url(result.storage_url)}: {counts['COMPLETE']} complete, "
+          f"{counts['PRUNED']} pruned, {counts['FAIL']} failed, {counts['WAITING']} waiting "
+          f"({result.wall_seconds:.0f} s)")
+    if len(result.workers) > 1:
+        for w in result.workers:
+            print(f"  worker {w.worker}: {w.error or w.counts} ({w.stopped_because})")
+    best = best_records(study, 1)
+    if not best:
+        print(no_best(counts["COMPLETE"]))
+        return 0
+    print_best(best)
+    print(f"\nreport: cnnsearch report --study {args.study}   (writes cnnsearch-reports/{args.study}/)")
+    return 0
+
+
+def add_worker_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--study", required=True)
+    storage_arg(p)
+    p.add_argument("--trials", type=POSITIVE_INT, help="stop after this many trials of this worker")
+    p.add_argument("--timeout", type=POSITIVE_FLOAT, help="stop starting new trials after this many seconds")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for training")
+    p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset")
+    p.add_argument("--name", help="worker name shown in `cnnsearch status` (default host:pid)")
+    _backend_args(p)
+    return cmd_worker
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from search.study.signals import stop_on_sigterm
+    from search.study.worker import WorkerSettings, worker_loop
+    from storage import resolve_storage_url
+
+    workers = _worker_count(args)
+    ray = _ray_options(args, workers)
+    if ray is None and workers > 1:
+        return usage(f"--workers {workers} needs --backend ray; or start {workers} `cnnsearch worker` processes")
+    with stop_on_sigterm():
+        if ray is not None:
+            return _ray_workers(args, ray)
+        settings = WorkerSettings(device=args.device, threads=args.threads, max_trials=args.trials,
+                                  timeout=args.timeout, data_dir=args.data_dir, name=args.name)
+        summary = worker_loop(resolve_storage_url(args.storage), args.study, settings)
+    print(f"worker {summary.worker} on {summary.device}: {summary.counts} ({summary.stopped_because})")
+    return 0
+
+
+def _ray_workers(args: argparse.Namespace, ray: RayOptions) -> int:
+    """``cnnsearch worker --backend ray``: Ray tasks join the study (``--trials`` counts per worker)."""
+    for flag, value in (("--name", args.name), ("--threads", args.threads)):
+        if value is not None:
+            hint = "each Ray worker is named host:pid" if flag == "--name" else "use --cpus-per-trial"
+            raise CnnSearchError(f"{flag} does not apply to --backend ray: {hint}")
+    from search.study.ray_workers import run_ray_workers
+    from search.study.records import raise_worker_errors
+    from storage import resolve_storage_url
+
+    results = run_ray_workers(resolve_storage_url(args.storage), args.study, ray, device=args.device,
+                              timeout=args.timeout, max_trials=args.trials, data_dir=args.data_dir)
+    for w in results:
+        print(f"worker {w.worker} on {w.device or '?'} (Ray GPUs {w.gpu_ids or 'none'}): "
+              f"{w.error or w.counts} ({w.stopped_because})")
+    raise_worker_errors(results)
+    return 0

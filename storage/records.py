@@ -1,0 +1,87 @@
+"""What a study records, key by key: the schema its writers (workers) and readers (reports, CLI) share.
+
+Every trial and study user attr that cnnsearch writes is named here once. A writer sets
+``trial.set_user_attr(CONFIG, ...)``; a reader looks up ``trial.user_attrs.get(CONFIG)``;
+neither spells the string. The values are stable: they are what optuna-dashboard shows,
+what ``trials.csv`` has as columns and what older studies hold.
+"""
+
+from __future__ import annotations
+
+# --- trial user attrs: who ran it ------------------------------------------------------------
+HOST = "host"
+PID = "pid"
+WORKER = "worker"
+DEVICE = "device"
+THREADS = "threads"
+STARTED = "started"
+"""``time.time()`` when the worker began the trial."""
+BACKEND = "backend"
+GPU_IDS = "gpu_ids"
+LAST_HEARTBEAT = "last_heartbeat"
+"""When the trial's worker last proved alive (``time.time()``), written with each heartbeat."""
+
+# --- trial user attrs: what it ran -----------------------------------------------------------
+CONFIG = "config"
+"""The complete trial config (a JSON object), as :class:`spaces.schema.TrialConfig` serialises it."""
+SEED = "seed"
+ORIGIN = "origin"
+"""Why a trial was enqueued with known params: ``start`` (the space's start points) or ``warm_start``."""
+ORIGINS = ("start", "warm_start")
+
+# --- trial user attrs: what it measured ------------------------------------------------------
+METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "epochs_run", "params", "flops", "latency_ms",
+           "throughput", "train_seconds", "amp", "notes")
+"""The metrics a completed trial records, each as its own user attr (so the dashboard and pandas show each).
+
+The one list: :class:`search.trial.metrics.TrialMetrics` has a field of each name, workers write
+them, ``best --json``, the report and the recipe read them.
+"""
+VAL_ACCURACY = "val_accuracy"
+PARAMS = "params"
+LATENCY_MS = "latency_ms"
+TRAIN_SECONDS = "train_seconds"
+CURVES = "curves"
+"""Per-epoch ``val_accuracy``, ``val_loss``, ``train_loss`` and ``lr`` lists."""
+LIVE_CURVE = "val_accuracy_curve"
+"""A multi-objective trial's per-epoch val accuracy while it runs (Optuna stores no intermediate values then)."""
+CONSTRAINTS = "constraints"
+"""One value per constraint (``--max-params``, ``--max-latency-ms``); <= 0 means satisfied."""
+CHECKPOINT = "checkpoint_artifact"
+"""The artifact id of the trial's kept ``state_dict`` (``--keep-checkpoints``)."""
+ARTIFACT_ERROR = "artifact_error"
+"""Why a checkpoint that should have been kept was not."""
+
+# --- trial user attrs: why it did not complete -----------------------------------------------
+FAIL_REASON = "fail_reason"
+"""A short tag; one of :data:`FAIL_REASONS`."""
+FAIL_MESSAGE = "fail_message"
+FAIL_REASONS = {
+    "pruned": "stopped early by the pruner",
+    "nan_loss": "loss became NaN/inf",
+    "oom": "out of memory",
+    "timeout": "over --trial-timeout",
+    "error": "crashed (exception)",
+    "interrupted": "worker interrupted or killed",
+    "constraint": "over --max-params before training",
+}
+"""Failure tag -> what it means, in the words the report uses."""
+
+# --- study user attrs --------------------------------------------------------------------------
+STUDY_DATASET = "dataset"
+STUDY_OBJECTIVES = "objectives"
+STUDY_SPACE = "space"
+STUDY_SPACE_NAME = "space_name"
+STUDY_SPACE_FINGERPRINT = "space_fingerprint"
+STUDY_BUDGET = "budget"
+STUDY_VERSIONS = "versions"
+SPLIT_FINGERPRINT = "split_fingerprint"
+SPLIT_SIZES = "split_sizes"
+CLASSES = "classes"
+INPUT_SHAPE = "input_shape"
+
+# --- trial system attrs (Optuna's own) -----------------------------------------------------------
+RETRY_OF = "failed_trial"
+"""Set by Optuna's retry callback on the retry of a trial whose worker died."""
+FIXED_PARAMS = "fixed_params"
+"""Set by ``Study.enqueue_trial``: the params an enqueued trial runs with."""

@@ -1,0 +1,53 @@
+"""Reading a study: open it by name, count its trials, find its best feasible ones.
+
+Shared by the workers (progress, the dashboard note), the CLI and the reports, so that
+"best" and "counts" mean one thing everywhere.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from storage.errors import StorageError
+from storage.records import CONSTRAINTS, RETRY_OF
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """Open study ``name`` or raise :class:`StorageError` listing the studies there are."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        listing = ", ".join(names) if names else "none"
+        raise StorageError(f"no study named {name!r} in this storage; studies there: {listing}") from None
+
+
+def study_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
+    counts = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] += 1
+    return counts
+
+
+def is_original(trial: FrozenTrial) -> bool:
+    """Whether a trial counts against the budget: retries of a crashed trial do not."""
+    return RETRY_OF not in trial.system_attrs
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """A trial meets its constraints (``--max-params``, ``--max-latency-ms``) when all values are <= 0."""
+    return all(c <= 0 for c in trial.user_attrs.get(CONSTRAINTS, []))
+
+
+def best_trials(study: optuna.Study, top: int = 1) -> list[FrozenTrial]:
+    """The best feasible completed trials: the top ``top`` by value, or the Pareto front for several objectives."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
+    if len(study.directions) > 1:
+        front_numbers = {t.number for t in study.best_trials}
+        return sorted((t for t in done if t.number in front_numbers), key=lambda t: t.number)
+    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+    done.sort(key=lambda t: (sign * t.value, t.number))
+    return done[:top]
