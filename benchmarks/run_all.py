@@ -7,7 +7,8 @@ Each script runs in its own process (its own torch threads and memory), with ``-
 none, the last line of its output is shown. A script without the asked-for mode (its source
 never mentions ``"--quick"``/``"--smoke"`` and does not build its parser with
 ``benchmarks.common.parser_with_modes``) is listed as skipped rather than run in full.
-Scripts are found by name: every ``benchmarks/*.py`` except this runner and ``common.py``.
+Scripts are found by name: every ``benchmarks/*.py`` except this runner, ``common.py`` and ``ab.py``
+(which runs one of the others on two versions of the code).
 
     python benchmarks/run_all.py --quick
     python benchmarks/run_all.py --quick --only nasbench201,overhead --show-output
@@ -28,7 +29,7 @@ if __package__ in (None, ""):
 from benchmarks.common import machine_line, parser_with_modes, table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-NOT_BENCHMARKS = {"run_all", "common", "__init__"}
+NOT_BENCHMARKS = {"run_all", "common", "ab", "__init__"}
 ORDER = ("train_throughput", "overhead", "storage_overhead", "time_to_accuracy", "sampler_cost", "nasbench201")
 """Preferred order (cheap and machine-bound first); scripts not named here run after, by name."""
 

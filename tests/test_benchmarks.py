@@ -97,3 +97,13 @@ def test_sampler_cost_names_the_sampler_auto_picks_per_space():
     assert "| nasbench201 (6) " in out and "auto (SwitchingSampler)" in out  # GP first on 6 parameters
     assert "| default (23) " in out and "auto (TPESampler)" in out
     assert "RESULT sampler_cost: auto's slowest suggestion window" in out
+
+
+def test_ab_runs_one_benchmark_on_the_base_commit_and_the_working_tree():
+    out = run_script("ab", "sampler_cost", "--base", "HEAD", "--rounds", "1", "--", "--smoke")
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    rows = [line for line in out.splitlines() if line.startswith(f"| {rev}") or line.startswith("| working tree")]
+    assert len(rows) == 2 and all("slowest suggestion window" in row for row in rows)
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "cnnsearch-ab-" not in worktrees  # the base's worktree is removed again
