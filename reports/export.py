@@ -45,7 +45,26 @@ from reports.errors import ReportError
 from reports.summary import SHOWN_METRICS
 from spaces.schema import AUGMENTATION_KEYS
 from storage import artifact_store_for
-from storage.records import CHECKPOINT, CONFIG
+from storage.records import (
+    CHECKPOINT,
+    CLASSES,
+    CONFIG,
+    DEVICE,
+    INPUT_SHAPE,
+    SEED,
+    SPLIT_FINGERPRINT,
+    SPLIT_SIZES,
+    STUDY_DATA_DIR,
+    STUDY_DATASET,
+    STUDY_IMAGE_SIZE,
+    STUDY_OBJECTIVES,
+    STUDY_SAMPLER,
+    STUDY_SPACE_FINGERPRINT,
+    STUDY_SPACE_NAME,
+    STUDY_VERSIONS,
+    THREADS,
+    VAL_ACCURACY,
+)
 from storage.studies import best_trials
 
 log = logging.getLogger(__name__)
@@ -81,7 +100,7 @@ def pick_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
         raise ReportError(f"study {study.study_name!r} has no completed trial to export yet; "
                           "run more trials or wait for a running one to finish")
     if len(study.directions) > 1:
-        return max(best, key=lambda t: (t.user_attrs.get("val_accuracy", 0.0), -t.number))
+        return max(best, key=lambda t: (t.user_attrs.get(VAL_ACCURACY, 0.0), -t.number))
     return best[0]
 
 
@@ -98,9 +117,9 @@ def build_recipe(study: optuna.Study, trial: FrozenTrial, *, mean: list[float], 
     if not config:
         raise ReportError(f"trial #{trial.number} of study {study.study_name!r} has no recorded config "
                           "(was it run by cnnsearch?); nothing to export")
-    input_shape = [int(v) for v in attrs.get("input_shape") or []]
-    classes = [str(c) for c in attrs.get("classes") or []]
-    split = attrs.get("split_sizes") or {}
+    input_shape = [int(v) for v in attrs.get(INPUT_SHAPE) or []]
+    classes = [str(c) for c in attrs.get(CLASSES) or []]
+    split = attrs.get(SPLIT_SIZES) or {}
     return {
         "format": RECIPE_FORMAT,
         "config": config,
@@ -118,29 +137,29 @@ def build_recipe(study: optuna.Study, trial: FrozenTrial, *, mean: list[float], 
             "augmentation": {k: config[k] for k in AUGMENTATION_KEYS if k in config},
         },
         "data": {
-            "dataset": attrs.get("dataset"),
-            "data_dir": attrs.get("data_dir"),
-            "image_size": attrs.get("image_size"),
+            "dataset": attrs.get(STUDY_DATASET),
+            "data_dir": attrs.get(STUDY_DATA_DIR),
+            "image_size": attrs.get(STUDY_IMAGE_SIZE),
             "split": {"seed": split.get("seed"), "val_fraction": split.get("val_fraction"),
                       "test_fraction": split.get("test_fraction"), "sizes": split.get("sizes"),
-                      "fingerprint": attrs.get("split_fingerprint")},
+                      "fingerprint": attrs.get(SPLIT_FINGERPRINT)},
         },
         "metrics": {k: trial.user_attrs[k] for k in SHOWN_METRICS if k in trial.user_attrs},
         "provenance": {
             "study": study.study_name,
             "trial": trial.number,
-            "seed": config.get("seed", trial.user_attrs.get("seed")),
-            "objectives": attrs.get("objectives"),
+            "seed": config.get("seed", trial.user_attrs.get(SEED)),
+            "objectives": attrs.get(STUDY_OBJECTIVES),
             "values": trial.values,
-            "space": attrs.get("space_name"),
-            "space_fingerprint": attrs.get("space_fingerprint"),
-            "sampler": attrs.get("sampler"),
+            "space": attrs.get(STUDY_SPACE_NAME),
+            "space_fingerprint": attrs.get(STUDY_SPACE_FINGERPRINT),
+            "sampler": attrs.get(STUDY_SAMPLER),
             "storage": storage_label,
-            "trained_on": trial.user_attrs.get("device"),
-            "threads": trial.user_attrs.get("threads"),
+            "trained_on": trial.user_attrs.get(DEVICE),
+            "threads": trial.user_attrs.get(THREADS),
             "completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
             "exported": dt.datetime.now().isoformat(timespec="seconds"),
-            "study_versions": attrs.get("versions") or {},
+            "study_versions": attrs.get(STUDY_VERSIONS) or {},
             "export_versions": versions or {},
             "git_commit": git_commit(),
         },

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from reports.summary import format_value
+from storage.records import PARAMS, STUDY_OBJECTIVES
 from storage.studies import best_trials
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def study_note(study: optuna.Study, best: list[FrozenTrial], trial_number: int) 
     """
     attrs = study.user_attrs
     directions = [d.name.lower() for d in study.directions]
-    objectives = attrs.get("objectives")
+    objectives = attrs.get(STUDY_OBJECTIVES)
     if not isinstance(objectives, list) or len(objectives) != len(directions):  # not made by cnnsearch
         objectives = [f"objective {i}" for i in range(len(directions))]
     goal = ", ".join(f"{name} ({direction})" for name, direction in zip(objectives, directions, strict=True))
@@ -104,7 +105,7 @@ def _single_objective(trial: FrozenTrial, objective: str, context: str) -> list[
 def _pareto_front(front: list[FrozenTrial], objectives: list[str], context: str) -> list[str]:
     shown = front[:FRONT_ROWS]
     more = f"\n\n{len(front) - len(shown)} more trials on the front." if len(front) > len(shown) else ""
-    rows = [(str(t.number), *(format_value(v) for v in t.values), format_value(t.user_attrs.get("params")),
+    rows = [(str(t.number), *(format_value(v) for v in t.values), format_value(t.user_attrs.get(PARAMS)),
              ", ".join(f"{k}={v}" for k, v in _params(t))) for t in shown]
     return [
         f"### Pareto front: {len(front)} trial{'s' if len(front) != 1 else ''}",

@@ -36,7 +36,28 @@ from reports import plots
 from reports.ablation import ablation, trial_accuracy
 from reports.errors import ReportError
 from reports.summary import format_value
-from storage.records import CONFIG, CURVES, FAIL_MESSAGE, FAIL_REASON, FAIL_REASONS
+from storage.records import (
+    CLASSES,
+    CONFIG,
+    CURVES,
+    FAIL_MESSAGE,
+    FAIL_REASON,
+    FAIL_REASONS,
+    INPUT_SHAPE,
+    SPLIT_SIZES,
+    STUDY_BUDGET,
+    STUDY_DATASET,
+    STUDY_IMAGE_SIZE,
+    STUDY_OBJECTIVES,
+    STUDY_PRUNER,
+    STUDY_SAMPLER,
+    STUDY_SEED,
+    STUDY_SPACE,
+    STUDY_SPACE_FINGERPRINT,
+    STUDY_SPACE_NAME,
+    STUDY_VERSIONS,
+    TRAIN_SECONDS,
+)
 from storage.studies import best_trials
 
 log = logging.getLogger(__name__)
@@ -114,12 +135,12 @@ def report_context(study: optuna.Study, *, final_eval: dict[str, Any] | None = N
     """Everything the templates show, as plain data and data-URI plots (see the section functions)."""
     trials = study.get_trials(deepcopy=False)
     attrs = study.user_attrs
-    objectives = list(attrs.get("objectives") or (["accuracy"] if len(study.directions) == 1 else
+    objectives = list(attrs.get(STUDY_OBJECTIVES) or (["accuracy"] if len(study.directions) == 1 else
                                                     [f"objective {i}" for i in range(len(study.directions))]))
     acc = _accuracy_target(objectives)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    n_val = (attrs.get("split_sizes") or {}).get("sizes", {}).get("val")
-    classes = attrs.get("classes") or []
+    n_val = (attrs.get(SPLIT_SIZES) or {}).get("sizes", {}).get("val")
+    classes = attrs.get(CLASSES) or []
     top = best_trials(study, top_k) if done else []
     if len(study.directions) > 1:
         top.sort(key=lambda t: (-acc(t), t.number))  # the Pareto front, most accurate first
@@ -162,32 +183,32 @@ def _overview(study: optuna.Study, trials: list[FrozenTrial], done: list[FrozenT
     running = counts["RUNNING"] > 0
     first = min(starts) if starts else None
     last = (dt.datetime.now() if running or not ends else max(ends)) if first else None
-    split = attrs.get("split_sizes") or {}
-    space = attrs.get("space") or {}
+    split = attrs.get(SPLIT_SIZES) or {}
+    space = attrs.get(STUDY_SPACE) or {}
     # A space's params mix searched parameters (a dict with a "type") and fixed values.
     entries = space.get("params") or {}
     searched = {n: p for n, p in entries.items() if isinstance(p, dict) and "type" in p}
     overview: dict[str, Any] = {
-        "dataset": attrs.get("dataset", "-"),
-        "image_size": attrs.get("image_size"),
-        "input_shape": attrs.get("input_shape"),
-        "n_classes": len(attrs.get("classes") or []),
+        "dataset": attrs.get(STUDY_DATASET, "-"),
+        "image_size": attrs.get(STUDY_IMAGE_SIZE),
+        "input_shape": attrs.get(INPUT_SHAPE),
+        "n_classes": len(attrs.get(CLASSES) or []),
         "split": {"sizes": split.get("sizes", {}), "seed": split.get("seed"),
                   "val_fraction": split.get("val_fraction"), "test_fraction": split.get("test_fraction"),
                   "fingerprint": split.get("fingerprint")},
-        "space": {"name": attrs.get("space_name", "-"), "fingerprint": attrs.get("space_fingerprint"),
+        "space": {"name": attrs.get(STUDY_SPACE_NAME, "-"), "fingerprint": attrs.get(STUDY_SPACE_FINGERPRINT),
                   "description": space.get("description", ""),
                   "params": [{"name": n, "domain": _domain(p)} for n, p in searched.items()],
                   "fixed": {n: v for n, v in entries.items() if n not in searched}},
-        "sampler": attrs.get("sampler", "-"), "pruner": attrs.get("pruner", "-"), "seed": attrs.get("seed"),
-        "budget": attrs.get("budget"),
+        "sampler": attrs.get(STUDY_SAMPLER, "-"), "pruner": attrs.get(STUDY_PRUNER, "-"), "seed": attrs.get(STUDY_SEED),
+        "budget": attrs.get(STUDY_BUDGET),
         "counts": {k: v for k, v in counts.items() if v},
         "n_trials": len(trials),
         "running": running,
         "wall_seconds": (last - first).total_seconds() if first else 0.0,
-        "compute_seconds": sum(float(t.user_attrs.get("train_seconds", 0.0)) for t in trials),
+        "compute_seconds": sum(float(t.user_attrs.get(TRAIN_SECONDS, 0.0)) for t in trials),
         "trial_seconds": sum(t.duration.total_seconds() for t in trials if t.duration is not None),
-        "versions": attrs.get("versions") or {},
+        "versions": attrs.get(STUDY_VERSIONS) or {},
         "best": None,
     }
     front = best_trials(study, 1) if done else []

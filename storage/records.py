@@ -17,7 +17,11 @@ THREADS = "threads"
 STARTED = "started"
 """``time.time()`` when the worker began the trial."""
 BACKEND = "backend"
+"""``ray`` for a trial a Ray worker ran."""
 GPU_IDS = "gpu_ids"
+"""The Ray GPU ids of the worker (Ray workers only)."""
+CUDA_VISIBLE_DEVICES = "cuda_visible_devices"
+RAY_NODE = "ray_node"
 LAST_HEARTBEAT = "last_heartbeat"
 """When the trial's worker last proved alive (``time.time()``), written with each heartbeat."""
 
@@ -67,16 +71,29 @@ FAIL_REASONS = {
 }
 """Failure tag -> what it means, in the words the report uses."""
 
-# --- study user attrs --------------------------------------------------------------------------
+# --- study user attrs: what the study was made from (``search.study.spec.StudySpec.to_attrs``) ----
 STUDY_DATASET = "dataset"
+STUDY_DATA_DIR = "data_dir"
+STUDY_IMAGE_SIZE = "image_size"
 STUDY_OBJECTIVES = "objectives"
-STUDY_SPACE = "space"
-STUDY_SPACE_NAME = "space_name"
-STUDY_SPACE_FINGERPRINT = "space_fingerprint"
+STUDY_SAMPLER = "sampler"
+STUDY_PRUNER = "pruner"
+STUDY_SEED = "seed"
 STUDY_BUDGET = "budget"
+STUDY_SPACE = "space"
+"""The space's definition, as its YAML mapping."""
+STUDY_SPACE_NAME = "space_name"
+STUDY_SPACE_STRICT = "space_strict"
+STUDY_SPACE_FINGERPRINT = "space_fingerprint"
+STUDY_SPLIT = "split"
+"""The split's seed and fractions."""
 STUDY_VERSIONS = "versions"
+"""Package versions at creation (python, cnnsearch, torch, torchvision, optuna)."""
+
+# --- study user attrs: what the first worker found in the data -----------------------------------
 SPLIT_FINGERPRINT = "split_fingerprint"
 SPLIT_SIZES = "split_sizes"
+"""The split's seed, fractions, part sizes and fingerprint."""
 CLASSES = "classes"
 INPUT_SHAPE = "input_shape"
 

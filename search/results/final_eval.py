@@ -32,6 +32,7 @@ from search.trial.device import amp_dtype_for, resolve_device
 from search.trial.errors import CnnSearchError
 from search.trial.train import EVAL_BATCH, fit
 from spaces.schema import TrialConfig
+from storage.records import CONFIG, VAL_ACCURACY
 from storage.studies import best_trials
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def top_configs(study: optuna.Study, k: int) -> list[FrozenTrial]:
     """The ``k`` best completed trials (several objectives: the Pareto front's ``k`` most accurate)."""
     best = best_trials(study, k)
     if len(study.directions) > 1:
-        best = sorted(best, key=lambda t: -t.user_attrs.get("val_accuracy", 0.0))[:k]
+        best = sorted(best, key=lambda t: -t.user_attrs.get(VAL_ACCURACY, 0.0))[:k]
     return best
 
 
@@ -79,7 +80,7 @@ def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str
     data = prepare_data(images, split, dev, stage="final")
     models = []
     for trial in chosen:
-        config = TrialConfig.from_dict(trial.user_attrs["config"], where=f"trial #{trial.number}: config")
+        config = TrialConfig.from_dict(trial.user_attrs[CONFIG], where=f"trial #{trial.number}: config")
         runs = []
         matrix = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
         for offset in range(seeds):
@@ -90,7 +91,7 @@ def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str
                      run["accuracy"])
             if on_run is not None:
                 on_run({"trial": trial.number, **run})
-        models.append({"trial": trial.number, "val_accuracy": trial.user_attrs.get("val_accuracy"),
+        models.append({"trial": trial.number, "val_accuracy": trial.user_attrs.get(VAL_ACCURACY),
                        "params": trial.params, "config": config.to_dict(), "runs": runs,
                        "confusion_matrix": matrix.tolist()})
     return {"top_k": top_k, "seeds": seeds, "device": str(dev), "train_images": len(data.train_y),

@@ -29,7 +29,7 @@ from search.study.worker import WorkerSettings, worker_loop
 from search.trial.data import prepare_data
 from search.trial.device import resolve_device
 from storage import open_storage, resolve_storage_url
-from storage.records import FAIL_MESSAGE, FAIL_REASON
+from storage.records import FAIL_MESSAGE, FAIL_REASON, HOST, PID
 from storage.studies import study_counts
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def _fail_orphans(storage: optuna.storages.BaseStorage, study: optuna.Study, pid
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") == host and t.user_attrs.get("pid") in pids:
+        if t.user_attrs.get(HOST) == host and t.user_attrs.get(PID) in pids:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             storage.set_trial_user_attr(trial_id, FAIL_REASON, INTERRUPTED)
             storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, "its worker process exited mid-trial")

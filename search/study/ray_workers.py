@@ -24,6 +24,7 @@ from search.study.errors import StudyError, TooManyFailures, WorkerStopped, user
 from search.study.records import WorkerSummary
 from search.trial.errors import CnnSearchError
 from storage.heartbeat import GRACE_ENV, INTERVAL_ENV
+from storage.records import BACKEND, CUDA_VISIBLE_DEVICES, GPU_IDS, RAY_NODE
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,8 @@ def _ray_worker(storage_url: str, study_name: str, index: int, device: str, thre
     logging.basicConfig(level=log_level, format=f"%(asctime)s ray-worker{index} %(levelname)s %(message)s")
     gpu_ids = list(ray.get_gpu_ids())
     dev = task_device(device, gpu_ids, torch.cuda.is_available())
-    attrs = {"backend": "ray", "gpu_ids": gpu_ids, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-             "ray_node": ray.get_runtime_context().get_node_id()}
+    attrs = {BACKEND: "ray", GPU_IDS: gpu_ids, CUDA_VISIBLE_DEVICES: os.environ.get("CUDA_VISIBLE_DEVICES"),
+             RAY_NODE: ray.get_runtime_context().get_node_id()}
     settings = WorkerSettings(device=dev, worker_index=index, threads=threads, max_trials=max_trials,
                               timeout=timeout, data_dir=data_dir, attrs=attrs)
     name = f"ray task {index}"

@@ -28,7 +28,19 @@ from search.study.errors import StudyError
 from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler
 from spaces import Space, parse_space
 from spaces.schema import DEFAULT_CONFIG
-from storage.records import FIXED_PARAMS, ORIGIN
+from storage.records import (
+    FIXED_PARAMS,
+    ORIGIN,
+    STUDY_DATASET,
+    STUDY_IMAGE_SIZE,
+    STUDY_OBJECTIVES,
+    STUDY_SPACE,
+    STUDY_SPACE_FINGERPRINT,
+    STUDY_SPACE_NAME,
+    STUDY_SPACE_STRICT,
+    STUDY_SPLIT,
+    STUDY_VERSIONS,
+)
 from storage.studies import is_original
 
 log = logging.getLogger(__name__)
@@ -38,7 +50,7 @@ OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize
 
 METRIC_OF = {"accuracy": "val_accuracy", "latency": "latency_ms", "params": "params", "flops": "flops"}
 
-IDENTITY = ("space_fingerprint", "dataset", "image_size", "split", "objectives")
+IDENTITY = (STUDY_SPACE_FINGERPRINT, STUDY_DATASET, STUDY_IMAGE_SIZE, STUDY_SPLIT, STUDY_OBJECTIVES)
 """The attributes a study may never change once created: joining with others is refused."""
 
 
@@ -100,22 +112,22 @@ class StudySpec:
     def to_attrs(self) -> dict[str, Any]:
         """The study user attrs this spec is stored as (JSON-able; also what the dashboard shows)."""
         attrs = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "space"}
-        attrs["space"] = self.space.to_dict()
-        attrs["space_name"] = self.space.name
-        attrs["space_strict"] = self.space.strict
-        attrs["space_fingerprint"] = self.space.fingerprint()
-        attrs["split"] = self.split_args()
-        attrs["versions"] = package_versions()
+        attrs[STUDY_SPACE] = self.space.to_dict()
+        attrs[STUDY_SPACE_NAME] = self.space.name
+        attrs[STUDY_SPACE_STRICT] = self.space.strict
+        attrs[STUDY_SPACE_FINGERPRINT] = self.space.fingerprint()
+        attrs[STUDY_SPLIT] = self.split_args()
+        attrs[STUDY_VERSIONS] = package_versions()
         return attrs
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any], study_name: str = "?") -> StudySpec:
         """Rebuild the spec a study was created with."""
-        if "space" not in attrs or "space_fingerprint" not in attrs:
+        if STUDY_SPACE not in attrs or STUDY_SPACE_FINGERPRINT not in attrs:
             raise StudyError(f"study {study_name!r} was not created by cnnsearch (no space recorded in its "
                              "user attrs); create it with `cnnsearch run`")
-        space = parse_space(attrs["space"], source=f"study {study_name!r}", strict=attrs.get("space_strict", True),
-                            name=attrs.get("space_name"))
+        space = parse_space(attrs[STUDY_SPACE], source=f"study {study_name!r}",
+                            strict=attrs.get(STUDY_SPACE_STRICT, True), name=attrs.get(STUDY_SPACE_NAME))
         known = {f.name for f in fields(cls)} - {"space"}
         return cls(space=space, **{k: v for k, v in attrs.items() if k in known})
 
@@ -136,11 +148,11 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     out = []
     for key in IDENTITY:
         if recorded.get(key) != wanted.get(key):
-            shown = {"space_fingerprint": "space"}.get(key, key)
+            shown = {STUDY_SPACE_FINGERPRINT: "space"}.get(key, key)
             old, new = recorded.get(key), wanted.get(key)
-            if key == "space_fingerprint":
-                old = f"{recorded.get('space_name')} ({old})"
-                new = f"{wanted.get('space_name')} ({new})"
+            if key == STUDY_SPACE_FINGERPRINT:
+                old = f"{recorded.get(STUDY_SPACE_NAME)} ({old})"
+                new = f"{wanted.get(STUDY_SPACE_NAME)} ({new})"
             out.append(f"{shown}: study has {old}, asked for {new}")
     return out
 
@@ -156,7 +168,7 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: Stud
                                 load_if_exists=True)
     recorded = study.user_attrs
     if recorded:
-        if "space_fingerprint" not in recorded:
+        if STUDY_SPACE_FINGERPRINT not in recorded:
             raise StudyError(f"study {name!r} exists but was not created by cnnsearch; choose another --study")
         diff = differences(recorded, wanted)
         if diff:

@@ -37,7 +37,7 @@ from search.trial.device import resolve_device
 from storage import StorageError, mask_url, open_storage
 from storage.claims import claim_lock, claim_waiting_trial
 from storage.heartbeat import Heartbeat, heartbeat_settings
-from storage.records import FAIL_MESSAGE, FAIL_REASON
+from storage.records import FAIL_MESSAGE, FAIL_REASON, GPU_IDS
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Worker:
         self.identity = {**worker_identity(self.device, settings.name), **settings.attrs}
         self.data = data if data is not None else self._load_data()
         self.summary = WorkerSummary(worker=self.identity["worker"], device=str(self.device),
-                                     gpu_ids=list(settings.attrs.get("gpu_ids") or []))
+                                     gpu_ids=list(settings.attrs.get(GPU_IDS) or []))
         self.failures_in_a_row = 0
         log.info("worker %s joined study %r on %s", self.identity["worker"], study_name, self.device)
 
