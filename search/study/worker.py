@@ -85,8 +85,8 @@ def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | No
     trials until a limit or a signal stops it. ``data`` skips loading when the caller
     already holds the study's data on the device; ``on_trial`` is called with each outcome.
     """
-    worker = Worker(storage_url, study_name, settings or WorkerSettings(), data)
     outage = _Outage(mask_url(storage_url))
+    worker = _join(storage_url, study_name, settings or WorkerSettings(), data, outage)
     while (reason := worker.stop_reason()) is None:
         try:
             trial_id = worker.claim()
@@ -117,6 +117,24 @@ def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | No
     log.info("worker %s done: %s (%s)", worker.summary.worker, worker.summary.counts,
              worker.summary.stopped_because)
     return worker.summary
+
+
+def _join(storage_url: str, study_name: str, settings: WorkerSettings, data: TrialData | None,
+          outage: _Outage) -> Worker:
+    """The worker, joined to the study; a database that goes away meanwhile is waited for like in the loop.
+
+    Joining reads the study and records or checks its split: a worker started while the
+    database restarts waits for it instead of dying (the embedded datasets are cached in the
+    process, so a retry does not decode them again).
+    """
+    while True:
+        try:
+            worker = Worker(storage_url, study_name, settings, data)
+        except STORAGE_LOST as exc:
+            outage.wait(exc)
+            continue
+        outage.reset()
+        return worker
 
 
 class Worker:
