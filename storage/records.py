@@ -31,7 +31,6 @@ CONFIG = "config"
 SEED = "seed"
 ORIGIN = "origin"
 """Why a trial was enqueued with known params: ``start`` (the space's start points) or ``warm_start``."""
-ORIGINS = ("start", "warm_start")
 
 # --- trial user attrs: what it measured ------------------------------------------------------
 METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "epochs_run", "params", "flops", "latency_ms",

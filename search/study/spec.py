@@ -17,7 +17,7 @@ import logging
 import platform
 import random
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from typing import Any
 
@@ -256,10 +256,3 @@ def _admits(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return value in dist.choices
     return dist.low <= value <= dist.high
-
-
-def spec_summary(spec: StudySpec) -> dict[str, Any]:
-    """A short JSON-able description of the spec for logs and the CLI."""
-    out = asdict(spec)
-    out["space"] = spec.space.name
-    return out
