@@ -88,6 +88,7 @@ def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | No
     outage = _Outage(mask_url(storage_url))
     worker = _join(storage_url, study_name, settings or WorkerSettings(), data, outage)
     while (reason := worker.stop_reason()) is None:
+        trial_id = None
         try:
             trial_id = worker.claim()
             if trial_id is None:
