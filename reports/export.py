@@ -63,9 +63,8 @@ from storage.records import (
     STUDY_SPACE_NAME,
     STUDY_VERSIONS,
     THREADS,
-    VAL_ACCURACY,
 )
-from storage.studies import best_trials
+from storage.studies import most_accurate
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +94,10 @@ def pick_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
             raise ReportError(f"--trial {number}: trial #{number} of study {study.study_name!r} is "
                               f"{trial.state.name}, only a COMPLETE trial can be exported")
         return trial
-    best = best_trials(study, 1)
+    best = most_accurate(study, 1)
     if not best:
         raise ReportError(f"study {study.study_name!r} has no completed trial to export yet; "
                           "run more trials or wait for a running one to finish")
-    if len(study.directions) > 1:
-        return max(best, key=lambda t: (t.user_attrs.get(VAL_ACCURACY, 0.0), -t.number))
     return best[0]
 
 

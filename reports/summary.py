@@ -30,7 +30,7 @@ from storage.records import (
     STUDY_SPACE_NAME,
     WORKER,
 )
-from storage.studies import best_trials, study_counts
+from storage.studies import best_trials, count_states
 
 SHOWN_METRICS = (*METRICS, DEVICE, HOST)
 """The ``metrics`` of a trial record: what it measured, and where it ran."""
@@ -63,7 +63,7 @@ def _iso(value: dt.datetime | None) -> str | None:
 def status_record(study: optuna.Study) -> dict[str, Any]:
     """``cnnsearch status --json``: counts by state, best value, running trials, elapsed time, workers."""
     trials = study.get_trials(deepcopy=False)
-    counts = study_counts(study)
+    counts = count_states(trials)
     best = best_trials(study, 1)
     if len(study.directions) == 1:
         best_value = best[0].value if best else None

@@ -11,7 +11,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.errors import StorageError
-from storage.records import CONSTRAINTS, RETRY_OF
+from storage.records import CONSTRAINTS, RETRY_OF, VAL_ACCURACY
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -26,8 +26,13 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
 
 def study_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
+    return count_states(study.get_trials(deepcopy=False))
+
+
+def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
+    """``trials`` by state name, every state present (for a caller that already read the trials)."""
     counts = {s.name: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         counts[t.state.name] += 1
     return counts
 
@@ -51,3 +56,15 @@ def best_trials(study: optuna.Study, top: int = 1) -> list[FrozenTrial]:
     sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
     done.sort(key=lambda t: (sign * t.value, t.number))
     return done[:top]
+
+
+def most_accurate(study: optuna.Study, top: int = 1) -> list[FrozenTrial]:
+    """The ``top`` best feasible completed trials; for several objectives, the front's most accurate.
+
+    The trials to retrain or export: one objective ranks by its value; several rank the
+    Pareto front by val accuracy (ties: the earlier trial).
+    """
+    best = best_trials(study, top)
+    if len(study.directions) > 1:
+        best = sorted(best, key=lambda t: -t.user_attrs.get(VAL_ACCURACY, 0.0))[:top]
+    return best

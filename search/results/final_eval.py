@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.trial import FrozenTrial
 
 from search.study.dataset import load_study_data, record_or_check_split
 from search.study.errors import StudyError
@@ -33,7 +32,7 @@ from search.trial.errors import CnnSearchError
 from search.trial.train import EVAL_BATCH, fit
 from spaces.schema import TrialConfig
 from storage.records import CONFIG, VAL_ACCURACY
-from storage.studies import best_trials
+from storage.studies import most_accurate
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +43,6 @@ CORRUPTIONS = {
     f"brightness_+{BRIGHTNESS_SHIFT}": f"brightness +{BRIGHTNESS_SHIFT}",
 }
 """Corruption name -> what it is (pixels in [0, 1], clipped back into [0, 1] after)."""
-
-
-def top_configs(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The ``k`` best completed trials (several objectives: the Pareto front's ``k`` most accurate)."""
-    best = best_trials(study, k)
-    if len(study.directions) > 1:
-        best = sorted(best, key=lambda t: -t.user_attrs.get(VAL_ACCURACY, 0.0))[:k]
-    return best
 
 
 def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str | torch.device = "auto",
@@ -70,7 +61,7 @@ def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str
         raise CnnSearchError(f"--final-eval must be at least 1 (configs to retrain), got {top_k}")
     if seeds < 1:
         raise CnnSearchError(f"--seeds must be at least 1, got {seeds}")
-    chosen = top_configs(study, top_k)
+    chosen = most_accurate(study, top_k)
     if not chosen:
         raise StudyError(f"--final-eval: study {study.study_name!r} has no completed trial to evaluate yet")
     spec = load_spec(study)

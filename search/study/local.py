@@ -20,12 +20,12 @@ import torch
 from optuna.trial import TrialState
 
 from search.study.dataset import load_study_data, record_or_check_split
-from search.study.errors import TooManyFailures, WorkerStopped, user_errors
+from search.study.errors import WorkerStopped
 from search.study.progress import StudyProgress
 from search.study.records import INTERRUPTED, WorkerSummary, raise_worker_errors
 from search.study.signals import stop_on_sigterm
 from search.study.spec import StudySpec, create_or_resume, fill_budget, warm_start_params
-from search.study.worker import WorkerSettings, worker_loop
+from search.study.worker import WorkerSettings, worker_loop, worker_summary
 from search.trial.data import prepare_data
 from search.trial.device import resolve_device
 from storage import open_storage, resolve_storage_url
@@ -138,13 +138,9 @@ def _process_main(results: multiprocessing.Queue, url: str, study_name: str, ind
     name = f"pid {os.getpid()}"
     with stop_on_sigterm():
         try:
-            summary = worker_loop(url, study_name, settings)
+            summary = worker_summary(url, study_name, settings, name)
         except (KeyboardInterrupt, WorkerStopped):
             summary = WorkerSummary.failed(name, INTERRUPTED)
-        except TooManyFailures as exc:
-            summary = WorkerSummary.failed(name, str(exc), too_many_failures=True)
-        except user_errors() as exc:
-            summary = WorkerSummary.failed(name, str(exc))
     results.put(summary)
 
 

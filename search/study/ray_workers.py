@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from search.study.errors import StudyError, TooManyFailures, WorkerStopped, user_errors
+from search.study.errors import StudyError, WorkerStopped
 from search.study.records import WorkerSummary
 from search.trial.errors import CnnSearchError
 from storage.heartbeat import GRACE_ENV, INTERVAL_ENV
@@ -191,7 +191,7 @@ def _ray_worker(storage_url: str, study_name: str, index: int, device: str, thre
     import ray
     import torch
 
-    from search.study.worker import WorkerSettings, worker_loop
+    from search.study.worker import WorkerSettings, worker_summary
 
     logging.basicConfig(level=log_level, format=f"%(asctime)s ray-worker{index} %(levelname)s %(message)s")
     gpu_ids = list(ray.get_gpu_ids())
@@ -200,10 +200,4 @@ def _ray_worker(storage_url: str, study_name: str, index: int, device: str, thre
              RAY_NODE: ray.get_runtime_context().get_node_id()}
     settings = WorkerSettings(device=dev, worker_index=index, threads=threads, max_trials=max_trials,
                               timeout=timeout, data_dir=data_dir, attrs=attrs)
-    name = f"ray task {index}"
-    try:
-        return worker_loop(storage_url, study_name, settings)
-    except TooManyFailures as exc:
-        return WorkerSummary.failed(name, str(exc), too_many_failures=True, gpu_ids=gpu_ids)
-    except user_errors() as exc:
-        return WorkerSummary.failed(name, str(exc), gpu_ids=gpu_ids)
+    return worker_summary(storage_url, study_name, settings, f"ray task {index}")

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from reports.notes import refresh_study_note
 from search.study.dataset import load_study_data, record_or_check_split
-from search.study.errors import StudyError, TooManyFailures
+from search.study.errors import StudyError, TooManyFailures, user_errors
 from search.study.objective import run_trial, worker_identity
 from search.study.records import TrialOutcome, WorkerSummary
 from search.study.samplers import make_pruner, make_sampler
@@ -118,6 +118,20 @@ def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | No
     log.info("worker %s done: %s (%s)", worker.summary.worker, worker.summary.counts,
              worker.summary.stopped_because)
     return worker.summary
+
+
+def worker_summary(storage_url: str, study_name: str, settings: WorkerSettings, name: str) -> WorkerSummary:
+    """:func:`worker_loop` for a worker in a process of its own (``--jobs``, Ray): its summary, or its error.
+
+    Too many failed trials and user errors come back as a :meth:`WorkerSummary.failed` named
+    ``name`` (with the worker's GPU ids), for the process that started the worker to report.
+    """
+    try:
+        return worker_loop(storage_url, study_name, settings)
+    except TooManyFailures as exc:
+        return WorkerSummary.failed(name, str(exc), too_many_failures=True, gpu_ids=settings.attrs.get(GPU_IDS))
+    except user_errors() as exc:
+        return WorkerSummary.failed(name, str(exc), gpu_ids=settings.attrs.get(GPU_IDS))
 
 
 def _join(storage_url: str, study_name: str, settings: WorkerSettings, data: TrialData | None,

@@ -43,6 +43,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
 }
 
+
 def build_model(config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Build the model a config describes, for images of ``input_shape`` (C, H, W).
 
