@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import struct
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -315,4 +318,84 @@ def test_image_folder_that_does_not_exist_is_refused(tmp_path):
 def test_image_folder_without_class_folders_is_refused(tmp_path):
     save(tmp_path / "loose.png", (1, 2, 3), (8, 8))
     with pytest.raises(DataError, match="no class sub-folders"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+# --- image folders: what is read, and what is not ----------------------------------------
+
+
+def _release_after(fifo: Path, seconds: float) -> threading.Timer:
+    """Open ``fifo`` for writing after ``seconds``, so a loader blocked reading it fails instead of hanging."""
+    timer = threading.Timer(seconds, lambda: open(fifo, "wb").close())  # noqa: SIM115 - closed at once
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def test_image_folder_skips_fifos_and_symlinks_that_leave_it_or_loop_with_one_warning(tmp_path, caplog):
+    root, outside = tmp_path / "ds", tmp_path / "outside"
+    for label in ("a", "b"):
+        for i in range(2):
+            save(root / label / f"{i}.png", (40 * i, 0, 0), (10, 10))
+    for i in range(3):
+        save(outside / f"{i}.png", (0, 0, 255), (10, 10))
+    os.symlink(outside, root / "a" / "elsewhere")        # a folder outside the root
+    os.symlink(outside / "0.png", root / "b" / "x.png")  # a file outside the root
+    os.symlink(root, root / "a" / "loop")                # back to the root: a loop
+    os.symlink(root / "b", root / "b" / "again")         # back to its own folder: a loop
+    os.symlink(root / "a" / "0.png", root / "b" / "alias.png")  # inside the root: read
+    os.mkfifo(root / "b" / "pipe.png")
+    timer = _release_after(root / "b" / "pipe.png", 20)
+    try:
+        with caplog.at_level(logging.WARNING, logger="search.trial.datasets"):
+            data = load_dataset(f"imagefolder:{root}")
+    finally:
+        timer.cancel()
+        os.close(os.open(root / "b" / "pipe.png", os.O_RDONLY | os.O_NONBLOCK))  # frees a timer already waiting
+    assert data.labels.tolist() == [0, 0, 1, 1, 1]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"skipped 5 entries in {root}: 2 symlinks leaving it, 2 symlink loops, "
+                              "1 FIFO, socket, device or broken link (")
+    assert str(Path("b") / "pipe.png") in warning
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` gray pixels, without the pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+
+
+def test_image_over_the_pixel_limit_is_skipped_before_decoding(tmp_path, caplog):
+    for label in ("a", "b"):
+        save(tmp_path / label / "ok.png", 9, (10, 10), mode="L")
+    (tmp_path / "a" / "huge.png").write_bytes(_png_header(12000, 12000))
+    with caplog.at_level(logging.WARNING, logger="search.trial.datasets"):
+        data = load_dataset(f"imagefolder:{tmp_path}")
+    assert len(data.labels) == 2
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (f"skipped 1 images in {tmp_path} over the limit of 67,108,864 pixels "
+                       f"(CNNSEARCH_MAX_IMAGE_PIXELS): {Path('a') / 'huge.png'} (12000x12000)")
+
+
+def test_pixel_limit_is_configurable(tmp_path, caplog, monkeypatch):
+    for label in ("a", "b"):
+        save(tmp_path / label / "small.png", 9, (20, 20), mode="L")
+        save(tmp_path / label / "large.png", 9, (40, 40), mode="L")
+    monkeypatch.setenv("CNNSEARCH_MAX_IMAGE_PIXELS", "1000")
+    with caplog.at_level(logging.WARNING, logger="search.trial.datasets"):
+        data = load_dataset(f"imagefolder:{tmp_path}")
+    assert len(data.labels) == 2
+    assert "skipped 2 images" in caplog.records[0].getMessage()
+    assert "limit of 1,000 pixels" in caplog.records[0].getMessage()
+    monkeypatch.setenv("CNNSEARCH_MAX_IMAGE_PIXELS", "200000000")  # above PIL's own bomb limit
+    assert len(load_dataset(f"imagefolder:{tmp_path}").labels) == 4
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5"])
+def test_bad_pixel_limit_is_refused(tmp_path, monkeypatch, value):
+    for label in ("a", "b"):
+        save(tmp_path / label / "x.png", 9, (20, 20), mode="L")
+    monkeypatch.setenv("CNNSEARCH_MAX_IMAGE_PIXELS", value)
+    with pytest.raises(DataError, match=f"CNNSEARCH_MAX_IMAGE_PIXELS={value!r} is not accepted"):
         load_dataset(f"imagefolder:{tmp_path}")
