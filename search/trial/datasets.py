@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from search.trial.errors import DataError
+from search.trial.memory import available_host_memory, format_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -135,8 +136,24 @@ def load_dataset(
     else:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
     if image_size is not None:
+        _refuse_what_memory_cannot_hold(name, len(images), images.shape[1], image_size)
         images = _resize(images, image_size)
     return ImageSet(name=name, images=images, labels=labels, classes=classes)
+
+
+def _refuse_what_memory_cannot_hold(name: str, count: int, channels: int, size: int) -> None:
+    """Raise :class:`DataError` before allocating ``count`` images of ``channels`` x ``size`` x ``size`` bytes
+    that host memory cannot hold.
+
+    A worker holds the images twice while it prepares a trial's tensors (the set and the
+    gathered copy :func:`search.trial.data.prepare_data` moves to the device).
+    """
+    needed = 2 * count * channels * size * size
+    available = available_host_memory()
+    if available is not None and needed > available:
+        raise DataError(f"dataset {name!r} at image_size {size}: {count} images of {channels}x{size}x{size} need "
+                        f"{format_bytes(needed)} of host memory (held twice while a worker prepares them), "
+                        f"{format_bytes(available)} is available here; give a smaller --image-size")
 
 
 def _mnist5k() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -245,7 +262,10 @@ def _as_nchw(data) -> torch.Tensor:
     return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
 
 
-def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+_RESIZE_CHUNK_BYTES = 64 * 2**20
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """All of ``images`` resized to ``size`` x ``size`` (bilinear, antialiased), in chunks."""
     import torch
     from torchvision.transforms.v2 import functional as TF
@@ -253,7 +273,8 @@ def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     if images.shape[-2:] == (size, size):
         return images
     out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
-    # Chunks bound the float intermediates the resize allocates.
+    # Chunks of about 64 MB of output bound the intermediates the resize allocates.
+    chunk = max(1, _RESIZE_CHUNK_BYTES // (images.shape[1] * size * size))
     for start in range(0, len(images), chunk):
         out[start:start + chunk] = TF.resize(images[start:start + chunk], [size, size], antialias=True)
     return out
@@ -302,6 +323,8 @@ def _load_image_folder(name: str, path: str, image_size: int | None) -> ImageSet
 
         # Pass 2 decodes; truncated files only fail here.
         channels = 1 if gray else 3
+        if image_size is not None:
+            _refuse_what_memory_cannot_hold(name, len(headers), channels, image_size)
         pixels = np.empty((len(headers), image_size or 0, image_size or 0, channels), dtype=np.uint8)
         labels = np.empty(len(headers), dtype=np.int64)
         kept = 0
