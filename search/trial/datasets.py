@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import logging
 import os
 import pickle
@@ -98,6 +100,18 @@ class ImageSet:
     labels: torch.Tensor
     classes: list[str]
 
+    def fingerprint(self) -> str:
+        """16 hex digits identifying the content: every pixel, label and class name (equal iff the data is).
+
+        A worker whose copy of a study's data differs (other images under the same names and
+        class counts) splits it the same way; this tells the copies apart.
+        """
+        digest = hashlib.sha256()
+        digest.update(json.dumps([list(self.images.shape), self.classes]).encode())
+        digest.update(np.ascontiguousarray(self.labels.numpy(), dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(self.images.numpy()))  # uint8: no byte order; 0.1 s per 200 MB
+        return digest.hexdigest()[:16]
+
 
 def dataset_names() -> list[str]:
     """The names :func:`load_dataset` accepts (``imagefolder:PATH`` stands for any folder)."""
@@ -107,6 +121,17 @@ def dataset_names() -> list[str]:
 def describe_datasets() -> list[tuple[str, str]]:
     """``(name, one-line description)`` for every dataset, for ``cnnsearch datasets``."""
     return list(_DESCRIPTIONS.items())
+
+
+def absolute_dataset_name(name: str) -> str:
+    """``name`` with an ``imagefolder:`` path made absolute (from the working directory); other names as they are.
+
+    A study records its dataset by this name, so a worker, an export or ``train --config``
+    started in another directory reads the same folder.
+    """
+    if not name.startswith(IMAGEFOLDER_PREFIX) or not name[len(IMAGEFOLDER_PREFIX):]:
+        return name
+    return IMAGEFOLDER_PREFIX + os.path.abspath(os.path.expanduser(name[len(IMAGEFOLDER_PREFIX):]))
 
 
 def load_dataset(

@@ -11,13 +11,18 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import torchvision.datasets
+import yaml
 from PIL import Image
 
+from search.cli import main
+from search.study.spec import StudySpec
 from search.trial.datasets import dataset_names, describe_datasets, load_dataset
 from search.trial.errors import DataError
+from spaces import load_space
 
 
 def assert_image_set(images, n: int, shape: tuple[int, int, int]) -> None:
@@ -399,3 +404,58 @@ def test_bad_pixel_limit_is_refused(tmp_path, monkeypatch, value):
     monkeypatch.setenv("CNNSEARCH_MAX_IMAGE_PIXELS", value)
     with pytest.raises(DataError, match=f"CNNSEARCH_MAX_IMAGE_PIXELS={value!r} is not accepted"):
         load_dataset(f"imagefolder:{tmp_path}")
+
+
+# --- image folders in a study: recorded by absolute path and content -----------------------
+
+
+def _study_of_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """A project folder holding data/ds (two classes of 10 images) and tiny.yaml, as the working directory."""
+    project = tmp_path / "project"
+    for label, value in (("dark", 20), ("light", 230)):
+        for i in range(10):
+            save(project / "data" / "ds" / label / f"{i}.png", value + i, (12, 12), mode="L")
+    (project / "tiny.yaml").write_text("params:\n  epochs: 1\n  width: 4\n  depth: 1\n")
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
+    return project, f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+@pytest.mark.slow
+def test_relative_image_folder_is_recorded_absolute_so_its_recipe_trains_from_anywhere(tmp_path, monkeypatch,
+                                                                                         capsys):
+    project, url = _study_of_images(tmp_path, monkeypatch)
+    assert main(["run", "--study", "s", "--storage", url, "--dataset", "imagefolder:data/ds",
+                 "--space", "tiny.yaml", "--trials", "1", "--no-progress"]) == 0
+    absolute = f"imagefolder:{project / 'data' / 'ds'}"
+    assert optuna.load_study(study_name="s", storage=url).user_attrs["dataset"] == absolute
+    assert main(["export", "--study", "s", "--storage", url, "--out", str(tmp_path / "repo")]) == 0
+    recipe = yaml.safe_load((tmp_path / "repo" / "recipe.yaml").read_text())
+    assert recipe["data"]["dataset"] == absolute
+    monkeypatch.chdir(tmp_path / "repo")
+    assert main(["train", "--config", "recipe.yaml", "--out", "retrained"]) == 0
+    assert (tmp_path / "repo" / "retrained" / "weights.pt").is_file()
+
+    # Other pictures under the same names: the recipe's split would match, its content does not.
+    for png in (project / "data" / "ds" / "dark").glob("*.png"):
+        save(png, 99, (12, 12), mode="L")
+    capsys.readouterr()
+    assert main(["train", "--config", "recipe.yaml", "--out", "again"]) == 2
+    assert f"dataset '{absolute}' here holds other images than the recipe's study" in capsys.readouterr().err
+    assert not (tmp_path / "repo" / "again").exists()
+
+
+@pytest.mark.slow
+def test_study_recorded_with_a_relative_image_folder_still_resumes(tmp_path, monkeypatch):
+    project, url = _study_of_images(tmp_path, monkeypatch)
+    # What `run` recorded before paths were made absolute: the path as given, relative.
+    old = StudySpec(space=load_space("tiny.yaml"), dataset="imagefolder:data/ds", budget=1).to_attrs()
+    old["dataset"] = "imagefolder:data/ds"
+    study = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    for key, value in old.items():
+        study.set_user_attr(key, value)
+    assert main(["run", "--study", "old", "--storage", url, "--dataset", "imagefolder:data/ds",
+                 "--space", "tiny.yaml", "--trials", "1", "--no-progress"]) == 0
+    study = optuna.load_study(study_name="old", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    assert study.user_attrs["dataset"] == f"imagefolder:{project / 'data' / 'ds'}"
