@@ -427,10 +427,13 @@ def _list_image_folder(name: str, root: Path) -> tuple[list[str], list[tuple[str
                         f"in a sub-folder named after the class") from exc
     classes = []
     for class_name in found:
-        if inside(os.path.realpath(root / class_name)):
-            classes.append(class_name)
-        else:
+        real = os.path.realpath(root / class_name)
+        if not inside(real):
             skipped["leaving"].append(str(root / class_name))
+        elif real == real_root:
+            skipped["loops"].append(str(root / class_name))
+        else:
+            classes.append(class_name)
     samples: list[tuple[str, int]] = []
     for label, class_name in enumerate(classes):
         top = str(root / class_name)
