@@ -185,6 +185,28 @@ def test_a_bad_warm_start_study_name_is_refused_before_anything_is_written(workd
     _nothing_written(workdir)
 
 
+@pytest.mark.parametrize(("url", "said"), [
+    ("postgresql://u@[::1/db", "port"),
+    ("postgresql://u@db.example:port/db", "port"),
+])
+def test_an_unreadable_storage_url_is_one_line(workdir: Path, capsys: pytest.CaptureFixture, url: str,
+                                               said: str) -> None:
+    line = _fails(capsys, ["status", "--study", "s", "--storage", url])
+    assert said in line
+    _nothing_written(workdir)
+
+
+def test_a_password_with_an_unescaped_at_is_refused_without_showing_any_of_it(workdir: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    password = "Str/ng@ngPw-Zeta9"
+    for argv in (["status", "--study", "s"], ["run", "--study", "s", "--dataset", "digits", "--trials", "1"]):
+        line = _fails(capsys, [*argv, "--storage", f"postgresql://cns:{password}@127.0.0.1:9/cnnsearch"])
+        for part in ("Str", "ng@", "ngPw", "Zeta9"):
+            assert part not in line
+        assert "cns:***@127.0.0.1:9/cnnsearch" in line and "%40" in line and "$PGPASSWORD" in line
+    _nothing_written(workdir)
+
+
 def test_the_report_command_printed_by_run_is_safe_to_paste(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     import shlex
 
