@@ -135,6 +135,17 @@ def test_a_bad_recipe_gets_one_line_naming_the_file(tmp_path: Path, capsys: pyte
     assert len(err.splitlines()) == 1 and str(path) in err and expected in err
 
 
+def test_a_recipe_with_an_alias_bomb_is_refused_before_it_expands(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    lines = ['  - &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  - &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10**9 strings
+    path = tmp_path / "recipe.yaml"
+    path.write_text("format: cnnsearch-recipe/1\nconfig:\n" + "\n".join(lines) + "\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "alias" in err
+
+
 def test_build_model_takes_a_recipe_or_a_config_with_its_shape() -> None:
     config = {"depth": 1, "width": 4, "seed": 3}
     model = build_model(config, (1, 8, 8), 10)
