@@ -34,6 +34,7 @@ from search.trial.train import fit
 from spaces.errors import SpaceError
 from spaces.loader import load_yaml
 from spaces.schema import TrialConfig
+from storage.staging import staged_files
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def train_recipe(recipe: dict[str, Any], *, data_dir: str | None = None, device:
 
 def save_trained(model: nn.Module, metrics: TrialMetrics, out_dir: str | Path, *,
                  evaluated_on: str | None = None) -> list[Path]:
-    """Write ``weights.pt`` (a CPU ``state_dict``) and ``metrics.json`` into ``out_dir``.
+    """Write ``weights.pt`` (a CPU ``state_dict``) and ``metrics.json`` into ``out_dir``, whole or not at all.
 
     ``metrics.json`` is ``metrics.to_dict()``, plus ``evaluated_on`` (which split the
     ``val_*`` metrics were measured on) when given.
@@ -160,15 +161,14 @@ def save_trained(model: nn.Module, metrics: TrialMetrics, out_dir: str | Path, *
         record["evaluated_on"] = evaluated_on
     out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        weights = out / "weights.pt"
-        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights)
-        metrics_file = out / "metrics.json"
-        metrics_file.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        with staged_files(out) as staging:
+            torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                       staging.path("weights.pt"))
+            staging.write_text("metrics.json", json.dumps(record, indent=2, default=str) + "\n")
     except OSError as exc:
         raise CnnSearchError(f"--out {out}: cannot write there: {exc.strerror or exc}; choose another --out") \
             from None
-    return [weights, metrics_file]
+    return [out / name for name in staging.names]
 
 
 def export_recipe(storage_url: str, study_name: str, out_dir: str | Path, *, trial: int | None = None,
