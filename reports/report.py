@@ -458,7 +458,7 @@ def check_out_dir(out_dir: str | Path, study_name: str) -> Path:
             empty = not any(out.iterdir())
         except OSError as exc:
             raise ReportError(f"cannot read --out {out}: {exc.strerror or exc}; choose another --out") from exc
-        owner = None if empty else report_study(out)
+        owner = None if empty else _report_study(out)
         if not empty and owner is None:
             raise ReportError(f"--out {out} holds files that are not a cnnsearch report (no index.html written by "
                               "cnnsearch); give a new or empty directory, or a previous report of this study")
@@ -475,7 +475,7 @@ def check_out_dir(out_dir: str | Path, study_name: str) -> Path:
 _TITLE = re.compile(r"<title>cnnsearch report: (.*?)</title>", re.S)
 
 
-def report_study(out: Path) -> str | None:
+def _report_study(out: Path) -> str | None:
     """The study whose cnnsearch report ``out`` holds (the title of its ``index.html``), else None."""
     try:
         with (out / "index.html").open(encoding="utf-8", errors="replace") as f:
