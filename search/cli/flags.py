@@ -50,6 +50,7 @@ POSITIVE_FLOAT = at_least(0, float, strict=True)
 
 def study_name(text: str) -> str:
     """An argparse type: a study name :func:`storage.names.check_study_name` accepts."""
+    # Imported here, when a --study is parsed, not when the parser is built: --help stays fast.
     from storage.errors import StudyNameError
     from storage.names import check_study_name
 
