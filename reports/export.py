@@ -30,9 +30,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +64,7 @@ from storage.records import (
     STUDY_VERSIONS,
     THREADS,
 )
+from storage.staging import staged_files
 from storage.studies import most_accurate
 
 log = logging.getLogger(__name__)
@@ -195,7 +194,8 @@ def write_export(recipe: dict[str, Any], out_dir: str | Path, fmt: str = "yaml",
 
     Returns the paths written. Existing files of the same names are replaced, except a
     README.md that cnnsearch did not write (the README then goes to README.cnnsearch.md).
-    Nothing is renamed into place until every file is complete. Raises
+    Nothing is renamed into place until every file is complete, and on a failure no
+    temporary file is left (:func:`storage.staging.staged_files`). Raises
     :class:`ReportError` for a bad ``fmt`` or an unwritable ``out_dir``.
     """
     if fmt not in FORMATS:
@@ -204,46 +204,22 @@ def write_export(recipe: dict[str, Any], out_dir: str | Path, fmt: str = "yaml",
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file; give a directory for the recipe")
     recipe = dict(recipe)
-    pending: list[tuple[Path, Path]] = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        if weights is not None:
-            tmp = _temp_name(out, WEIGHTS_FILE)
-            weights(tmp)
-            pending.append((tmp, out / WEIGHTS_FILE))
-            recipe["weights"] = {"file": WEIGHTS_FILE, "format": "state_dict", "sha256": _sha256(tmp),
-                                 "load": f"torch.load('{WEIGHTS_FILE}', weights_only=True)"}
-        recipe_name = f"recipe.{fmt}"
-        text = (yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True) if fmt == "yaml"
-                else json.dumps(recipe, indent=2) + "\n")
-        pending.append((_temp_text(out, recipe_name, text), out / recipe_name))
-        pending.append((_temp_text(out, README_FILE, readme(recipe, recipe_name)), out / _readme_name(out)))
-        for tmp, final in pending:
-            os.replace(tmp, final)
+        with staged_files(out) as staging:
+            if weights is not None:
+                staged_weights = staging.path(WEIGHTS_FILE)
+                weights(staged_weights)
+                recipe["weights"] = {"file": WEIGHTS_FILE, "format": "state_dict", "sha256": _sha256(staged_weights),
+                                     "load": f"torch.load('{WEIGHTS_FILE}', weights_only=True)"}
+            recipe_name = f"recipe.{fmt}"
+            text = (yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True) if fmt == "yaml"
+                    else json.dumps(recipe, indent=2) + "\n")
+            staging.write_text(recipe_name, text)
+            staging.write_text(_readme_name(out), readme(recipe, recipe_name))
+            written = [out / name for name in staging.names]
     except OSError as exc:
-        for tmp, _ in pending:
-            tmp.unlink(missing_ok=True)
         raise ReportError(f"cannot write the recipe to {out}: {exc.strerror or exc}; choose another --out") from exc
-    except BaseException:
-        for tmp, _ in pending:
-            tmp.unlink(missing_ok=True)
-        raise
-    return [final for _, final in pending]
-
-
-def _temp_name(directory: Path, name: str) -> Path:
-    fd, path = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
-    os.close(fd)
-    os.unlink(path)  # download_artifact refuses to overwrite: hand it a free name in the same directory
-    return Path(path)
-
-
-def _temp_text(directory: Path, name: str, text: str) -> Path:
-    fd, path = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path, 0o644)  # mkstemp makes it private; a recipe is for sharing
-    return Path(path)
+    return written
 
 
 def _readme_name(out: Path) -> str:

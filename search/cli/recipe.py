@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_INT, Command, storage_arg
+from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_INT, Command, storage_arg, study_arg
 
 
 def add_export_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True)
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--out", required=True, help="directory for recipe.yaml|json, weights.pt and README.md")
     p.add_argument("--trial", type=NON_NEGATIVE_INT, help="trial number (default: the best completed trial)")
@@ -45,11 +45,15 @@ def add_train_args(p: argparse.ArgumentParser) -> Command:
 def cmd_train(args: argparse.Namespace) -> int:
     from search.results.recipe import load_recipe, save_trained, train_recipe
     from search.trial.device import resolve_device
+    from storage.names import check_study_name
 
     recipe = load_recipe(args.config)
     prov = recipe.get("provenance") or {}
-    default_out = Path("cnnsearch-train") / f"{prov.get('study', 'recipe')}-trial{prov.get('trial', '')}"
-    out = Path(args.out) if args.out else default_out
+    if args.out:
+        out = Path(args.out)
+    else:  # the recipe's study name becomes a folder name: refused if it would be a path
+        study = check_study_name(str(prov.get("study", "recipe")))
+        out = Path("cnnsearch-train") / f"{study}-trial{prov.get('trial', '')}"
     device = resolve_device(args.device)
     stage = "final" if args.final else "search"
     model, metrics = train_recipe(recipe, data_dir=args.data_dir, device=device, stage=stage, threads=args.threads)

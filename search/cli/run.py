@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import TYPE_CHECKING
 
-from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Command, storage_arg, usage
+from search.cli.flags import (
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    Command,
+    storage_arg,
+    study_arg,
+    study_name,
+    usage,
+)
 from search.cli.studies import no_best, print_best
 from search.trial.errors import CnnSearchError
 
@@ -14,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def add_run_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True, help="study name")
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--space", default="default", help="a preset name (see `cnnsearch spaces`) or a YAML file")
     p.add_argument("--dataset", default="mnist5k", help="dataset name (see `cnnsearch datasets`)")
@@ -33,7 +43,8 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--jobs", type=int, help="local worker processes (default 1; same as --workers)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the sampler and the trials")
     p.add_argument("--split-seed", type=NON_NEGATIVE_INT, default=0, help="seed of the train/val/test split")
-    p.add_argument("--warm-start", metavar="STUDY", help="enqueue the best configs of this study first")
+    p.add_argument("--warm-start", metavar="STUDY", type=study_name,
+                   help="enqueue the best configs of this study first")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--max-params", type=POSITIVE_INT, help="constraint: at most this many parameters")
     p.add_argument("--max-latency-ms", type=POSITIVE_FLOAT, help="constraint: at most this latency (ms/image)")
@@ -130,12 +141,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(no_best(counts["COMPLETE"]))
         return 0
     print_best(best)
-    print(f"\nreport: cnnsearch report --study {args.study}   (writes cnnsearch-reports/{args.study}/)")
+    # Quoted: the line is for pasting into a shell, and a study name may hold $(...) or quotes.
+    print(f"\nreport: cnnsearch report --study {shlex.quote(args.study)}   "
+          f"(writes cnnsearch-reports/{args.study}/)")
     return 0
 
 
 def add_worker_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True)
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--trials", type=POSITIVE_INT, help="stop after this many trials of this worker")
     p.add_argument("--timeout", type=POSITIVE_FLOAT, help="stop starting new trials after this many seconds")

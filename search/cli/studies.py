@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from search.cli.flags import POSITIVE_INT, Command, print_json, storage_arg
+from search.cli.flags import POSITIVE_INT, Command, print_json, storage_arg, study_arg
 
 
 def _open_study(args: argparse.Namespace):
@@ -37,7 +37,7 @@ def print_best(records: list[dict[str, Any]]) -> None:
 
 
 def add_status_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True)
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")
     return cmd_status
@@ -62,7 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def add_best_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True)
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--top", type=POSITIVE_INT, default=1, help="how many (single objective; several: the Pareto front)")
     p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")

@@ -30,6 +30,7 @@ from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner,
 from search.trial.datasets import absolute_dataset_name
 from spaces import Space, parse_space
 from spaces.schema import DEFAULT_CONFIG
+from storage.names import check_study_name
 from storage.records import (
     FIXED_PARAMS,
     ORIGIN,
@@ -173,7 +174,7 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: Stud
     are updated to ``spec``'s on resume, so a user can e.g. switch from random to TPE.
     """
     wanted = spec.to_attrs()
-    study = optuna.create_study(study_name=name, storage=storage, directions=spec.directions,
+    study = optuna.create_study(study_name=check_study_name(name), storage=storage, directions=spec.directions,
                                 load_if_exists=True)
     recorded = study.user_attrs
     if recorded:

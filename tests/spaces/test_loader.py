@@ -237,3 +237,18 @@ def test_missing_file_lists_the_presets(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{missing}: space file not found")
     assert "backbones, default" in message
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """YAML whose aliases expand to 10**levels strings (a "billion laughs" at 9 levels) in 1 KB of text."""
+    lines = ['  - &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"  - &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("where", ["description", "params"])
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path, where):
+    text = ("params:\n  epochs: 1\n" if where == "description" else "") + f"{where}:\n" + _alias_bomb()
+    message = load_error(tmp_path, text)
+    assert "alias" in message and "expands" in message
