@@ -34,6 +34,7 @@ from search.study.samplers import make_pruner, make_sampler
 from search.study.spec import StudySpec, load_spec
 from search.trial.data import TrialData, prepare_data
 from search.trial.device import resolve_device
+from search.trial.memory import release_memory
 from storage import StorageError, mask_url, open_storage
 from storage.claims import claim_lock, claim_waiting_trial
 from storage.heartbeat import Heartbeat, heartbeat_settings
@@ -219,6 +220,11 @@ class Worker:
         """Run the claimed trial under a heartbeat; a trial the database broke is queued again."""
         with Heartbeat(self.storage, trial_id):
             outcome = run_trial(self.study, trial_id, self.spec, self.data, self.device, self.identity)
+        if self.device.type == "cuda":
+            # The trial's cached blocks back to the driver: a worker cannot tell whether others share
+            # its GPU (--gpus-per-trial 0.5, more jobs than GPUs, compose replicas), and without this
+            # each would keep the peak of its largest trial reserved for ever.
+            release_memory(self.device)
         if _lost_to_storage(outcome):
             _queue_retry(self.study, self.storage, trial_id)
         return outcome

@@ -22,9 +22,10 @@ from torch import nn
 
 from search.trial.augment import Augmenter
 from search.trial.data import TrialData, batches
-from search.trial.device import amp_dtype_for
+from search.trial.device import amp_dtype_for, resolve_device
 from search.trial.errors import TrialFailed
 from search.trial.measure import count_flops, count_params, measure_latency_ms
+from search.trial.memory import eval_batch_size, is_out_of_memory, out_of_memory_message, release_memory
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
 from spaces.schema import TrialConfig
@@ -38,7 +39,6 @@ It may raise (``optuna.TrialPruned`` from a pruner): training stops and the exce
 propagates unchanged to the caller.
 """
 
-EVAL_BATCH = 1024
 CHECK_EVERY = 50  # steps between finiteness/deadline checks: each check syncs a GPU once
 
 
@@ -93,9 +93,10 @@ def evaluate(model: nn.Module, data: TrialData, x: torch.Tensor, y: torch.Tensor
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
     loss_sum = torch.zeros((), device=y.device, dtype=torch.float32)
     autocast = torch.autocast(y.device.type, dtype=amp) if amp else nullcontext()
-    for start in range(0, len(y), EVAL_BATCH):
-        xb = _to_input(data, x[start:start + EVAL_BATCH])
-        yb = y[start:start + EVAL_BATCH]
+    size = eval_batch_size(data.input_shape)
+    for start in range(0, len(y), size):
+        xb = _to_input(data, x[start:start + size])
+        yb = y[start:start + size]
         with autocast:
             logits = model(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
@@ -119,19 +120,26 @@ def fit(config: TrialConfig, data: TrialData, device: torch.device | str,
     """Train one model from ``config`` on ``data``; return the model and its metrics.
 
     ``deadline`` is a ``time.monotonic()`` value after which the trial fails with reason
-    ``timeout``. NaN/inf loss fails it with ``nan_loss``, running out of device memory
-    with ``oom`` (:class:`TrialFailed`). See :func:`train` for the metrics.
+    ``timeout``. NaN/inf loss fails it with ``nan_loss``, running out of device or host
+    memory (whichever error says so, :func:`search.trial.memory.is_out_of_memory`) with
+    ``oom`` (:class:`TrialFailed`), the failed run's memory released by then. See
+    :func:`train` for the metrics.
     """
-    device = torch.device(device)
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    device = resolve_device(device)
+    cuda_devices = [device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
         try:
             return _fit(config, data, device, report, measure, deadline)
-        except torch.OutOfMemoryError as exc:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise TrialFailed("oom", f"out of memory on {device}: {str(exc).splitlines()[0]}") from exc
+        except Exception as exc:  # noqa: BLE001 - out of memory is classified here, anything else re-raised
+            if not is_out_of_memory(exc):
+                raise
+            message = out_of_memory_message(exc, device)
+    # Out of the except block the error and its traceback, which held the model, optimizer and
+    # activations of the failed run, are gone; only now can their memory be given back. The
+    # TrialFailed does not chain the error for the same reason.
+    release_memory(device)
+    raise TrialFailed("oom", message)
 
 
 def train(config: TrialConfig, data: TrialData, device: torch.device | str,
@@ -140,8 +148,8 @@ def train(config: TrialConfig, data: TrialData, device: torch.device | str,
     """Train one model from ``config`` on ``data`` and return its metrics (:class:`TrialMetrics`).
 
     ``latency_ms`` (ms/image at batch 1) and ``throughput`` (inference img/s over the last
-    epoch's validation pass, batches of ``EVAL_BATCH`` uint8 images normalised on the
-    device) are measured only when ``measure``; ``metrics.to_dict()`` is the JSON-able form.
+    epoch's validation pass, in batches of :func:`search.trial.memory.eval_batch_size` uint8
+    images normalised on the device) are measured only when ``measure``; ``metrics.to_dict()`` is the JSON-able form.
     """
     return fit(config, data, device, report, measure=measure, deadline=deadline)[1]
 

@@ -1,0 +1,63 @@
+"""Memory: what counts as running out of it, giving it back, and evaluation batches sized by bytes."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+OUT_OF_MEMORY_MARKS = (
+    "CUDA out of memory",  # the caching allocator's message, also raised as RuntimeError by some paths
+    "CUDA error: out of memory",  # cudaErrorMemoryAllocation from a kernel launch or a library call
+    "CUDNN_STATUS_ALLOC_FAILED",  # cuDNN's workspace
+    "CUBLAS_STATUS_ALLOC_FAILED",  # cuBLAS's handle or workspace
+    "CUSOLVER_STATUS_ALLOC_FAILED",
+    "CUFFT_ALLOC_FAILED",
+    "DefaultCPUAllocator: can't allocate memory",  # the host's allocator (torch tensors on the CPU)
+    "MPS backend out of memory",
+)
+"""Messages of errors that are out-of-memory although not raised as ``torch.OutOfMemoryError``."""
+
+EVAL_BUDGET_BYTES = 64 * 2**20
+"""Float32 input of one evaluation batch: 64 MiB is the cap of 1024 images up to about 3x73x73, 111 at 3x224x224."""
+
+EVAL_BATCH_MAX = 1024
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means that the device or the host ran out of memory (then the config is too big)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(mark in str(exc) for mark in OUT_OF_MEMORY_MARKS)
+
+
+def out_of_memory_message(exc: BaseException, device: torch.device) -> str:
+    """One line for a trial that ran out of memory: where, and the first line of the error."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = "host memory" if isinstance(exc, MemoryError) or "CPUAllocator" in first else f"memory on {device}"
+    return f"out of {where}: {first}"
+
+
+def release_memory(device: torch.device) -> None:
+    """Give the memory of what is no longer referenced back: to the host, and to the GPU driver on CUDA.
+
+    Call it once the references are gone (after the ``except`` block that caught an
+    out-of-memory error: the exception's traceback holds the failed trial's model and
+    activations), else nothing is freed. The collection finds reference cycles that
+    hold tensors; ``empty_cache`` hands the allocator's cached blocks back to the driver,
+    where other processes on the same GPU can use them.
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def eval_batch_size(input_shape: tuple[int, ...], budget_bytes: int = EVAL_BUDGET_BYTES,
+                    most: int = EVAL_BATCH_MAX) -> int:
+    """Images per evaluation batch whose float32 input of ``input_shape`` (C, H, W) fits ``budget_bytes``.
+
+    At least 1 and at most ``most``: small images keep large batches, large images get
+    batches whose activations scale with them instead of a fixed count.
+    """
+    per_image = 4 * max(1, int(torch.Size(input_shape).numel()))
+    return max(1, min(most, budget_bytes // per_image))
