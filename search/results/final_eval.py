@@ -28,7 +28,7 @@ from search.study.dataset import load_study_data, record_or_check_split
 from search.study.errors import StudyError
 from search.study.spec import load_spec
 from search.trial.data import TrialData, prepare_data
-from search.trial.device import amp_dtype_for, resolve_device
+from search.trial.device import amp_dtype_for, resolve_device, use_deterministic_kernels
 from search.trial.errors import CnnSearchError, TrialFailed
 from search.trial.memory import eval_batch_size, is_out_of_memory, out_of_memory_message, release_memory
 from search.trial.train import fit
@@ -70,6 +70,8 @@ def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str
     images, split = load_study_data(spec, data_dir)
     record_or_check_split(study, spec, images, split)  # refuses data that splits differently
     dev = resolve_device(device)
+    if spec.deterministic:
+        use_deterministic_kernels()
     data = prepare_data(images, split, dev, stage="final")
     models = []
     for trial in chosen:

@@ -75,6 +75,7 @@ class StudySpec:
     max_failures: int = 5
     budget: int | None = None
     keep_checkpoints: bool = False
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if not self.objectives:

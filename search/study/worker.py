@@ -33,7 +33,7 @@ from search.study.records import TrialOutcome, WorkerSummary
 from search.study.samplers import make_pruner, make_sampler
 from search.study.spec import StudySpec, load_spec
 from search.trial.data import TrialData, prepare_data
-from search.trial.device import resolve_device
+from search.trial.device import resolve_device, use_deterministic_kernels
 from search.trial.memory import release_memory
 from storage import StorageError, mask_url, open_storage
 from storage.claims import claim_lock, claim_waiting_trial
@@ -177,6 +177,8 @@ class Worker:
         self.device = resolve_device(settings.device, settings.worker_index)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # AMP, cudnn and new tensors follow the current device
+        if self.spec.deterministic:
+            use_deterministic_kernels()
         self.identity = {**worker_identity(self.device, settings.name), **settings.attrs}
         self.data = data if data is not None else self._load_data()
         self.summary = WorkerSummary(worker=self.identity["worker"], device=str(self.device),

@@ -1,4 +1,4 @@
-"""Which device a trial trains on, and in which precision."""
+"""Which device a trial trains on, in which precision, and whether its kernels replay exactly."""
 
 from __future__ import annotations
 
@@ -58,3 +58,17 @@ def amp_dtype_for_capability(capability: tuple[int, int]) -> torch.dtype:
     """
     return torch.bfloat16 if tuple(capability) >= NATIVE_BF16 else torch.float16
 
+
+def use_deterministic_kernels() -> None:
+    """Make this process's CUDA training replay bit for bit on the same GPU model and software.
+
+    cuDNN's autotuner and several CUDA kernels (atomic adds in backward passes) pick or sum
+    differently from run to run; this turns them to their deterministic forms (a kernel
+    without one raises instead of running). cuBLAS needs its workspace setting before its
+    first use, hence the environment variable. The trainer's generators are seeded either
+    way. A CPU replay of a GPU trial still differs: the kernels are not the same.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True

@@ -199,8 +199,8 @@ def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Rep
 def _start(config: TrialConfig, data: TrialData, device: torch.device) -> _Run:
     """The model on ``device`` and its optimizer, schedule, loss, mixed precision and augmentation."""
     amp = amp_dtype_for(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True  # autotuning picks kernels by timing: off in deterministic mode
     model = build_model(config, data.input_shape, data.num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

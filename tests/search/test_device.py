@@ -6,11 +6,15 @@ GPU machine would give them, and the tests check what the user then gets.
 
 from __future__ import annotations
 
+import os
 import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
+import yaml
 
 import search.trial.train
 from search.cli import main
@@ -20,6 +24,7 @@ from search.trial.errors import TrialFailed
 from search.trial.memory import EVAL_BUDGET_BYTES, eval_batch_size, is_out_of_memory
 from search.trial.train import evaluate, fit
 from spaces.schema import TrialConfig
+from tests.support.studies import STUDY
 
 
 def _gpus(monkeypatch: pytest.MonkeyPatch, count: int, current: int = 0,
@@ -158,3 +163,46 @@ def _data(n: int, shape: tuple[int, int, int]) -> TrialData:
     stats = torch.full((1, shape[0], 1, 1), 0.5)
     return TrialData(train_x=x, train_y=y, val_x=x, val_y=y, mean=stats, std=stats, classes=["a", "b"],
                      input_shape=shape, num_classes=2)
+
+
+@pytest.fixture
+def determinism_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Deterministic mode is process-wide: undone after the test, for the tests after it."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = False
+    torch.backends.cudnn.benchmark = False
+
+
+@pytest.mark.slow
+def test_run_deterministic_is_the_studys_and_its_recipe_replays_with_it(workdir: Path, determinism_restored: None,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    (workdir / "one.yaml").write_text("params:\n  width: 4\n  depth: 1\n  epochs: 1\n")
+    assert main(["run", "--study", "d", "--dataset", "digits", "--space", "one.yaml", "--trials", "1",
+                 "--no-progress", "--deterministic"]) == 0
+    study = optuna.load_study(study_name="d", storage=f"sqlite:///{workdir / 'cnnsearch.db'}")
+    assert study.user_attrs["deterministic"] is True  # every worker of the study, wherever started, follows it
+    assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    assert main(["export", "--study", "d", "--out", "exp"]) == 0
+    recipe = yaml.safe_load((workdir / "exp" / "recipe.yaml").read_text())
+    assert recipe["provenance"]["deterministic"] is True
+    assert "--deterministic" in (workdir / "exp" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_train_says_that_a_gpu_trial_replays_on_the_cpu_only_approximately(
+        tmp_path: Path, tiny_study: Callable[[Path], str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    url = tiny_study(tmp_path / "db")
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--study", STUDY, "--storage", url, "--out", "exp", "--no-weights"]) == 0
+    recipe_path = tmp_path / "exp" / "recipe.yaml"
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["provenance"]["trained_on"] = "cuda:0"  # as a trial of a GPU worker records it
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    capsys.readouterr()
+    assert main(["train", "--config", str(recipe_path), "--out", "run"]) == 0
+    out = capsys.readouterr().out
+    assert "the trial ran on cuda:0; a replay on cpu matches it only approximately" in out
+    assert "--deterministic" in out
