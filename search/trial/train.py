@@ -149,7 +149,8 @@ def train(config: TrialConfig, data: TrialData, device: torch.device | str,
 
     ``latency_ms`` (ms/image at batch 1) and ``throughput`` (inference img/s over the last
     epoch's validation pass, in batches of :func:`search.trial.memory.eval_batch_size` uint8
-    images normalised on the device) are measured only when ``measure``; ``metrics.to_dict()`` is the JSON-able form.
+    images normalised on the device) are measured only when ``measure``;
+    ``metrics.to_dict()`` is the JSON-able form.
     """
     return fit(config, data, device, report, measure=measure, deadline=deadline)[1]
 

@@ -166,10 +166,12 @@ def _data(n: int, shape: tuple[int, int, int]) -> TrialData:
 
 
 @pytest.fixture
-def determinism_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def determinism_restored() -> Iterator[None]:
     """Deterministic mode is process-wide: undone after the test, for the tests after it."""
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     yield
+    if workspace is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.deterministic = False
     torch.backends.cudnn.benchmark = False
