@@ -69,7 +69,7 @@ AIRBENCH_SHAPED = TrialConfig.from_dict({
     # GELU, BN, max-pooling, global pooling head; SGD with Nesterov, label smoothing 0.2,
     # flips and 2-px translations, batch 1024.
     "depth": 3, "layers": 6, "width": 64, "growth": 2.0, "kernel": 3, "activation": "gelu", "batch_norm": True,
-    "pool": "max", "head": "gap", "optimizer": "sgd", "lr": 0.2, "momentum": 0.85, "weight_decay": 5e-4,
+    "pool": "max", "head": "gap", "optimizer": "sgd", "lr": 0.1, "momentum": 0.85, "weight_decay": 5e-4,
     "schedule": "onecycle", "label_smoothing": 0.2, "aug_flip": True, "aug_translate": 2, "batch_size": 1024,
     "epochs": AIRBENCH_EPOCHS,
 })
