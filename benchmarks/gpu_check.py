@@ -55,7 +55,7 @@ from search.trial.device import amp_dtype_for  # noqa: E402
 from search.trial.errors import CnnSearchError  # noqa: E402
 from search.trial.memory import eval_batch_size  # noqa: E402
 from search.trial.models import build_model  # noqa: E402
-from search.trial.train import make_optimizer, train  # noqa: E402
+from search.trial.train import EVAL_BATCH, make_optimizer, train  # noqa: E402
 from spaces import parse_space  # noqa: E402
 from spaces.schema import TrialConfig  # noqa: E402
 
@@ -152,7 +152,7 @@ def raw_loop(config: TrialConfig, data: TrialData, device: torch.device) -> floa
                 optimizer.step()
         model.eval()
         correct = 0
-        size = eval_batch_size(data.input_shape)
+        size = eval_batch_size(data.input_shape, EVAL_BATCH)
         with torch.inference_mode(), autocast:
             for start in range(0, len(data.val_y), size):
                 x = data.normalize(data.val_x[start:start + size]).contiguous(memory_format=fmt)

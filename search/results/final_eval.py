@@ -31,7 +31,7 @@ from search.trial.data import TrialData, prepare_data
 from search.trial.device import amp_dtype_for, resolve_device, use_deterministic_kernels
 from search.trial.errors import CnnSearchError, TrialFailed
 from search.trial.memory import eval_batch_size, is_out_of_memory, out_of_memory_message, release_memory
-from search.trial.train import fit
+from search.trial.train import EVAL_BATCH, fit
 from spaces.schema import TrialConfig
 from storage.records import CONFIG, VAL_ACCURACY
 from storage.studies import most_accurate
@@ -111,7 +111,8 @@ def evaluate_config(config: TrialConfig, data: TrialData, device: torch.device) 
     model, metrics = fit(config, data, device, measure=False)
     y = data.val_y.cpu().numpy()
     labels = list(range(data.num_classes))
-    predict_proba(model, data, data.val_x[:eval_batch_size(data.input_shape)])  # warm-up: first-call allocations
+    warmup = data.val_x[:eval_batch_size(data.input_shape, EVAL_BATCH)]
+    predict_proba(model, data, warmup)  # the first call pays for allocations
     started = time.perf_counter()
     probs = predict_proba(model, data, data.val_x)
     inference_ms = (time.perf_counter() - started) * 1000 / max(1, len(y))
@@ -182,7 +183,7 @@ def predict_proba(model: torch.nn.Module, data: TrialData, x: torch.Tensor,
     model.eval()
     amp = amp_dtype_for(x.device)
     autocast = torch.autocast(x.device.type, dtype=amp) if amp else nullcontext()
-    size = eval_batch_size(data.input_shape)
+    size = eval_batch_size(data.input_shape, EVAL_BATCH)
     out = []
     for start in range(0, len(x), size):
         batch = x[start:start + size].float().div_(255.0)

@@ -19,9 +19,7 @@ OUT_OF_MEMORY_MARKS = (
 """Messages of errors that are out-of-memory although not raised as ``torch.OutOfMemoryError``."""
 
 EVAL_BUDGET_BYTES = 64 * 2**20
-"""Float32 input of one evaluation batch: 64 MiB is the cap of 1024 images up to about 3x73x73, 111 at 3x224x224."""
-
-EVAL_BATCH_MAX = 1024
+"""Float32 input of one evaluation batch: 64 MiB is 1024 images up to about 3x73x73, 111 at 3x224x224."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -52,8 +50,7 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def eval_batch_size(input_shape: tuple[int, ...], budget_bytes: int = EVAL_BUDGET_BYTES,
-                    most: int = EVAL_BATCH_MAX) -> int:
+def eval_batch_size(input_shape: tuple[int, ...], most: int, budget_bytes: int = EVAL_BUDGET_BYTES) -> int:
     """Images per evaluation batch whose float32 input of ``input_shape`` (C, H, W) fits ``budget_bytes``.
 
     At least 1 and at most ``most``: small images keep large batches, large images get

@@ -39,6 +39,7 @@ It may raise (``optuna.TrialPruned`` from a pruner): training stops and the exce
 propagates unchanged to the caller.
 """
 
+EVAL_BATCH = 1024
 CHECK_EVERY = 50  # steps between finiteness/deadline checks: each check syncs a GPU once
 
 
@@ -93,7 +94,7 @@ def evaluate(model: nn.Module, data: TrialData, x: torch.Tensor, y: torch.Tensor
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
     loss_sum = torch.zeros((), device=y.device, dtype=torch.float32)
     autocast = torch.autocast(y.device.type, dtype=amp) if amp else nullcontext()
-    size = eval_batch_size(data.input_shape)
+    size = eval_batch_size(data.input_shape, EVAL_BATCH)
     for start in range(0, len(y), size):
         xb = _to_input(data, x[start:start + size])
         yb = y[start:start + size]
@@ -148,9 +149,8 @@ def train(config: TrialConfig, data: TrialData, device: torch.device | str,
     """Train one model from ``config`` on ``data`` and return its metrics (:class:`TrialMetrics`).
 
     ``latency_ms`` (ms/image at batch 1) and ``throughput`` (inference img/s over the last
-    epoch's validation pass, in batches of :func:`search.trial.memory.eval_batch_size` uint8
-    images normalised on the device) are measured only when ``measure``;
-    ``metrics.to_dict()`` is the JSON-able form.
+    epoch's validation pass, batches of at most ``EVAL_BATCH`` uint8 images normalised on the
+    device) are measured only when ``measure``; ``metrics.to_dict()`` is the JSON-able form.
     """
     return fit(config, data, device, report, measure=measure, deadline=deadline)[1]
 

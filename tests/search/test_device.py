@@ -22,7 +22,7 @@ from search.trial.data import TrialData
 from search.trial.device import amp_dtype_for, amp_dtype_for_capability, resolve_device
 from search.trial.errors import TrialFailed
 from search.trial.memory import EVAL_BUDGET_BYTES, eval_batch_size, is_out_of_memory
-from search.trial.train import evaluate, fit
+from search.trial.train import EVAL_BATCH, evaluate, fit
 from spaces.schema import TrialConfig
 from tests.support.studies import STUDY
 
@@ -138,8 +138,8 @@ def test_a_run_out_of_memory_has_released_its_model_when_it_fails(monkeypatch: p
     ((3, 4096, 4096), 1),  # never 0
 ])
 def test_evaluation_batches_are_sized_by_bytes(shape: tuple[int, int, int], expected: int) -> None:
-    assert eval_batch_size(shape) == expected
-    assert eval_batch_size(shape, budget_bytes=2 * EVAL_BUDGET_BYTES) >= expected
+    assert eval_batch_size(shape, EVAL_BATCH) == expected
+    assert eval_batch_size(shape, EVAL_BATCH, budget_bytes=2 * EVAL_BUDGET_BYTES) >= expected
 
 
 def test_evaluation_of_large_images_runs_in_batches_within_the_budget() -> None:
