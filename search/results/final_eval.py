@@ -30,7 +30,7 @@ from search.study.spec import load_spec
 from search.trial.data import TrialData, prepare_data
 from search.trial.device import amp_dtype_for, resolve_device, use_deterministic_kernels
 from search.trial.errors import CnnSearchError, TrialFailed
-from search.trial.memory import eval_batch_size, is_out_of_memory, out_of_memory_message, release_memory
+from search.trial.memory import eval_batch_size, oom_as_trial_failed
 from search.trial.train import EVAL_BATCH, fit
 from spaces.schema import TrialConfig
 from storage.records import CONFIG, VAL_ACCURACY
@@ -141,15 +141,9 @@ def _evaluate_run(number: int, config: TrialConfig, data: TrialData,
                   device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
     """:func:`evaluate_config`; a run that cannot finish (out of memory, NaN loss) is one line, not a traceback."""
     try:
-        return evaluate_config(config, data, device)
+        return oom_as_trial_failed(lambda: evaluate_config(config, data, device), device)
     except TrialFailed as exc:
-        message = str(exc)
-    except Exception as exc:  # noqa: BLE001 - out of memory in testing is explained, anything else re-raised
-        if not is_out_of_memory(exc):
-            raise
-        message = out_of_memory_message(exc, device)
-    release_memory(device)  # out of the except block: the error no longer holds the run's tensors
-    raise CnnSearchError(f"final evaluation of trial #{number} (seed {config.seed}) stopped: {message}")
+        raise CnnSearchError(f"final evaluation of trial #{number} (seed {config.seed}) stopped: {exc}") from None
 
 
 def _roc_auc(roc_auc_score: Callable, y: np.ndarray, probs: np.ndarray, labels: list[int]) -> float | None:

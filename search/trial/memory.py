@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+
+from search.trial.errors import TrialFailed
+
+T = TypeVar("T")
 
 OUT_OF_MEMORY_MARKS = (
     "CUDA out of memory",  # the caching allocator's message, also raised as RuntimeError by some paths
@@ -34,6 +40,23 @@ def out_of_memory_message(exc: BaseException, device: torch.device) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = "host memory" if isinstance(exc, MemoryError) or "CPUAllocator" in first else f"memory on {device}"
     return f"out of {where}: {first}"
+
+
+def oom_as_trial_failed(call: Callable[[], T], device: torch.device) -> T:
+    """``call()``; running out of memory in it (any kind: :func:`is_out_of_memory`) is ``TrialFailed("oom")``.
+
+    Raised once the failed call's memory is given back: out of the ``except`` block, where
+    the error and its traceback (holding the call's model, optimizer and activations) are
+    gone. The TrialFailed does not chain the error for the same reason.
+    """
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - out of memory is classified here, anything else re-raised
+        if not is_out_of_memory(exc):
+            raise
+        message = out_of_memory_message(exc, device)
+    release_memory(device)
+    raise TrialFailed("oom", message)
 
 
 def release_memory(device: torch.device) -> None:

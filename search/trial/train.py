@@ -25,7 +25,7 @@ from search.trial.data import TrialData, batches
 from search.trial.device import amp_dtype_for, resolve_device
 from search.trial.errors import TrialFailed
 from search.trial.measure import count_flops, count_params, measure_latency_ms
-from search.trial.memory import eval_batch_size, is_out_of_memory, out_of_memory_message, release_memory
+from search.trial.memory import eval_batch_size, oom_as_trial_failed
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
 from spaces.schema import TrialConfig
@@ -130,17 +130,7 @@ def fit(config: TrialConfig, data: TrialData, device: torch.device | str,
     cuda_devices = [device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
-        try:
-            return _fit(config, data, device, report, measure, deadline)
-        except Exception as exc:  # noqa: BLE001 - out of memory is classified here, anything else re-raised
-            if not is_out_of_memory(exc):
-                raise
-            message = out_of_memory_message(exc, device)
-    # Out of the except block the error and its traceback, which held the model, optimizer and
-    # activations of the failed run, are gone; only now can their memory be given back. The
-    # TrialFailed does not chain the error for the same reason.
-    release_memory(device)
-    raise TrialFailed("oom", message)
+        return oom_as_trial_failed(lambda: _fit(config, data, device, report, measure, deadline), device)
 
 
 def train(config: TrialConfig, data: TrialData, device: torch.device | str,
