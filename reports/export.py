@@ -9,8 +9,9 @@ A recipe (``recipe.yaml`` or ``recipe.json``) holds:
 - ``preprocessing``: channels, how pixels become model input (``x / 255``, then
   ``(x - mean) / std`` per channel, with the training split's statistics), and the
   training-time augmentation keys.
-- ``data``: the dataset name and the exact split (seed, fractions, fingerprint), so a
-  retrain sees the same images.
+- ``data``: the dataset name (an ``imagefolder:`` path absolute, as the study recorded it),
+  the content's fingerprint and the exact split (seed, fractions, fingerprint), so a retrain
+  sees the same images.
 - ``metrics``: what the trial measured (val accuracy, params, FLOPs, latency, time).
 - ``provenance``: study, trial number, seed, space fingerprint, package versions, git
   commit, storage (password masked).
@@ -49,6 +50,7 @@ from storage.records import (
     CHECKPOINT,
     CLASSES,
     CONFIG,
+    DATA_FINGERPRINT,
     DEVICE,
     INPUT_SHAPE,
     SEED,
@@ -138,6 +140,7 @@ def build_recipe(study: optuna.Study, trial: FrozenTrial, *, mean: list[float], 
             "dataset": attrs.get(STUDY_DATASET),
             "data_dir": attrs.get(STUDY_DATA_DIR),
             "image_size": attrs.get(STUDY_IMAGE_SIZE),
+            "content_fingerprint": attrs.get(DATA_FINGERPRINT),
             "split": {"seed": split.get("seed"), "val_fraction": split.get("val_fraction"),
                       "test_fraction": split.get("test_fraction"), "sizes": split.get("sizes"),
                       "fingerprint": attrs.get(SPLIT_FINGERPRINT)},

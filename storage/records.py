@@ -95,6 +95,8 @@ STUDY_DETERMINISTIC = "deterministic"
 SPLIT_FINGERPRINT = "split_fingerprint"
 SPLIT_SIZES = "split_sizes"
 """The split's seed, fractions, part sizes and fingerprint."""
+DATA_FINGERPRINT = "data_fingerprint"
+"""The images' content (pixels, labels, class names): a worker with other data under the same names is refused."""
 CLASSES = "classes"
 INPUT_SHAPE = "input_shape"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,34 @@ def test_status_of_an_unknown_study_lists_the_studies_there(workdir: Path, capsy
     capsys.readouterr()
     line = _fails(capsys, ["status", "--study", "nope"])
     assert "'nope'" in line and "real" in line
+
+
+@pytest.mark.parametrize("dataset, size", [("digits", 100_000), ("images", 1_000_000)])
+def test_image_size_beyond_host_memory_is_refused_with_the_figures(workdir: Path, capsys: pytest.CaptureFixture,
+                                                                   dataset: str, size: int) -> None:
+    if dataset == "images":
+        _images(workdir / "images", {"a": 6, "b": 6})
+        dataset = f"imagefolder:{workdir / 'images'}"
+    line = _fails(capsys, ["run", "--study", "s", "--dataset", dataset, "--image-size", str(size), "--trials", "1"])
+    assert re.search(rf"at image_size {size}: \d+ images of \dx{size}x{size} need [\d.]+ TB of host memory", line)
+    assert re.search(r"[\d.]+ [kMGT]?B is available here; give a smaller --image-size", line)
+    _nothing_written(workdir)
+
+
+TINY_SPACE = "params:\n  epochs: 1\n  width: 4\n  depth: 1\n"
+
+
+@pytest.mark.slow
+def test_worker_whose_images_differ_from_the_studys_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    (workdir / "tiny.yaml").write_text(TINY_SPACE)
+    _images(workdir / "images", {"a": 10, "b": 10})
+    assert main(["run", "--study", "s", "--dataset", "imagefolder:images", "--space", "tiny.yaml", "--trials", "1",
+                 "--no-progress"]) == 0
+    for i, png in enumerate(sorted((workdir / "images").rglob("*.png"))):  # other pictures, same names and counts
+        Image.new("L", (12, 12), color=255 - i).save(png)
+    capsys.readouterr()
+    line = _fails(capsys, ["worker", "--study", "s", "--trials", "1"])
+    assert f"dataset 'imagefolder:{workdir / 'images'}' here holds other images than study 's'" in line
+    line = _fails(capsys, ["run", "--study", "s", "--dataset", "imagefolder:images", "--space", "tiny.yaml",
+                           "--trials", "2", "--no-progress"])
+    assert "holds other images" in line

@@ -110,8 +110,8 @@ def recipe_data(recipe: dict[str, Any], *, data_dir: str | None = None, device: 
     """The recipe's dataset, split exactly as the study split it, on ``device``.
 
     ``stage="search"`` gives the trial's train and val parts; ``"final"`` train+val and
-    test. Raises :class:`DataError` when the data here splits differently (other files)
-    or does not have the recipe's shape and classes.
+    test. Raises :class:`DataError` when the data here splits differently or holds other
+    images (other files), or does not have the recipe's shape and classes.
     """
     data_spec = recipe["data"]
     split_spec = data_spec.get("split") or {}
@@ -124,6 +124,11 @@ def recipe_data(recipe: dict[str, Any], *, data_dir: str | None = None, device: 
     if wanted and split.fingerprint() != wanted:
         raise DataError(f"dataset {data_spec['dataset']!r} here splits differently from the recipe's study "
                         f"(fingerprint {split.fingerprint()}, recipe has {wanted}): the data files differ")
+    content = data_spec.get("content_fingerprint")  # absent from recipes exported before it was recorded
+    if content and (found := images.fingerprint()) != content:
+        raise DataError(f"dataset {data_spec['dataset']!r} here holds other images than the recipe's study "
+                        f"(content fingerprint {found}, recipe has {content}): "
+                        "give this machine the study's copy of the data")
     if list(images.images.shape[1:]) != list(recipe["input_shape"]) or list(images.classes) != recipe["classes"]:
         raise DataError(f"dataset {data_spec['dataset']!r} here has input {list(images.images.shape[1:])} and "
                         f"{len(images.classes)} classes; the recipe wants {recipe['input_shape']} and "

@@ -14,6 +14,7 @@ A study without a budget (``--timeout`` only) lets workers create trials on dema
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import random
 import warnings
@@ -26,6 +27,7 @@ from optuna.trial import TrialState
 
 from search.study.errors import StudyError
 from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler
+from search.trial.datasets import absolute_dataset_name
 from spaces import Space, parse_space
 from spaces.schema import DEFAULT_CONFIG
 from storage.records import (
@@ -78,6 +80,11 @@ class StudySpec:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
+        # Absolute, so workers, exports and retrains started in other directories read the same files
+        # (studies from before this recorded them relative to where `run` started: read from there).
+        self.dataset = absolute_dataset_name(self.dataset)
+        if self.data_dir:
+            self.data_dir = os.path.abspath(os.path.expanduser(self.data_dir))
         if not self.objectives:
             raise StudyError("--objectives is empty; name at least accuracy")
         for name in self.objectives:
@@ -146,6 +153,8 @@ def package_versions() -> dict[str, str]:
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """The identity attributes that differ between a stored study and a new request."""
+    if recorded.get(STUDY_DATASET):  # as a spec of it would read it (older studies hold relative paths)
+        recorded = {**recorded, STUDY_DATASET: absolute_dataset_name(recorded[STUDY_DATASET])}
     out = []
     for key in IDENTITY:
         if recorded.get(key) != wanted.get(key):
