@@ -4,18 +4,23 @@ A request that cannot fit (a dataset at a huge ``image_size``) is refused with t
 instead of failing inside the allocator with a traceback, or swapping the machine to a halt.
 Running out anyway (device or host, whichever error says so) prunes the trial with reason
 ``oom`` once its memory is given back; evaluation batches are sized by bytes.
+
+``import torch`` costs seconds and :mod:`search.trial.datasets` (the CLI's listings, the Ray
+driver) imports this module without it: torch is imported where it is used.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-import torch
+from typing import TYPE_CHECKING, TypeVar
 
 from search.trial.errors import TrialFailed
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
@@ -71,6 +76,8 @@ EVAL_BUDGET_BYTES = 64 * 2**20
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` means that the device or the host ran out of memory (then the config is too big)."""
+    import torch
+
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and any(mark in str(exc) for mark in OUT_OF_MEMORY_MARKS)
@@ -111,6 +118,8 @@ def release_memory(device: torch.device) -> None:
     """
     gc.collect()
     if device.type == "cuda":
+        import torch
+
         torch.cuda.empty_cache()
 
 
@@ -120,5 +129,5 @@ def eval_batch_size(input_shape: tuple[int, ...], most: int, budget_bytes: int =
     At least 1 and at most ``most``: small images keep large batches, large images get
     batches whose activations scale with them instead of a fixed count.
     """
-    per_image = 4 * max(1, int(torch.Size(input_shape).numel()))
+    per_image = 4 * max(1, math.prod(input_shape))
     return max(1, min(most, budget_bytes // per_image))
