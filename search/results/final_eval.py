@@ -58,6 +58,9 @@ def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str
     "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr", "top5_accuracy" (None for
     5 classes or fewer), "train_seconds", "inference_ms" (per image, batched), "corrupted":
     {name: accuracy}}]}]}``. ``on_run`` is called with each run's record as it finishes.
+    A study run with ``--deterministic`` is retrained with deterministic kernels (process-wide:
+    :func:`search.trial.device.use_deterministic_kernels`); a run that runs out of memory or
+    diverges is a :class:`CnnSearchError` naming the trial and seed.
     """
     if top_k < 1:
         raise CnnSearchError(f"--final-eval must be at least 1 (configs to retrain), got {top_k}")
