@@ -88,6 +88,8 @@ STUDY_SPLIT = "split"
 """The split's seed and fractions."""
 STUDY_VERSIONS = "versions"
 """Package versions at creation (python, cnnsearch, torch, torchvision, optuna)."""
+STUDY_DETERMINISTIC = "deterministic"
+"""Whether its trials train with deterministic kernels (``run --deterministic``): GPU trials then replay."""
 
 # --- study user attrs: what the first worker found in the data -----------------------------------
 SPLIT_FINGERPRINT = "split_fingerprint"

@@ -53,6 +53,9 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
                    help="keep each completed trial's weights and learning curve in the artifact store "
                         "(`cnnsearch export` then ships the weights with the recipe)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--deterministic", action="store_true",
+                   help="every worker trains with deterministic kernels (slower on GPUs): GPU trials can then be "
+                        "replayed exactly by `cnnsearch train --device cuda` on the same GPU model")
     _backend_args(p)
     return cmd_run
 
@@ -113,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         image_size=args.image_size, split_seed=args.split_seed, data_dir=args.data_dir,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial_timeout=args.trial_timeout,
         max_failures=args.max_failures, budget=args.trials, keep_checkpoints=args.keep_checkpoints,
+        deterministic=args.deterministic,
     )
     if spec.sampler == "grid":
         space.grid()  # refuses a space without a finite grid before anything is created

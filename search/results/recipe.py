@@ -8,9 +8,11 @@ A recipe is what ``cnnsearch export`` writes (its keys are described in
     model = build_model(recipe)            # or build_model(recipe["config"], input_shape, num_classes)
 
 ``cnnsearch train --config recipe.yaml`` (:func:`train_recipe`) retrains it on the same
-dataset and split with the same seed; on CPU with the thread count the trial used, that
-reproduces the trial's val accuracy exactly (the trainer is seeded and deterministic; CPU
-kernels split their sums by thread, so another thread count can move the last digits).
+dataset and split with the same seed; for a trial that ran on the CPU, on the CPU with the
+thread count the trial used, that reproduces the trial's val accuracy exactly (the trainer
+is seeded and deterministic; CPU kernels split their sums by thread, so another thread
+count can move the last digits). A trial that ran on a GPU replays exactly only on the same
+GPU model, with the deterministic kernels of a ``run --deterministic`` study.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from search.study.spec import METRIC_OF, StudySpec
 from search.trial.data import TrialData
 from search.trial.errors import TrialFailed
 from search.trial.measure import count_params
+from search.trial.memory import oom_as_trial_failed
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
 from search.trial.train import fit
@@ -160,7 +161,9 @@ def _check_params_constraint(trial: optuna.Trial, spec: StudySpec, config: Trial
     """Refuse a model over ``--max-params`` before spending any training on it."""
     if spec.max_params is None:
         return
-    params = count_params(build_model(config, data.input_shape, data.num_classes))
+    # Built on the host: a model too big for it is out of memory like one too big for the device.
+    params = count_params(oom_as_trial_failed(lambda: build_model(config, data.input_shape, data.num_classes),
+                                              torch.device("cpu")))
     trial.set_user_attr(PARAMS, params)
     if params > spec.max_params:
         trial.set_user_attr(CONSTRAINTS, _constraint_values(spec, {PARAMS: params}))

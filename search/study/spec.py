@@ -78,6 +78,7 @@ class StudySpec:
     max_failures: int = 5
     budget: int | None = None
     keep_checkpoints: bool = False
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         # Absolute, so workers, exports and retrains started in other directories read the same files

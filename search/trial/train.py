@@ -22,9 +22,10 @@ from torch import nn
 
 from search.trial.augment import Augmenter
 from search.trial.data import TrialData, batches
-from search.trial.device import amp_dtype_for
+from search.trial.device import amp_dtype_for, resolve_device
 from search.trial.errors import TrialFailed
 from search.trial.measure import count_flops, count_params, measure_latency_ms
+from search.trial.memory import eval_batch_size, oom_as_trial_failed
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
 from spaces.schema import TrialConfig
@@ -93,9 +94,10 @@ def evaluate(model: nn.Module, data: TrialData, x: torch.Tensor, y: torch.Tensor
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
     loss_sum = torch.zeros((), device=y.device, dtype=torch.float32)
     autocast = torch.autocast(y.device.type, dtype=amp) if amp else nullcontext()
-    for start in range(0, len(y), EVAL_BATCH):
-        xb = _to_input(data, x[start:start + EVAL_BATCH])
-        yb = y[start:start + EVAL_BATCH]
+    size = eval_batch_size(data.input_shape, EVAL_BATCH)
+    for start in range(0, len(y), size):
+        xb = _to_input(data, x[start:start + size])
+        yb = y[start:start + size]
         with autocast:
             logits = model(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
@@ -119,19 +121,16 @@ def fit(config: TrialConfig, data: TrialData, device: torch.device | str,
     """Train one model from ``config`` on ``data``; return the model and its metrics.
 
     ``deadline`` is a ``time.monotonic()`` value after which the trial fails with reason
-    ``timeout``. NaN/inf loss fails it with ``nan_loss``, running out of device memory
-    with ``oom`` (:class:`TrialFailed`). See :func:`train` for the metrics.
+    ``timeout``. NaN/inf loss fails it with ``nan_loss``, running out of device or host
+    memory (whichever error says so, :func:`search.trial.memory.is_out_of_memory`) with
+    ``oom`` (:class:`TrialFailed`), the failed run's memory released by then. See
+    :func:`train` for the metrics.
     """
-    device = torch.device(device)
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    device = resolve_device(device)
+    cuda_devices = [device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
-        try:
-            return _fit(config, data, device, report, measure, deadline)
-        except torch.OutOfMemoryError as exc:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise TrialFailed("oom", f"out of memory on {device}: {str(exc).splitlines()[0]}") from exc
+        return oom_as_trial_failed(lambda: _fit(config, data, device, report, measure, deadline), device)
 
 
 def train(config: TrialConfig, data: TrialData, device: torch.device | str,
@@ -140,7 +139,7 @@ def train(config: TrialConfig, data: TrialData, device: torch.device | str,
     """Train one model from ``config`` on ``data`` and return its metrics (:class:`TrialMetrics`).
 
     ``latency_ms`` (ms/image at batch 1) and ``throughput`` (inference img/s over the last
-    epoch's validation pass, batches of ``EVAL_BATCH`` uint8 images normalised on the
+    epoch's validation pass, batches of at most ``EVAL_BATCH`` uint8 images normalised on the
     device) are measured only when ``measure``; ``metrics.to_dict()`` is the JSON-able form.
     """
     return fit(config, data, device, report, measure=measure, deadline=deadline)[1]
@@ -191,8 +190,8 @@ def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Rep
 def _start(config: TrialConfig, data: TrialData, device: torch.device) -> _Run:
     """The model on ``device`` and its optimizer, schedule, loss, mixed precision and augmentation."""
     amp = amp_dtype_for(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True  # autotuning picks kernels by timing: off in deterministic mode
     model = build_model(config, data.input_shape, data.num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
