@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -34,6 +35,7 @@ from storage.records import (
     CONSTRAINTS,
     CURVES,
     DEVICE,
+    EPOCHS_RUN,
     FAIL_MESSAGE,
     FAIL_REASON,
     HOST,
@@ -44,6 +46,7 @@ from storage.records import (
     SEED,
     STARTED,
     THREADS,
+    TRAIN_SECONDS,
     WORKER,
 )
 
@@ -70,6 +73,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
     end the trial FAIL with reason ``interrupted`` and propagate.
     """
     trial = optuna.Trial(study, trial_id)
+    progress: _Progress | None = None  # set when training starts
     origin = trial.user_attrs.get(ORIGIN)  # "start" / "warm_start" when fill_budget enqueued a known config
     for key, value in identity.items():
         trial.set_user_attr(key, value)
@@ -85,7 +89,8 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         _record_constraints(trial, spec, {})
         _check_params_constraint(trial, spec, config, data)
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
-        report = _reporter(trial, spec, prune=origin is None)
+        progress = _Progress()
+        report = _reporter(trial, spec, progress, prune=origin is None, last_epoch=config.epochs)
         model, metrics = fit(config, data, device, report=report, deadline=deadline)
         _record_metrics(trial, metrics)
         if spec.keep_checkpoints:
@@ -96,23 +101,27 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         study.tell(trial, values)
         return TrialOutcome(trial.number, TrialState.COMPLETE, values)
     except optuna.TrialPruned as exc:
+        _record_training(trial, progress)
         reason = str(exc) or "pruned"
         trial.set_user_attr(FAIL_REASON, "pruned")
         trial.set_user_attr(FAIL_MESSAGE, reason)
         study.tell(trial, state=TrialState.PRUNED)
         return TrialOutcome(trial.number, TrialState.PRUNED, None, reason)
     except TrialFailed as exc:
+        _record_training(trial, progress)
         trial.set_user_attr(FAIL_REASON, exc.reason)
         trial.set_user_attr(FAIL_MESSAGE, str(exc))
         log.info("trial %d pruned: %s", trial.number, exc)
         study.tell(trial, state=TrialState.PRUNED)
         return TrialOutcome(trial.number, TrialState.PRUNED, None, f"{exc.reason}: {exc}")
     except (KeyboardInterrupt, WorkerStopped) as exc:
+        _record_training(trial, progress)
         _fail(study, trial, INTERRUPTED, f"worker stopped by {type(exc).__name__}")
         raise
     except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the study goes on
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
         log.warning("trial %d failed: %s", trial.number, message, exc_info=True)
+        _record_training(trial, progress)
         _fail(study, trial, "error", message)
         return TrialOutcome(trial.number, TrialState.FAIL, None, message)
 
@@ -123,30 +132,49 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, message: str) -
     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def _reporter(trial: optuna.Trial, spec: StudySpec, prune: bool = True):
-    """Per-epoch report: intermediate value for the dashboard and the pruner.
+@dataclass
+class _Progress:
+    """How far a trial's training got: what a trial that stops early still spent."""
 
-    With ``prune`` False (a space's start point or a warm-start config) the pruner is not
-    asked: these are the search's reference results, run first, when a pruner would judge
-    them against one or two other trials (Optuna's successive halving promotes only the best
-    of the first ``reduction_factor`` trials at a rung) and cut a good config on the noise
-    of its second epoch. Multi-objective trials, which cannot store intermediate values,
-    keep their live curve in user attr ``val_accuracy_curve`` instead.
+    started: float = field(default_factory=time.perf_counter)
+    epochs: int = 0
+
+
+def _reporter(trial: optuna.Trial, spec: StudySpec, progress: _Progress, *, prune: bool, last_epoch: int):
+    """Per-epoch report: intermediate value for the dashboard and the pruner; counts ``progress``.
+
+    The pruner is asked after every epoch but the trial's ``last_epoch``: a trial that trained
+    every epoch is COMPLETE (and so in ``best``, the ablation and the final evaluation),
+    whatever the pruner would say of its last value. With ``prune`` False (a space's start
+    point or a warm-start config) it is not asked at all: these are the search's reference
+    results, run first, when a pruner would judge them against one or two other trials
+    (Optuna's successive halving promotes only the best of the first ``reduction_factor``
+    trials at a rung) and cut a good config on the noise of its second epoch. Multi-objective
+    trials, which cannot store intermediate values, keep their live curve in user attr
+    ``val_accuracy_curve`` instead.
     """
     curve: list[float] = []
     single = len(spec.objectives) == 1
 
     def report(epoch: int, val_accuracy: float, val_loss: float) -> None:
+        progress.epochs = epoch
         if not single:
             curve.append(val_accuracy)
             trial.set_user_attr(LIVE_CURVE, list(curve))
         else:
             trial.report(val_accuracy, step=epoch)
-            if prune and trial.should_prune():
+            if prune and epoch < last_epoch and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {spec.pruner} at epoch {epoch} "
                                          f"(val_accuracy {val_accuracy:.4f})")
 
     return report
+
+
+def _record_training(trial: optuna.Trial, progress: _Progress | None) -> None:
+    """What a trial that stopped early trained: the report's "compute spent" counts it too."""
+    if progress is not None:
+        trial.set_user_attr(TRAIN_SECONDS, time.perf_counter() - progress.started)
+        trial.set_user_attr(EPOCHS_RUN, progress.epochs)
 
 
 def _record_metrics(trial: optuna.Trial, metrics: TrialMetrics) -> None:
