@@ -39,7 +39,7 @@ propagates unchanged to the caller.
 """
 
 EVAL_BATCH = 1024
-CHECK_EVERY = 50  # steps between finiteness/deadline checks: each check syncs a GPU once
+CHECK_EVERY = 50  # steps between finiteness checks: each check syncs a GPU once
 
 
 def make_optimizer(config: TrialConfig, params) -> torch.optim.Optimizer:
@@ -87,8 +87,12 @@ def make_loss(config: TrialConfig) -> Callable[[torch.Tensor, torch.Tensor], tor
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: TrialData, x: torch.Tensor, y: torch.Tensor,
-             amp: torch.dtype | None = None) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on uint8 images ``x`` with labels ``y``."""
+             amp: torch.dtype | None = None, deadline: float | None = None) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on uint8 images ``x`` with labels ``y``.
+
+    Past ``deadline`` (``time.monotonic()``), checked after every batch, it raises
+    :class:`TrialFailed` with reason ``timeout``.
+    """
     model.eval()
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
     loss_sum = torch.zeros((), device=y.device, dtype=torch.float32)
@@ -100,6 +104,7 @@ def evaluate(model: nn.Module, data: TrialData, x: torch.Tensor, y: torch.Tensor
             logits = model(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
+        _check_deadline(deadline, "in a validation pass")
     n = max(1, len(y))
     return correct.item() / n, loss_sum.item() / n
 
@@ -174,7 +179,8 @@ def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Rep
         curves["lr"].append(run.optimizer.param_groups[0]["lr"])
         loss_sum = _train_epoch(run, data, device, epoch, deadline)
         eval_started = time.perf_counter()
-        val_acc, val_loss = evaluate(run.model, data, data.val_x, data.val_y, run.amp)  # ends in .item(): synced
+        # evaluate() ends in .item(): synced
+        val_acc, val_loss = evaluate(run.model, data, data.val_x, data.val_y, run.amp, deadline)
         eval_seconds = time.perf_counter() - eval_started
         curves["train_loss"].append(loss_sum.item() / run.steps_per_epoch)
         curves["val_accuracy"].append(val_acc)
@@ -222,7 +228,7 @@ def _train_epoch(run: _Run, data: TrialData, device: torch.device, epoch: int,
     run.model.train()
     loss_sum = torch.zeros((), device=device)
     autocast = torch.autocast(device.type, dtype=run.amp) if run.amp else nullcontext()
-    for idx in batches(len(data.train_y), run.batch_size, run.generator, device):
+    for step, idx in enumerate(batches(len(data.train_y), run.batch_size, run.generator, device), 1):
         xb = _to_input(data, data.train_x[idx], run.augment)
         yb = data.train_y[idx]
         with autocast:
@@ -238,9 +244,12 @@ def _train_epoch(run: _Run, data: TrialData, device: torch.device, epoch: int,
         run.schedule.step()
         loss_sum += loss.detach().float()
         run.steps += 1
+        # The clock after every step (no device sync): one long step is not interrupted, the next
+        # check comes right after it. The finiteness check syncs a GPU, so it runs less often.
+        _check_deadline(deadline, f"at step {step}/{run.steps_per_epoch} of epoch {epoch}")
         if run.steps % CHECK_EVERY == 0:
-            _check(loss_sum, epoch, deadline)
-    _check(loss_sum, epoch, deadline)
+            _check_finite(loss_sum, epoch)
+    _check_finite(loss_sum, epoch)
     return loss_sum
 
 
@@ -267,9 +276,13 @@ def _metrics(run: _Run, data: TrialData, device: torch.device, curves: dict[str,
     )
 
 
-def _check(loss_sum: torch.Tensor, epoch: int, deadline: float | None) -> None:
-    """Stop a trial that is training on garbage or has run out of time."""
+def _check_finite(loss_sum: torch.Tensor, epoch: int) -> None:
+    """Stop a trial that is training on garbage."""
     if not torch.isfinite(loss_sum):
         raise TrialFailed("nan_loss", f"training loss became {loss_sum.item()} in epoch {epoch}")
+
+
+def _check_deadline(deadline: float | None, where: str) -> None:
+    """Stop a trial that has run out of time; ``where`` it was goes in the message."""
     if deadline is not None and time.monotonic() > deadline:
-        raise TrialFailed("timeout", f"trial exceeded its time limit in epoch {epoch}")
+        raise TrialFailed("timeout", f"trial exceeded its time limit {where}")

@@ -89,3 +89,13 @@ def test_a_pruned_trial_records_the_seconds_and_epochs_it_trained(digits) -> Non
     assert trial.user_attrs["epochs_run"] == 2
     assert trial.user_attrs["train_seconds"] > 0
 
+
+def test_the_trial_timeout_stops_training_right_after_the_step_that_passed_it(digits) -> None:
+    # batch 8: 180 steps an epoch on digits; any first step outlasts a nanosecond limit.
+    spec = StudySpec(space=_space(width=4, epochs=2, batch_size=8), dataset="digits", trial_timeout=1e-9)
+    study = optuna.create_study(direction="maximize")
+    (trial,) = _run_enqueued(study, spec, digits, [{"lr": 0.005}])
+    assert (trial.state, trial.user_attrs["fail_reason"]) == (TrialState.PRUNED, "timeout")
+    assert "step 1/" in trial.user_attrs["fail_message"] and "of epoch 1" in trial.user_attrs["fail_message"]
+    assert trial.user_attrs["epochs_run"] == 0 and trial.user_attrs["train_seconds"] > 0
+
