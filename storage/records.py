@@ -68,6 +68,7 @@ FAIL_REASONS = {
     "error": "crashed (exception)",
     "interrupted": "worker interrupted or killed",
     "constraint": "over --max-params before training",
+    "memory": "too big for the worker's memory before training",
 }
 """Failure tag -> what it means, in the words the report uses."""
 

@@ -24,11 +24,12 @@ from search.study.errors import WorkerStopped
 from search.study.records import INTERRUPTED, TrialOutcome
 from search.study.spec import METRIC_OF, StudySpec
 from search.trial.data import TrialData
+from search.trial.device import available_memory
 from search.trial.errors import TrialFailed
 from search.trial.measure import count_params
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
-from search.trial.train import fit
+from search.trial.train import fit, training_memory
 from spaces.schema import TrialConfig
 from storage.records import (
     CONFIG,
@@ -87,7 +88,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         trial.set_user_attr(SEED, config.seed)
         # Until measured, a trial counts as feasible: the samplers need one value per constraint.
         _record_constraints(trial, spec, {})
-        _check_params_constraint(trial, spec, config, data)
+        _refuse_before_training(trial, spec, config, data, device)
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
         progress = _Progress()
         report = _reporter(trial, spec, progress, prune=origin is None, last_epoch=config.epochs)
@@ -183,16 +184,33 @@ def _record_metrics(trial: optuna.Trial, metrics: TrialMetrics) -> None:
     trial.set_user_attr(CURVES, metrics.curves)
 
 
-def _check_params_constraint(trial: optuna.Trial, spec: StudySpec, config: TrialConfig,
-                             data: TrialData) -> None:
-    """Refuse a model over ``--max-params`` before spending any training on it."""
-    if spec.max_params is None:
-        return
-    params = count_params(build_model(config, data.input_shape, data.num_classes))
+def _refuse_before_training(trial: optuna.Trial, spec: StudySpec, config: TrialConfig, data: TrialData,
+                            device: torch.device) -> None:
+    """Refuse a model over ``--max-params``, or too big for this worker's memory, before it trains.
+
+    Both are measured on a copy built on the meta device (shapes only: no memory, no weights
+    read), in milliseconds even for a model far too big to build. A model too big for the
+    memory would otherwise train until the allocator fails, ignoring ``--trial-timeout``
+    inside one huge step; refused as PRUNED (reason ``memory``), the sampler learns to avoid it.
+    """
+    with torch.device("meta"):
+        model = build_model(config.replace(pretrained=False, weights_path=None), data.input_shape,
+                            data.num_classes)
+    params = count_params(model)
     trial.set_user_attr(PARAMS, params)
-    if params > spec.max_params:
+    if spec.max_params is not None and params > spec.max_params:
         trial.set_user_attr(CONSTRAINTS, _constraint_values(spec, {PARAMS: params}))
         raise TrialFailed("constraint", f"{params} parameters exceed --max-params {spec.max_params}")
+    available = available_memory(device)
+    needed = training_memory(model, config, data, device)
+    if available is not None and needed > available:
+        raise TrialFailed("memory", f"training needs about {_megabytes(needed)} ({params} parameters, batch "
+                                    f"{min(config.batch_size, len(data.train_y))}), {device} has "
+                                    f"{_megabytes(available)} available")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
 
 
 def _constraint_values(spec: StudySpec, metrics: dict[str, Any]) -> list[float]:

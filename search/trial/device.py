@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from search.trial.errors import CnnSearchError
@@ -28,3 +30,50 @@ def amp_dtype_for(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+MEMORY_ENV = "CNNSEARCH_WORKER_MEMORY_MB"
+"""Megabytes (10^6 bytes) a trial may use, instead of what the worker measures as available."""
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a trial on ``device`` can still allocate, or None where this cannot be known.
+
+    ``$CNNSEARCH_WORKER_MEMORY_MB`` when set (a worker sharing its machine, or a test); else on
+    a GPU the device's free memory plus what torch's caching allocator holds unused in this
+    process (blocks of an earlier trial, which the next one reuses); on the CPU the kernel's
+    estimate of memory available without swapping (``MemAvailable``), else the free pages.
+    The data already loaded for the study is in use, so it is not counted as available.
+
+    Raises:
+        CnnSearchError: a ``$CNNSEARCH_WORKER_MEMORY_MB`` that is not a positive number.
+    """
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if raw:
+        try:
+            megabytes = float(raw)
+        except ValueError:
+            megabytes = -1.0
+        if not megabytes > 0:
+            raise CnnSearchError(f"${MEMORY_ENV}={raw!r} is not a positive number of megabytes; use e.g. 8000")
+        return int(megabytes * 1e6)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
+    return _host_available()
+
+
+def _host_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel writes kB (KiB)
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None

@@ -24,7 +24,7 @@ from search.trial.augment import Augmenter
 from search.trial.data import TrialData, batches
 from search.trial.device import amp_dtype_for
 from search.trial.errors import TrialFailed
-from search.trial.measure import count_flops, count_params, measure_latency_ms
+from search.trial.measure import activation_bytes, count_flops, count_params, measure_latency_ms
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
 from spaces.schema import TrialConfig
@@ -149,6 +149,29 @@ def train(config: TrialConfig, data: TrialData, device: torch.device | str,
     device) are measured only when ``measure``; ``metrics.to_dict()`` is the JSON-able form.
     """
     return fit(config, data, device, report, measure=measure, deadline=deadline)[1]
+
+
+def training_memory(model: nn.Module, config: TrialConfig, data: TrialData, device: torch.device) -> int:
+    """Bytes that training ``model`` (built from ``config``) on ``data`` needs on ``device``, estimated.
+
+    The weights, their gradients and the optimizer's state (two values a weight for Adam and
+    AdamW, one for SGD with momentum), plus the larger of a training step's activations
+    (every layer's output at the batch the training uses, kept for the backward pass, and
+    the gradients of the two largest) and a validation batch's (the largest layer's input and
+    output at :data:`EVAL_BATCH`). Activations are measured per image
+    (:func:`search.trial.measure.activation_bytes`; pass a model built on the meta device
+    and nothing is allocated) and count at the autocast dtype's size under mixed precision.
+    The data itself is already on the device and not counted.
+    """
+    states = {"adam": 2, "adamw": 2}.get(config.optimizer, 1 if config.momentum > 0 else 0)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) * (2 + states)
+    per_image, largest = activation_bytes(model, data.input_shape)
+    amp = amp_dtype_for(device)
+    scale = torch.finfo(amp).bits / 32 if amp is not None else 1.0
+    train_batch = min(config.batch_size, len(data.train_y))
+    eval_batch = min(EVAL_BATCH, len(data.val_y))
+    activations = max((per_image + 2 * largest) * train_batch, 2 * largest * eval_batch) * scale
+    return int(weights + activations)
 
 
 @dataclass

@@ -99,3 +99,16 @@ def test_the_trial_timeout_stops_training_right_after_the_step_that_passed_it(di
     assert "step 1/" in trial.user_attrs["fail_message"] and "of epoch 1" in trial.user_attrs["fail_message"]
     assert trial.user_attrs["epochs_run"] == 0 and trial.user_attrs["train_seconds"] > 0
 
+
+def test_a_model_too_big_for_the_workers_memory_is_refused_before_training(digits, monkeypatch) -> None:
+    monkeypatch.setenv("CNNSEARCH_WORKER_MEMORY_MB", "20")
+    space = parse_space({"params": {"width": {"type": "categorical", "choices": [4, 256]}, "depth": 2,
+                                    "batch_size": 512, "epochs": 1}}, source="test")
+    spec = StudySpec(space=space, dataset="digits")
+    study = optuna.create_study(direction="maximize")
+    small, big = _run_enqueued(study, spec, digits, [{"width": 4}, {"width": 256}])
+    assert small.state == TrialState.COMPLETE, small.user_attrs.get("fail_message")
+    assert (big.state, big.user_attrs["fail_reason"]) == (TrialState.PRUNED, "memory")
+    assert big.intermediate_values == {} and "train_seconds" not in big.user_attrs, "refused before training"
+    message = big.user_attrs["fail_message"]
+    assert "20.0 MB available" in message and "needs about" in message, message
