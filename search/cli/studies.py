@@ -19,8 +19,12 @@ def _open_study(args: argparse.Namespace):
 
 
 def no_best(study: optuna.Study) -> str:
-    """Why there is no best trial to show: none completed (--max-params refused them?), or none met the constraints."""
-    from storage.records import FAIL_REASON, PARAMS, STUDY_MAX_PARAMS
+    """Why there is no best trial to show.
+
+    None completed (and when models were refused before training: by which limit, and the smallest
+    of them), or none met the constraints.
+    """
+    from storage.records import FAIL_MESSAGE, FAIL_REASON, PARAMS, STUDY_MAX_PARAMS
     from storage.studies import count_states
 
     trials = study.get_trials(deepcopy=False)
@@ -28,14 +32,21 @@ def no_best(study: optuna.Study) -> str:
     if counts["COMPLETE"]:
         return (f"none of the {counts['COMPLETE']} completed trials meets the study's constraints "
                 "(--max-params, --max-latency-ms)")
-    refused = [t.user_attrs[PARAMS] for t in trials if t.user_attrs.get(FAIL_REASON) == "constraint"]
-    if not refused:
-        return "no trial completed yet"
     ended = counts["PRUNED"] + counts["FAIL"]
-    which = f"all {ended}" if len(refused) == ended else f"{len(refused)} of the {ended}"
-    return (f"no trial completed: --max-params {study.user_attrs.get(STUDY_MAX_PARAMS)} refused {which} models "
-            f"before training; the smallest has {min(refused)} parameters (raise the limit or make the "
-            "space's models smaller)")
+    for reason in ("constraint", "memory"):
+        refused = sorted((t for t in trials if t.user_attrs.get(FAIL_REASON) == reason),
+                         key=lambda t: t.user_attrs.get(PARAMS, 0))
+        if not refused:
+            continue
+        which = f"all {ended}" if len(refused) == ended else f"{len(refused)} of the {ended}"
+        smallest = refused[0].user_attrs
+        if reason == "constraint":
+            return (f"no trial completed: --max-params {study.user_attrs.get(STUDY_MAX_PARAMS)} refused {which} "
+                    f"models before training; the smallest has {smallest.get(PARAMS)} parameters (raise the "
+                    "limit or make the space's models smaller)")
+        return (f"no trial completed: {which} models were refused before training as too big for the worker's "
+                f"memory; the smallest: {smallest.get(FAIL_MESSAGE)}")
+    return "no trial completed yet"
 
 
 def print_best(records: list[dict[str, Any]]) -> None:

@@ -1,4 +1,4 @@
-"""What `run` and `best` say when a constraint refused every model before it trained."""
+"""What `run` and `best` say when every model was refused before it trained."""
 
 from __future__ import annotations
 
@@ -33,3 +33,15 @@ def test_when_max_params_refuses_every_model_run_and_best_name_the_limit_and_the
     assert main(["best", "--study", "mp"]) == 0
     best_out = capsys.readouterr().out
     assert expected in best_out, best_out
+
+
+def test_when_every_model_is_too_big_for_the_memory_run_says_so_with_the_estimate(
+        workdir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    (workdir / "small.yaml").write_text(SPACE)
+    monkeypatch.setenv("CNNSEARCH_WORKER_MEMORY_MB", "0.001")
+    assert main(["run", "--study", "mem", "--dataset", "digits", "--space", "small.yaml", "--no-progress",
+                 "--sampler", "random", "--trials", "2"]) == 0
+    out = capsys.readouterr().out
+    assert ("no trial completed: all 2 models were refused before training as too big for the worker's memory; "
+            "the smallest: training needs about") in out, out
+    assert "0.0 MB available" in out
