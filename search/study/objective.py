@@ -27,6 +27,7 @@ from search.trial.data import TrialData
 from search.trial.device import available_memory
 from search.trial.errors import TrialFailed
 from search.trial.measure import count_params
+from search.trial.memory import format_bytes
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
 from search.trial.train import fit, training_memory
@@ -204,13 +205,9 @@ def _refuse_before_training(trial: optuna.Trial, spec: StudySpec, config: TrialC
     available = available_memory(device)
     needed = training_memory(model, config, data, device)
     if available is not None and needed > available:
-        raise TrialFailed("memory", f"training needs about {_megabytes(needed)} ({params} parameters, batch "
+        raise TrialFailed("memory", f"training needs about {format_bytes(needed)} ({params} parameters, batch "
                                     f"{min(config.batch_size, len(data.train_y))}), {device} has "
-                                    f"{_megabytes(available)} available")
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
+                                    f"{format_bytes(available)} available")
 
 
 def _constraint_values(spec: StudySpec, metrics: dict[str, Any]) -> list[float]:

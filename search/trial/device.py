@@ -7,6 +7,7 @@ import os
 import torch
 
 from search.trial.errors import CnnSearchError
+from search.trial.memory import available_host_memory
 
 
 def resolve_device(device: str | torch.device = "auto", worker_index: int = 0) -> torch.device:
@@ -41,8 +42,8 @@ def available_memory(device: torch.device) -> int | None:
 
     ``$CNNSEARCH_WORKER_MEMORY_MB`` when set (a worker sharing its machine, or a test); else on
     a GPU the device's free memory plus what torch's caching allocator holds unused in this
-    process (blocks of an earlier trial, which the next one reuses); on the CPU the kernel's
-    estimate of memory available without swapping (``MemAvailable``), else the free pages.
+    process (blocks of an earlier trial, which the next one reuses); on the CPU
+    :func:`search.trial.memory.available_host_memory`.
     The data already loaded for the study is in use, so it is not counted as available.
 
     Raises:
@@ -60,20 +61,4 @@ def available_memory(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if device.type != "cpu":
-        return None
-    return _host_available()
-
-
-def _host_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # the kernel writes kB (KiB)
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return None
+    return available_host_memory() if device.type == "cpu" else None

@@ -44,4 +44,4 @@ def test_when_every_model_is_too_big_for_the_memory_run_says_so_with_the_estimat
     out = capsys.readouterr().out
     assert ("no trial completed: all 2 models were refused before training as too big for the worker's memory; "
             "the smallest: training needs about") in out, out
-    assert "0.0 MB available" in out
+    assert "1.0 kB available" in out
