@@ -44,6 +44,7 @@ VAL_ACCURACY = "val_accuracy"
 PARAMS = "params"
 LATENCY_MS = "latency_ms"
 TRAIN_SECONDS = "train_seconds"
+EPOCHS_RUN = "epochs_run"
 CURVES = "curves"
 """Per-epoch ``val_accuracy``, ``val_loss``, ``train_loss`` and ``lr`` lists."""
 LIVE_CURVE = "val_accuracy_curve"
@@ -67,6 +68,7 @@ FAIL_REASONS = {
     "error": "crashed (exception)",
     "interrupted": "worker interrupted or killed",
     "constraint": "over --max-params before training",
+    "memory": "too big for the worker's memory before training",
 }
 """Failure tag -> what it means, in the words the report uses."""
 
@@ -79,6 +81,7 @@ STUDY_SAMPLER = "sampler"
 STUDY_PRUNER = "pruner"
 STUDY_SEED = "seed"
 STUDY_BUDGET = "budget"
+STUDY_MAX_PARAMS = "max_params"
 STUDY_SPACE = "space"
 """The space's definition, as its YAML mapping."""
 STUDY_SPACE_NAME = "space_name"

@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  worker {w.worker}: {w.error or w.counts} ({w.stopped_because})")
     best = best_records(study, 1)
     if not best:
-        print(no_best(counts["COMPLETE"]))
+        print(no_best(study))
         return 0
     print_best(best)
     # Quoted: the line is for pasting into a shell, and a study name may hold $(...) or quotes.

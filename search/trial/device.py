@@ -7,6 +7,7 @@ import os
 import torch
 
 from search.trial.errors import CnnSearchError
+from search.trial.memory import available_host_memory
 
 NATIVE_BF16 = (8, 0)
 """The compute capability from which GPUs have bf16 in hardware (Ampere); older ones emulate it, slowly."""
@@ -74,3 +75,34 @@ def use_deterministic_kernels() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+
+
+MEMORY_ENV = "CNNSEARCH_WORKER_MEMORY_MB"
+"""Megabytes (10^6 bytes) a trial may use, instead of what the worker measures as available."""
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a trial on ``device`` can still allocate, or None where this cannot be known.
+
+    ``$CNNSEARCH_WORKER_MEMORY_MB`` when set (a worker sharing its machine, or a test); else on
+    a GPU the device's free memory plus what torch's caching allocator holds unused in this
+    process (blocks of an earlier trial, which the next one reuses); on the CPU
+    :func:`search.trial.memory.available_host_memory`.
+    The data already loaded for the study is in use, so it is not counted as available.
+
+    Raises:
+        CnnSearchError: a ``$CNNSEARCH_WORKER_MEMORY_MB`` that is not a positive number.
+    """
+    raw = os.environ.get(MEMORY_ENV, "").strip()
+    if raw:
+        try:
+            megabytes = float(raw)
+        except ValueError:
+            megabytes = -1.0
+        if not megabytes > 0:
+            raise CnnSearchError(f"${MEMORY_ENV}={raw!r} is not a positive number of megabytes; use e.g. 8000")
+        return int(megabytes * 1e6)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return available_host_memory() if device.type == "cpu" else None
