@@ -1,4 +1,5 @@
-"""Optuna samplers and pruners by the names the CLI accepts, with cnnsearch's defaults."""
+"""Optuna samplers and pruners by the names the CLI accepts, with cnnsearch's defaults, and the sampler
+every worker runs them in (:class:`NoRepeatSampler`: seeded per trial, never repeating a config)."""
 
 from __future__ import annotations
 
