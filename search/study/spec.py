@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.study.errors import StudyError
-from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler
+from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler, grid_budget
 from search.trial.datasets import absolute_dataset_name
 from spaces import Space, parse_space
 from spaces.schema import DEFAULT_CONFIG
@@ -225,7 +225,7 @@ def fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str,
         points = spec.space.grid()
         random.Random(spec.seed).shuffle(points)
         queue += [(p, None) for p in points if _key(p) not in seen]
-        budget = counted + len(queue) if spec.budget is None else spec.budget
+        budget = min(grid_budget(spec.space, spec.budget), counted + len(queue))  # each point once
     else:
         budget = spec.budget
     if budget is None:

@@ -30,7 +30,7 @@ from search.study.dataset import load_study_data, record_or_check_split
 from search.study.errors import StudyError, TooManyFailures, user_errors
 from search.study.objective import run_trial, worker_identity
 from search.study.records import TrialOutcome, WorkerSummary
-from search.study.samplers import make_pruner, make_sampler
+from search.study.samplers import make_pruner, make_study_sampler
 from search.study.spec import StudySpec, load_spec
 from search.trial.data import TrialData, prepare_data
 from search.trial.device import resolve_device, use_deterministic_kernels
@@ -55,7 +55,7 @@ STORAGE_LOST = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.Operation
 class WorkerSettings:
     """How one worker runs: on which device, for how long, under which name.
 
-    ``worker_index`` picks the GPU for ``device="auto"`` and offsets the sampler's seed;
+    ``worker_index`` picks the GPU for ``device="auto"`` (the sampler's seed does not depend on it);
     ``max_trials`` and ``timeout`` (seconds; no new trial starts later, the running one
     finishes) bound this worker alone; ``parallel`` tells the sampler that other workers
     sample at the same time; ``attrs`` are recorded on each of its trials besides host,
@@ -245,13 +245,12 @@ class Worker:
 
 def _open_study(storage: optuna.storages.BaseStorage, study_name: str, spec: StudySpec,
                 settings: WorkerSettings) -> optuna.Study:
-    """The study with this worker's sampler (seed offset by its index) and the study's pruner."""
-    sampler_seed = None if spec.seed is None else spec.seed + 7919 * settings.worker_index
+    """The study with the study's sampler (seeded per trial, never repeating a config) and pruner."""
     return optuna.load_study(
         study_name=study_name, storage=storage,
-        sampler=make_sampler(spec.sampler, sampler_seed, n_objectives=len(spec.objectives),
-                             parallel=settings.parallel, constraints=bool(spec.max_params or spec.max_latency_ms),
-                             n_params=len(spec.space.params)),
+        sampler=make_study_sampler(spec.sampler, spec.seed, spec.space, n_objectives=len(spec.objectives),
+                                   parallel=settings.parallel,
+                                   constraints=bool(spec.max_params or spec.max_latency_ms)),
         pruner=make_pruner(spec.pruner, spec.max_epochs, len(spec.objectives)),
     )
 
