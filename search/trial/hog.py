@@ -1,0 +1,115 @@
+"""Histogram-of-Oriented-Gradients features of a batch of images, as tensor ops on its device.
+
+The custom CNN fuses these with its pooled features when a config sets ``hog: true``
+(:mod:`search.trial.models`). The computation is scikit-image's ``skimage.feature.hog``
+(Dalal & Triggs 2005, without gamma correction), batched, so that a study's HOG is the
+HOG of the literature; ``tests/search/test_hog.py`` checks it against scikit-image:
+
+1. gradients by convolution with ``[-1, 0, 1]`` along rows and columns, zero on the image
+   border; on colour images each pixel takes the gradient of the channel where it is
+   largest (scikit-image's ``channel_axis`` rule);
+2. unsigned orientation in [0, 180) degrees, binned hard into ``orientations`` equal bins;
+   each cell of ``cell x cell`` pixels sums its pixels' gradient magnitudes per bin,
+   divided by the cell's pixel count (pixels past the last whole cell are left out);
+3. overlapping blocks of ``block x block`` cells, stride one cell, each normalised on its
+   own (L1, L1-sqrt, L2 or L2-Hys, eps 1e-5), flattened in scikit-image's order
+   (block row, block column, cell row, cell column, orientation).
+
+The features are a fixed function of the input: no parameters, computed without autograd
+and in float32 whatever the autocast precision (the orientation bins need the angle's bits).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-5  # scikit-image's, so that blank blocks normalise to zero the same way
+HYS_CLIP = 0.2  # L2-Hys: clip after L2, then renormalise (Lowe's SIFT threshold)
+
+
+class Hog(nn.Module):
+    """HOG features of (N, C, H, W) images: a (N, :attr:`size`) float32 tensor.
+
+    ``cell``, ``orientations``, ``block`` and ``norm`` are the config's ``hog_cell``,
+    ``hog_orientations``, ``hog_block`` and ``hog_norm``. A cell larger than the image is
+    shrunk to the image's shorter side and a block larger than the cell grid to the grid;
+    each such adjustment is a line in :attr:`notes`.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], cell: int, orientations: int, block: int,
+                 norm: str) -> None:
+        super().__init__()
+        _, height, width = input_shape
+        self.notes: list[str] = []
+        if cell > min(height, width):
+            self.notes.append(f"hog_cell {cell} shrunk to {min(height, width)}: the {height}x{width} input "
+                              "holds no larger cell")
+            cell = min(height, width)
+        cells = (height // cell, width // cell)
+        if block > min(cells):
+            self.notes.append(f"hog_block {block} shrunk to {min(cells)}: {height}x{width} pixels hold "
+                              f"{cells[0]}x{cells[1]} cells of {cell}x{cell}")
+            block = min(cells)
+        self.cell, self.orientations, self.block, self.norm = cell, orientations, block, norm
+        self.cells = cells
+        blocks = (cells[0] - block + 1) * (cells[1] - block + 1)
+        self.size = blocks * block * block * orientations
+        # Fixed difference kernels as non-persistent buffers: they follow the model to its
+        # device but stay out of the state_dict, which holds learned weights only.
+        self.register_buffer("row_kernel", torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 3, 1), persistent=False)
+        self.register_buffer("col_kernel", torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 1, 3), persistent=False)
+        interior = torch.ones(height, width)
+        row_mask, col_mask = interior.clone(), interior.clone()
+        row_mask[[0, -1], :] = 0.0
+        col_mask[:, [0, -1]] = 0.0
+        self.register_buffer("row_mask", row_mask, persistent=False)
+        self.register_buffer("col_mask", col_mask, persistent=False)
+        step = 180.0 / orientations
+        # Bin i holds [step * i, step * (i + 1)), bounds computed as scikit-image computes them.
+        self.register_buffer("bin_low", torch.tensor([step * i for i in range(orientations)]).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("bin_high", torch.tensor([step * (i + 1) for i in range(orientations)])
+                             .view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        no_autocast = (torch.autocast(x.device.type, enabled=False)
+                       if torch.amp.is_autocast_available(x.device.type) else nullcontext())
+        with torch.no_grad(), no_autocast:
+            histogram = self.cell_histograms(x.float())
+            return self.normalised_blocks(histogram).flatten(1)
+
+    def cell_histograms(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, orientations, cell rows, cell columns): mean gradient magnitude per bin and cell."""
+        n, channels, height, width = x.shape
+        planes = x.reshape(n * channels, 1, height, width)
+        g_row = F.conv2d(planes, self.row_kernel, padding=(1, 0)).view(n, channels, height, width) * self.row_mask
+        g_col = F.conv2d(planes, self.col_kernel, padding=(0, 1)).view(n, channels, height, width) * self.col_mask
+        if channels > 1:
+            # Chosen on the squared magnitude, exact where the gradients are, so that channels
+            # whose gradients are equally strong tie exactly and the first wins, as in scikit-image.
+            strongest = (g_row.square() + g_col.square()).argmax(dim=1, keepdim=True)
+            g_row, g_col = g_row.gather(1, strongest), g_col.gather(1, strongest)
+        magnitude = torch.hypot(g_row, g_col)
+        orientation = torch.rad2deg(torch.atan2(g_row, g_col)) % 180.0
+        in_bin = (orientation >= self.bin_low) & (orientation < self.bin_high)  # (N, orientations, H, W)
+        rows, cols = self.cells[0] * self.cell, self.cells[1] * self.cell
+        weighted = (in_bin * magnitude)[:, :, :rows, :cols]
+        return F.avg_pool2d(weighted, self.cell)
+
+    def normalised_blocks(self, histogram: torch.Tensor) -> torch.Tensor:
+        """(N, blocks, block * block * orientations): each block normalised, in scikit-image's order."""
+        n, b = histogram.shape[0], self.block
+        blocks = histogram.unfold(2, b, 1).unfold(3, b, 1)  # (N, orientations, block rows, block cols, b, b)
+        blocks = blocks.permute(0, 2, 3, 4, 5, 1).reshape(n, -1, b * b * self.orientations)
+        if self.norm in ("l1", "l1_sqrt"):
+            out = blocks / (blocks.abs().sum(dim=2, keepdim=True) + EPS)
+            return out.sqrt() if self.norm == "l1_sqrt" else out
+        out = blocks / torch.sqrt(blocks.square().sum(dim=2, keepdim=True) + EPS ** 2)
+        if self.norm == "l2_hys":
+            out = out.clamp_max(HYS_CLIP)
+            out = out / torch.sqrt(out.square().sum(dim=2, keepdim=True) + EPS ** 2)
+        return out
