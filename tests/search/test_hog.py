@@ -7,15 +7,23 @@ gradient of the channel where it is largest, as scikit-image does.
 
 from __future__ import annotations
 
+import contextlib
+import json
+from pathlib import Path
+
 import numpy as np
+import optuna
 import pytest
 import torch
 from skimage.feature import hog as skimage_hog
 from sklearn.datasets import load_digits, load_sample_images
 
+from search import build_model, load_recipe
+from search.cli import main
 from search.trial.hog import Hog
 from spaces import SpaceError
 from spaces.schema import TrialConfig
+from storage import open_storage
 
 # Our names -> scikit-image's block_norm names.
 NORMS = {"l1": "L1", "l1_sqrt": "L1-sqrt", "l2": "L2", "l2_hys": "L2-Hys"}
@@ -100,3 +108,60 @@ def test_hog_is_off_by_default() -> None:
     config = TrialConfig()
     assert (config.hog, config.hog_cell, config.hog_orientations, config.hog_block, config.hog_norm) == (
         False, 4, 9, 2, "l2_hys")
+
+
+HOG_SPACE = """\
+description: one-stage CNNs on digits, with and without HOG features
+params:
+  hog: {type: bool}
+  hog_cell: {type: categorical, choices: [2, 4], when: {hog: true}}
+  depth: 1
+  width: 8
+  epochs: 2
+start:
+  - {hog: true, hog_cell: 2}
+  - {hog: false}
+"""
+
+
+@pytest.mark.slow
+def test_a_cnn_with_hog_trains_is_ablated_exports_and_retrains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
+    monkeypatch.setattr("search.study.local.cpu_threads_per_worker", lambda jobs: 1)
+    (tmp_path / "hog.yaml").write_text(HOG_SPACE)
+    url = f"sqlite:///{tmp_path / 'hog.db'}"
+    assert main(["run", "--study", "hog", "--storage", url, "--dataset", "digits", "--space", "hog.yaml",
+                 "--trials", "4", "--seed", "1", "--keep-checkpoints", "--no-progress"]) == 0
+    study = optuna.load_study(study_name="hog", storage=open_storage(url, heartbeat_interval=None))
+    fused, plain = study.trials[0], study.trials[1]  # the two start points
+    assert fused.state == plain.state == optuna.trial.TrialState.COMPLETE
+    assert fused.user_attrs["config"]["hog"] is True and plain.user_attrs["config"]["hog"] is False
+    assert fused.user_attrs["flops"] > plain.user_attrs["flops"]  # the gradient convs and the wider head
+
+    # The report's ablation has a row for the toggle, as for batch_norm or residual.
+    assert main(["report", "--study", "hog", "--storage", url, "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| hog | True |" in summary
+
+    # Exported, the recipe rebuilds the fused model: the kept weights load into it.
+    out = tmp_path / "recipe"
+    assert main(["export", "--study", "hog", "--storage", url, "--out", str(out), "--trial", "0"]) == 0
+    recipe = load_recipe(out / "recipe.yaml")
+    assert recipe["config"]["hog"] is True and recipe["config"]["hog_cell"] == 2
+    model = build_model(recipe)
+    model.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
+    assert model.hog is not None and model.hog.cell == 2
+
+    # `cnnsearch train --config` retrains it to the trial's result, bit for bit.
+    capsys.readouterr()
+    with contextlib.chdir(tmp_path):
+        assert main(["train", "--config", str(out / "recipe.yaml"), "--out", str(tmp_path / "run"),
+                     "--device", "cpu"]) == 0
+    assert "(the trial's, exactly)" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["val_accuracy"] == fused.user_attrs["val_accuracy"]
+    retrained = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
+    kept = torch.load(out / "weights.pt", weights_only=True)
+    assert retrained.keys() == kept.keys() and all(torch.equal(retrained[k], kept[k]) for k in kept)
