@@ -21,7 +21,7 @@ from sklearn.datasets import load_digits, load_sample_images
 from search import build_model, load_recipe
 from search.cli import main
 from search.trial.hog import Hog
-from spaces import SpaceError
+from spaces import SpaceError, load_space
 from spaces.schema import TrialConfig
 from storage import open_storage
 
@@ -108,6 +108,13 @@ def test_hog_is_off_by_default() -> None:
     config = TrialConfig()
     assert (config.hog, config.hog_cell, config.hog_orientations, config.hog_block, config.hog_norm) == (
         False, 4, 9, 2, "l2_hys")
+
+
+def test_the_default_space_searches_hog_and_starts_from_networks_without_it() -> None:
+    space = load_space("default")
+    assert space.params["hog"].type == "bool"
+    assert space.params["hog_cell"].when == {"hog": (True,)}
+    assert [point["hog"] for point in space.start] == [False, False]
 
 
 HOG_SPACE = """\
