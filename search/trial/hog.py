@@ -105,6 +105,9 @@ class Hog(nn.Module):
         g_row, g_col = g_row.unsqueeze(1), g_col.unsqueeze(1)
         magnitude = torch.hypot(g_row, g_col)
         orientation = torch.rad2deg(torch.atan2(g_row, g_col)) % 180.0
+        # An angle a hair below 0 comes out of `% 180` as 180 - hair, which float32 may round to
+        # 180: the top of no bin. Modulo 180 it is 0 (float64, as in scikit-image, rarely rounds so).
+        orientation = orientation.masked_fill(orientation >= 180.0, 0.0)
         in_bin = (orientation >= self.bin_low) & (orientation < self.bin_high)  # (N, orientations, H, W)
         rows, cols = self.cells[0] * self.cell, self.cells[1] * self.cell
         weighted = (in_bin * magnitude)[:, :, :rows, :cols]

@@ -89,6 +89,14 @@ def test_a_cell_or_block_larger_than_the_image_is_shrunk_with_a_note() -> None:
                                atol=1e-5)
 
 
+def test_a_gradient_just_below_the_horizontal_is_binned_not_lost() -> None:
+    """An angle of -6e-6 degrees is 180 - 6e-6, which float32 rounds to 180: the top of no bin.
+    It belongs to the bin of 0 (orientation is taken modulo 180)."""
+    image = torch.zeros(1, 1, 3, 3)
+    image[0, 0, 0, 1], image[0, 0, 1, 2] = 1e-7, 1.0  # the centre's gradient: -1e-7 down the rows, 1 across
+    features = Hog((1, 3, 3), cell=3, orientations=9, block=1, norm="l1")(image)[0]
+    assert features[0].item() == pytest.approx(1.0, abs=1e-4) and features[1:].sum().item() == 0.0
+
 @pytest.mark.parametrize("partial,message", [
     ({"hog_cell": 0}, "config: hog_cell=0 is not accepted; hog_cell takes an integer in [1, 64]"),
     ({"hog_orientations": 1}, "config: hog_orientations=1 is not accepted; hog_orientations takes an integer in "
