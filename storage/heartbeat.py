@@ -38,11 +38,15 @@ def heartbeat_settings(environ: Mapping[str, str] | None = None) -> dict[str, in
     flags. Unset means the defaults (10 s, grace three intervals); ``0`` turns heartbeats off.
 
     Raises:
-        StorageError: a value that is not a whole number of seconds.
+        StorageError: a value that is not a whole number of seconds, or a grace period not longer
+            than the interval (checked here, so a command refuses it before it creates anything).
     """
     env = os.environ if environ is None else environ
     interval = _seconds(env, INTERVAL_ENV, DEFAULT_INTERVAL)
     grace = _seconds(env, GRACE_ENV, None)
+    if interval and grace is not None and grace <= interval:
+        raise StorageError(f"${GRACE_ENV}={grace} must be longer than the heartbeat interval ({interval} s, "
+                           f"${INTERVAL_ENV}); use e.g. {3 * interval}")
     return {"heartbeat_interval": interval or None, "grace_period": grace}
 
 
