@@ -214,8 +214,8 @@ def _check_writable(path: Path, shown: str) -> None:
     try:
         probe.execute("BEGIN IMMEDIATE")  # the write lock: waits up to the busy timeout for other writers
         probe.execute("ROLLBACK")
-    except sqlite3.OperationalError as error:
-        raise StorageError(f"storage {shown}: {_sqlite_cause(error)}") from None
+    except sqlite3.DatabaseError as error:
+        raise StorageError(f"cannot open storage {shown}: {_sqlite_cause(error)}") from None
     finally:
         probe.close()
 
