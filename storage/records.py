@@ -66,6 +66,7 @@ FAIL_REASONS = {
     "timeout": "over --trial-timeout",
     "error": "crashed (exception)",
     "interrupted": "worker interrupted or killed",
+    "storage": "lost its database mid-trial",
     "constraint": "over --max-params before training",
 }
 """Failure tag -> what it means, in the words the report uses."""
