@@ -129,7 +129,7 @@ def open_storage(
     try:
         storage = _create_rdb_storage(url, engine_kwargs, heartbeat_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-        reason = _short_reason(error, parsed.password)
+        reason = short_reason(error, parsed.password)
         raise StorageError(f"cannot open storage {shown}: {reason}") from error
     except ImportError as error:
         raise StorageError(
@@ -259,8 +259,13 @@ def _heartbeat_settings(heartbeat_interval: int | None, grace_period: int | None
     return {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period, callback_argument: callback}
 
 
-def _short_reason(error: BaseException, password: str | None) -> str:
-    """The driver's own message for ``error`` on one line, without the password."""
+def short_reason(error: BaseException, password: str | None = None) -> str:
+    """The driver's own message for a database error on one line, without ``password``.
+
+    Optuna wraps every failed commit in a ``StorageInternalError`` whose own message blames
+    "invalid data ... e.g. exceeding max length", whatever happened: the real cause is the
+    driver's error underneath (server gone, file locked).
+    """
     cause: BaseException = error
     if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
         cause = error.__cause__

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import optuna
 from optuna.trial import TrialState
 
+from storage.engine import short_reason
 from storage.errors import StorageError
 from storage.periodic import Periodic
 from storage.records import FAIL_MESSAGE, FAIL_REASON, LAST_HEARTBEAT
@@ -99,8 +100,7 @@ class Heartbeat:
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
         except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the trial
-            log.warning("heartbeat for trial id %d not recorded: %s", self._trial_id,
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("heartbeat for trial id %d not recorded: %s", self._trial_id, short_reason(exc))
         return True
 
 

@@ -32,7 +32,7 @@ from search.trial.data import TrialData, prepare_data
 from search.trial.device import resolve_device
 from storage import StorageError, mask_url, open_storage
 from storage.claims import claim_waiting_trial, study_lock
-from storage.engine import DATABASE_LOST
+from storage.engine import DATABASE_LOST, short_reason
 from storage.heartbeat import Heartbeat, fail_stale_trials, heartbeat_settings, queue_retry
 from storage.records import FAIL_MESSAGE, FAIL_REASON, GPU_IDS, STUDY_BUDGET
 from storage.studies import is_original
@@ -293,8 +293,7 @@ class _Outage:
         """Sleep before the next try, or raise StorageError when the database has been gone too long."""
         now = time.monotonic()
         self._since = now if self._since is None else self._since
-        cause = getattr(error.__cause__, "orig", None) or error.__cause__ or error
-        reason = " ".join(str(cause).split()) or type(cause).__name__
+        reason = short_reason(error)
         if now - self._since > STORAGE_OUTAGE_SECONDS:
             raise StorageError(f"storage {self._shown_url} unreachable for {now - self._since:.0f} s "
                                f"(last error: {reason})") from error

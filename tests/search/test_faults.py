@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 
 from search.cli import main
 from tests.support.cli import CLI, clean_env, sigint_default
-from tests.support.workers import FAST_HEARTBEAT, SLOW_SPACE, make_study
+from tests.support.pg import PgCluster
+from tests.support.workers import FAST_HEARTBEAT, SLOW_SPACE, Workers, make_study
 
 
 def _space(workdir: Path, name: str, body: str) -> str:
@@ -295,3 +296,22 @@ def test_the_trial_of_a_killed_worker_is_failed_with_its_reason_and_retried(
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert retry.state == TrialState.COMPLETE
     assert "fail_reason" not in retry.user_attrs
+
+
+@pytest.mark.postgres
+def test_a_database_restart_mid_study_is_one_log_line_and_every_failed_trial_says_why(
+        pg_cluster: PgCluster, workers: Workers) -> None:
+    url = pg_cluster.url
+    name = f"restart-{uuid.uuid4().hex[:8]}"
+    make_study(url, name, SLOW_SPACE, budget=2)
+    procs = [workers.start(name), workers.start(name)]
+    _wait_for_a_running_trial(url, name)
+
+    pg_cluster.restart()  # both workers are mid-trial: their connections die
+
+    logs = [workers.wait(proc, timeout=300) for proc in procs]
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert all(t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL)
+    for log in logs:
+        assert "Traceback" not in log and "max length" not in log, log
