@@ -9,8 +9,9 @@ A recipe (``recipe.yaml`` or ``recipe.json``) holds:
 - ``preprocessing``: channels, how pixels become model input (``x / 255``, then
   ``(x - mean) / std`` per channel, with the training split's statistics), and the
   training-time augmentation keys.
-- ``data``: the dataset name and the exact split (seed, fractions, fingerprint), so a
-  retrain sees the same images.
+- ``data``: the dataset name (an ``imagefolder:`` path absolute, as the study recorded it),
+  the content's fingerprint and the exact split (seed, fractions, fingerprint), so a retrain
+  sees the same images.
 - ``metrics``: what the trial measured (val accuracy, params, FLOPs, latency, time).
 - ``provenance``: study, trial number, seed, space fingerprint, package versions, git
   commit, storage (password masked).
@@ -29,9 +30,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from storage.records import (
     CHECKPOINT,
     CLASSES,
     CONFIG,
+    DATA_FINGERPRINT,
     DEVICE,
     INPUT_SHAPE,
     SEED,
@@ -56,6 +56,7 @@ from storage.records import (
     SPLIT_SIZES,
     STUDY_DATA_DIR,
     STUDY_DATASET,
+    STUDY_DETERMINISTIC,
     STUDY_IMAGE_SIZE,
     STUDY_OBJECTIVES,
     STUDY_SAMPLER,
@@ -64,6 +65,7 @@ from storage.records import (
     STUDY_VERSIONS,
     THREADS,
 )
+from storage.staging import staged_files
 from storage.studies import most_accurate
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ def build_recipe(study: optuna.Study, trial: FrozenTrial, *, mean: list[float], 
             "dataset": attrs.get(STUDY_DATASET),
             "data_dir": attrs.get(STUDY_DATA_DIR),
             "image_size": attrs.get(STUDY_IMAGE_SIZE),
+            "content_fingerprint": attrs.get(DATA_FINGERPRINT),
             "split": {"seed": split.get("seed"), "val_fraction": split.get("val_fraction"),
                       "test_fraction": split.get("test_fraction"), "sizes": split.get("sizes"),
                       "fingerprint": attrs.get(SPLIT_FINGERPRINT)},
@@ -154,6 +157,7 @@ def build_recipe(study: optuna.Study, trial: FrozenTrial, *, mean: list[float], 
             "storage": storage_label,
             "trained_on": trial.user_attrs.get(DEVICE),
             "threads": trial.user_attrs.get(THREADS),
+            "deterministic": bool(attrs.get(STUDY_DETERMINISTIC)),
             "completed": trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
             "exported": dt.datetime.now().isoformat(timespec="seconds"),
             "study_versions": attrs.get(STUDY_VERSIONS) or {},
@@ -192,7 +196,8 @@ def write_export(recipe: dict[str, Any], out_dir: str | Path, fmt: str = "yaml",
 
     Returns the paths written. Existing files of the same names are replaced, except a
     README.md that cnnsearch did not write (the README then goes to README.cnnsearch.md).
-    Nothing is renamed into place until every file is complete. Raises
+    Nothing is renamed into place until every file is complete, and on a failure no
+    temporary file is left (:func:`storage.staging.staged_files`). Raises
     :class:`ReportError` for a bad ``fmt`` or an unwritable ``out_dir``.
     """
     if fmt not in FORMATS:
@@ -201,46 +206,22 @@ def write_export(recipe: dict[str, Any], out_dir: str | Path, fmt: str = "yaml",
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file; give a directory for the recipe")
     recipe = dict(recipe)
-    pending: list[tuple[Path, Path]] = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        if weights is not None:
-            tmp = _temp_name(out, WEIGHTS_FILE)
-            weights(tmp)
-            pending.append((tmp, out / WEIGHTS_FILE))
-            recipe["weights"] = {"file": WEIGHTS_FILE, "format": "state_dict", "sha256": _sha256(tmp),
-                                 "load": f"torch.load('{WEIGHTS_FILE}', weights_only=True)"}
-        recipe_name = f"recipe.{fmt}"
-        text = (yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True) if fmt == "yaml"
-                else json.dumps(recipe, indent=2) + "\n")
-        pending.append((_temp_text(out, recipe_name, text), out / recipe_name))
-        pending.append((_temp_text(out, README_FILE, readme(recipe, recipe_name)), out / _readme_name(out)))
-        for tmp, final in pending:
-            os.replace(tmp, final)
+        with staged_files(out) as staging:
+            if weights is not None:
+                staged_weights = staging.path(WEIGHTS_FILE)
+                weights(staged_weights)
+                recipe["weights"] = {"file": WEIGHTS_FILE, "format": "state_dict", "sha256": _sha256(staged_weights),
+                                     "load": f"torch.load('{WEIGHTS_FILE}', weights_only=True)"}
+            recipe_name = f"recipe.{fmt}"
+            text = (yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True) if fmt == "yaml"
+                    else json.dumps(recipe, indent=2) + "\n")
+            staging.write_text(recipe_name, text)
+            staging.write_text(_readme_name(out), readme(recipe, recipe_name))
+            written = [out / name for name in staging.names]
     except OSError as exc:
-        for tmp, _ in pending:
-            tmp.unlink(missing_ok=True)
         raise ReportError(f"cannot write the recipe to {out}: {exc.strerror or exc}; choose another --out") from exc
-    except BaseException:
-        for tmp, _ in pending:
-            tmp.unlink(missing_ok=True)
-        raise
-    return [final for _, final in pending]
-
-
-def _temp_name(directory: Path, name: str) -> Path:
-    fd, path = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
-    os.close(fd)
-    os.unlink(path)  # download_artifact refuses to overwrite: hand it a free name in the same directory
-    return Path(path)
-
-
-def _temp_text(directory: Path, name: str, text: str) -> Path:
-    fd, path = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path, 0o644)  # mkstemp makes it private; a recipe is for sharing
-    return Path(path)
+    return written
 
 
 def _readme_name(out: Path) -> str:
@@ -295,7 +276,9 @@ def readme(recipe: dict[str, Any], recipe_name: str) -> str:
         "",
         f"    cnnsearch train --config {recipe_name} --out runs/trial{prov['trial']}",
         "",
-        "Same dataset, same split, same seed: on CPU this reproduces the val accuracy above exactly.",
+        "Same dataset, same split, same seed: a trial that ran on the CPU is reproduced exactly on the CPU. "
+        "One that ran on a GPU is reproduced only approximately (other kernels, other random streams), "
+        "exactly only on the same GPU model with `--device cuda` when its study ran with `--deterministic`.",
         "",
         "## Use in Python",
         "",

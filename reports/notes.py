@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shlex
 from collections.abc import Iterable
 
 import optuna
@@ -79,7 +80,7 @@ def study_note(study: optuna.Study, best: list[FrozenTrial], trial_number: int) 
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     context = (f"Study `{study.study_name}`: dataset **{attrs.get('dataset', '?')}**, space "
                f"**{attrs.get('space_name', '?')}**, objectives {goal}. Updated {when}, after trial "
-               f"{trial_number} completed. Full config: `cnnsearch best --study {study.study_name}`.")
+               f"{trial_number} completed. Full config: `cnnsearch best --study {shlex.quote(study.study_name)}`.")
     if len(directions) == 1:
         sections = _single_objective(best[0], objectives[0], context)
     else:

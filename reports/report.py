@@ -2,9 +2,9 @@
 
 :func:`report_context` turns a study (finished or still running) into plain numbers and
 embedded plots; the Jinja2 templates in ``reports/templates`` only lay them out.
-:func:`write_report` writes the three files into a temporary directory next to the
-target and renames it into place, so a reader never finds a half-written report and an
-older report stays whole until the new one is complete.
+:func:`write_report` writes the three files into a temporary folder and renames each
+into place, so a reader never finds a half-written file, an older report stays whole
+until the new one is complete, and other files in the folder are never touched.
 
 The final evaluation (retraining the top configs and testing them) runs in ``search``,
 which hands its results to :func:`report_context` as a plain dict (``final_eval``):
@@ -14,14 +14,14 @@ reports never trains a model.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import logging
 import math
 import os
-import shutil
-import tempfile
+import re
+import shlex
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +36,7 @@ from reports import plots
 from reports.ablation import ablation, trial_accuracy
 from reports.errors import ReportError
 from reports.summary import format_value
+from storage.names import check_study_name
 from storage.records import (
     CLASSES,
     CONFIG,
@@ -58,6 +59,7 @@ from storage.records import (
     STUDY_VERSIONS,
     TRAIN_SECONDS,
 )
+from storage.staging import staged_files
 from storage.studies import best_trials
 
 log = logging.getLogger(__name__)
@@ -76,21 +78,25 @@ Accuracy = Callable[[FrozenTrial], float]
 """Validation accuracy of a completed trial, as the plots and importances read it."""
 
 def default_out_dir(study_name: str) -> Path:
-    """``cnnsearch-reports/<study>/`` under the working directory."""
-    return Path.cwd() / REPORTS_DIR / study_name
+    """``cnnsearch-reports/<study>/`` under the working directory.
+
+    Raises :class:`~storage.errors.StudyNameError` for a name that is not one folder name
+    (empty, ``..``, holding ``/``), so a report never lands outside ``cnnsearch-reports/``.
+    """
+    return Path.cwd() / REPORTS_DIR / check_study_name(study_name)
 
 
 def write_report(study: optuna.Study, out_dir: str | Path, *, final_eval: dict[str, Any] | None = None,
                  top_k: int = TOP_K, storage_label: str | None = None) -> Path:
     """Write ``index.html``, ``summary.md`` and ``trials.csv`` of ``study`` into ``out_dir``; return it.
 
-    ``out_dir`` is replaced as a whole: it must be new, empty, or a previous report
-    (holding ``index.html``), so a mistyped ``--out`` never deletes a user's folder.
-    ``storage_label`` is shown as where the study lives (pass a masked URL). Raises
-    :class:`ReportError` (one line) when ``out_dir`` cannot be written.
+    ``out_dir`` must be new, empty, or a previous report of this study; only the three
+    files are replaced, anything else in it is left as it is. ``storage_label`` is shown
+    as where the study lives (pass a masked URL). Raises :class:`ReportError` (one line)
+    when ``out_dir`` cannot be written.
     """
     started = time.perf_counter()
-    out = check_out_dir(out_dir)
+    out = check_out_dir(out_dir, study.study_name)
     context = report_context(study, final_eval=final_eval, top_k=top_k, storage_label=storage_label)
     env = _environment()
     files: dict[str, str] = {
@@ -98,7 +104,13 @@ def write_report(study: optuna.Study, out_dir: str | Path, *, final_eval: dict[s
         "summary.md": env.get_template("summary.md.j2").render(**context),
         "trials.csv": trials_frame(study).to_csv(index=False),
     }
-    _write_atomically(out, files)
+    try:
+        with staged_files(out) as staging:
+            for name, text in files.items():
+                staging.write_text(name, text)
+    except OSError as exc:
+        raise ReportError(f"cannot write the report to {out}: {exc.strerror or exc}; "
+                          "choose another --out") from exc
     log.info("report of study %r written to %s in %.1f s", study.study_name, out, time.perf_counter() - started)
     return out
 
@@ -407,6 +419,7 @@ def _environment():
     env.filters["ci"] = lambda ci: "" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
     env.filters["signed"] = lambda v: "-" if v is None else f"{v:+.4f}"
     env.filters["md"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    env.filters["shell"] = shlex.quote  # a name inside a command line the reader may paste
     return env
 
 
@@ -428,50 +441,48 @@ def _plus_minus(stats: dict[str, Any] | None, digits: int = 4) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-def check_out_dir(out_dir: str | Path) -> Path:
-    """The absolute report directory, once it is known a report can be written there.
+def check_out_dir(out_dir: str | Path, study_name: str) -> Path:
+    """The absolute report directory, once it is known the report of ``study_name`` can be written there.
 
-    Checks what :func:`write_report` will need (a new, empty or previous-report directory
-    whose parent can hold a temporary sibling) without changing anything, so a long final
-    evaluation is not run for a report that cannot be written. Raises :class:`ReportError`.
+    Checks what :func:`write_report` will need (a new or empty directory, or a previous
+    report of this study, that can hold a temporary folder) without changing anything, so
+    a long final evaluation is not run for a report that cannot be written. A folder with
+    other files, or another study's report, is refused rather than mixed with this one.
+    Raises :class:`ReportError`.
     """
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file, not a directory; give a directory for the report")
     if out.is_dir():
         try:
-            foreign = any(out.iterdir()) and not (out / "index.html").is_file()
+            empty = not any(out.iterdir())
         except OSError as exc:
             raise ReportError(f"cannot read --out {out}: {exc.strerror or exc}; choose another --out") from exc
-        if foreign:
-            raise ReportError(f"--out {out} holds files that are not a cnnsearch report (no index.html); "
-                              "give a new or empty directory, or a previous report's")
-    parent = next((p for p in out.parents if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ReportError(f"cannot write the report to {out}: {parent} is not a writable directory; "
+        owner = None if empty else _report_study(out)
+        if not empty and owner is None:
+            raise ReportError(f"--out {out} holds files that are not a cnnsearch report (no index.html written by "
+                              "cnnsearch); give a new or empty directory, or a previous report of this study")
+        if owner is not None and owner != study_name:
+            raise ReportError(f"--out {out} holds the report of study {owner!r}, not of {study_name!r}; give a new "
+                              "or empty directory, or a previous report of this study")
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ReportError(f"cannot write the report to {out}: {existing} is not a writable directory; "
                           "choose another --out")
     return out
 
 
-def _write_atomically(out: Path, files: dict[str, str]) -> None:
-    """Write ``files`` into a temporary sibling of ``out``, then swap it in by rename."""
-    parent = out.parent
-    tmp: Path | None = None
+_TITLE = re.compile(r"<title>cnnsearch report: (.*?)</title>", re.S)
+
+
+def _report_study(out: Path) -> str | None:
+    """The study whose cnnsearch report ``out`` holds (the title of its ``index.html``), else None."""
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; a report is for reading
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            old = parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except OSError as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise ReportError(f"cannot write the report to {out}: {exc.strerror or exc}; "
-                          "choose another --out") from exc
+        with (out / "index.html").open(encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)  # the title is in the first lines; the plots after it can be megabytes
+    except OSError:
+        return None
+    match = _TITLE.search(head)
+    if '<meta name="generator" content="cnnsearch">' not in head or match is None:
+        return None
+    return html.unescape(match.group(1))

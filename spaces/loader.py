@@ -3,6 +3,7 @@
 A space file is a mapping::
 
     description: one line shown by `cnnsearch spaces`       # optional
+    full_grid: true      # optional: meant to run every grid point (`--sampler auto` runs the grid)
     params:
       lr: {type: float, low: 1.0e-4, high: 0.1, log: true}  # optional step (not with log)
       batch_size: {type: categorical, choices: [32, 64, 128]}
@@ -35,7 +36,7 @@ from spaces.errors import SpaceError
 from spaces.schema import CONFIG_KEYS, check_value, unknown_key_message
 from spaces.space import Param, Space, dependency_order, same_value, step_count
 
-TOP_KEYS = ("description", "params", "start")
+TOP_KEYS = ("description", "params", "start", "full_grid")
 SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "float": ("type", "low", "high", "log", "step", "when"),
     "int": ("type", "low", "high", "log", "step", "when"),
@@ -45,6 +46,8 @@ SPEC_KEYS: dict[str, tuple[str, ...]] = {
 }
 SCALARS = (str, int, float, bool, type(None))
 MAX_CHECKED_VALUES = 10_000  # an int range over a key with a fixed set of choices is checked value by value
+MAX_YAML_SIZE = 1_000_000
+"""Largest YAML document read, in values plus characters after aliases are expanded (space files are ~2 KB)."""
 
 # Text PyYAML leaves as a string although a user meant a number: 1e-4, 1.0e4 (YAML 1.1 floats need
 # a dot and a signed exponent).
@@ -76,7 +79,7 @@ def load_space(ref: str | os.PathLike, strict: bool = True) -> Space:
     if not looks_like_path and text in preset_names():
         source = text
         content = importlib.resources.files("spaces.presets").joinpath(f"{text}.yaml").read_text("utf-8")
-        return parse_space(_parse_yaml(content, source), source=source, strict=strict, name=text)
+        return parse_space(load_yaml(content, source), source=source, strict=strict, name=text)
     path = Path(text)
     if not path.is_file():
         what = "space file not found" if looks_like_path or path.exists() else "unknown space"
@@ -87,7 +90,7 @@ def load_space(ref: str | os.PathLike, strict: bool = True) -> Space:
     except (OSError, UnicodeDecodeError) as err:
         raise SpaceError(f"{text}: cannot read the space file ({err}); give a readable UTF-8 YAML file"
                          ) from None
-    return parse_space(_parse_yaml(content, text), source=text, strict=strict, name=path.stem)
+    return parse_space(load_yaml(content, text), source=text, strict=strict, name=path.stem)
 
 
 def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = True, *,
@@ -118,6 +121,10 @@ def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = Tr
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise SpaceError(f"{source}: description={_preview(description)} is not text; give one line of text")
+    full_grid = data.get("full_grid", False)
+    if not isinstance(full_grid, bool):
+        raise SpaceError(f"{source}: full_grid={_preview(full_grid)} is not true or false; give full_grid: true "
+                         "for a space meant to run every point of its grid")
 
     params: dict[str, Param] = {}
     fixed: dict[str, Any] = {}
@@ -145,8 +152,11 @@ def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = Tr
                          ) from None
     ordered = {n: params[n] for n in dependency_order(list(params), deps)}
     start = _parse_start(source, data.get("start"), ordered)
-    return Space(name=name, source=source, description=" ".join(description.split()), params=ordered,
-                 fixed=fixed, strict=strict, start=start)
+    space = Space(name=name, source=source, description=" ".join(description.split()), params=ordered,
+                  fixed=fixed, strict=strict, start=start, full_grid=full_grid)
+    if full_grid:
+        space.grid_size()  # a full grid needs a finite one: refused here, named, before any study
+    return space
 
 
 def _parse_start(source: str, raw: Any, params: Mapping[str, Param]) -> list[dict[str, Any]]:
@@ -207,9 +217,22 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
-def _parse_yaml(text: str, source: str) -> Any:
+def load_yaml(text: str, source: str) -> Any:
+    """The data of one YAML document, read safely: no Python objects, no key given twice, no alias bomb.
+
+    Aliases (``*name``) repeat what their anchor (``&name``) holds; nested, a few lines of
+    them stand for billions of values that only expand when the data is used (printed,
+    hashed, compared). So the document is measured, as it would expand, before it is
+    built, and refused beyond :data:`MAX_YAML_SIZE`. Shared by space files and recipes.
+    Raises :class:`SpaceError`: one line starting with ``source``.
+    """
+    loader = _UniqueKeyLoader(text)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, source)
+        return loader.construct_document(node)
     except _DuplicateKeyError as err:
         raise SpaceError(f"{source}: line {err.problem_mark.line + 1}: {err.problem}; give each key once"
                          ) from None
@@ -217,10 +240,44 @@ def _parse_yaml(text: str, source: str) -> Any:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = " ".join(str(err.problem or err.context or "unreadable").split())
-        raise SpaceError(f"{source}: YAML syntax error{where}: {problem}; the file must be valid YAML"
+        raise SpaceError(f"{source}: YAML syntax error{where}: {problem}; the file is not valid YAML"
                          ) from None
     except yaml.YAMLError as err:
         raise SpaceError(f"{source}: YAML syntax error: {' '.join(str(err).split())}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expanded_size(root: yaml.Node, source: str) -> None:
+    """Refuse a document that, with its aliases expanded, exceeds :data:`MAX_YAML_SIZE` (or contains itself).
+
+    Each node is measured once (an alias is the same node object as its anchor), so this
+    takes time in the size of the text, not of the expansion.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            open_nodes.discard(id(node))
+            own = len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            sizes[id(node)] = min(1 + own + sum(sizes[id(c)] for c in children), MAX_YAML_SIZE + 1)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise SpaceError(f"{source}: line {node.start_mark.line + 1}: an alias refers to the anchor it is "
+                             "inside of, so the data would contain itself; write the values out")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    if sizes[id(root)] > MAX_YAML_SIZE:
+        raise SpaceError(f"{source}: the YAML expands to more than {MAX_YAML_SIZE:,} values and characters once "
+                         "its aliases (*name) repeat what their anchors (&name) hold; cnnsearch reads nothing "
+                         "that large: write the values out, without nested aliases")
 
 
 # --- one parameter ----------------------------------------------------------------------

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import optuna.artifacts
 from sqlalchemy.engine import make_url
 
 from storage.errors import StorageError
+from storage.staging import staged_files
 from storage.urls import normalize_scheme
 
 ARTIFACTS_ENV = "CNNSEARCH_ARTIFACTS"
@@ -18,7 +20,7 @@ DEFAULT_ARTIFACTS = "cnnsearch-artifacts"
 """The artifact directory, relative to the working directory, when nothing else names one."""
 
 
-def artifact_store_for(url: str, root: str | Path | None = None) -> optuna.artifacts.FileSystemArtifactStore:
+def artifact_store_for(url: str, root: str | Path | None = None) -> WholeFileArtifactStore:
     """The artifact store for the study database at ``url``; its directory is created.
 
     The directory is, first match wins: ``root`` if given; for ``sqlite:///DIR/NAME.db``,
@@ -36,7 +38,25 @@ def artifact_store_for(url: str, root: str | Path | None = None) -> optuna.artif
             f"cannot create artifact directory {directory}: {error.strerror or error}; "
             f"choose another with ${ARTIFACTS_ENV}"
         ) from error
-    return optuna.artifacts.FileSystemArtifactStore(str(directory))
+    return WholeFileArtifactStore(directory)
+
+
+class WholeFileArtifactStore(optuna.artifacts.FileSystemArtifactStore):
+    """Optuna's file-system artifact store, writing each artifact whole or not at all.
+
+    Optuna's own store writes straight into the artifact's file, so a full disk or
+    ``ulimit -f`` leaves a truncated checkpoint under a valid id; this one stages it
+    (:func:`storage.staging.staged_files`) and renames it into place when complete.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.directory = directory
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        with staged_files(self.directory) as staging:
+            staged = staging.path(artifact_id)
+            optuna.artifacts.FileSystemArtifactStore(staged.parent).write(artifact_id, content_body)
 
 
 def _artifact_directory(url: str, root: str | Path | None) -> Path:

@@ -41,10 +41,10 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from storage.errors import StorageError
-from storage.urls import ACCEPTED_URLS, POSTGRES_SCHEME, mask_url, normalize_scheme
+from storage.urls import ACCEPTED_URLS, POSTGRES_SCHEME, mask_url, normalize_scheme, parse_storage_url
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +111,7 @@ def open_storage(
     """
     url = normalize_scheme(url.strip())
     shown = mask_url(url)
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise StorageError(f"storage URL {shown!r} is not a URL; expected {ACCEPTED_URLS}") from None
+    parsed = parse_storage_url(url)
 
     if parsed.drivername == "sqlite":
         url, engine_kwargs = _sqlite_settings(parsed, shown, read_only)

@@ -44,6 +44,7 @@ VAL_ACCURACY = "val_accuracy"
 PARAMS = "params"
 LATENCY_MS = "latency_ms"
 TRAIN_SECONDS = "train_seconds"
+EPOCHS_RUN = "epochs_run"
 CURVES = "curves"
 """Per-epoch ``val_accuracy``, ``val_loss``, ``train_loss`` and ``lr`` lists."""
 LIVE_CURVE = "val_accuracy_curve"
@@ -68,6 +69,7 @@ FAIL_REASONS = {
     "interrupted": "worker interrupted or killed",
     "storage": "lost its database mid-trial",
     "constraint": "over --max-params before training",
+    "memory": "too big for the worker's memory before training",
 }
 """Failure tag -> what it means, in the words the report uses."""
 
@@ -80,6 +82,7 @@ STUDY_SAMPLER = "sampler"
 STUDY_PRUNER = "pruner"
 STUDY_SEED = "seed"
 STUDY_BUDGET = "budget"
+STUDY_MAX_PARAMS = "max_params"
 STUDY_SPACE = "space"
 """The space's definition, as its YAML mapping."""
 STUDY_SPACE_NAME = "space_name"
@@ -89,11 +92,15 @@ STUDY_SPLIT = "split"
 """The split's seed and fractions."""
 STUDY_VERSIONS = "versions"
 """Package versions at creation (python, cnnsearch, torch, torchvision, optuna)."""
+STUDY_DETERMINISTIC = "deterministic"
+"""Whether its trials train with deterministic kernels (``run --deterministic``): GPU trials then replay."""
 
 # --- study user attrs: what the first worker found in the data -----------------------------------
 SPLIT_FINGERPRINT = "split_fingerprint"
 SPLIT_SIZES = "split_sizes"
 """The split's seed, fractions, part sizes and fingerprint."""
+DATA_FINGERPRINT = "data_fingerprint"
+"""The images' content (pixels, labels, class names): a worker with other data under the same names is refused."""
 CLASSES = "classes"
 INPUT_SHAPE = "input_shape"
 

@@ -11,13 +11,15 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from storage.errors import StorageError
+from storage.names import check_study_name
 from storage.records import CONSTRAINTS, RETRY_OF, VAL_ACCURACY
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    """Open study ``name`` or raise :class:`StorageError` listing the studies there are."""
+    """Open study ``name`` or raise :class:`StorageError` listing the studies there are (or saying why
+    ``name`` cannot be a study name: :func:`storage.names.check_study_name`)."""
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=check_study_name(name), storage=storage)
     except KeyError:
         names = sorted(s.study_name for s in storage.get_all_studies())
         listing = ", ".join(names) if names else "none"

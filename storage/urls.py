@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+from urllib.parse import unquote
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from storage.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///cnnsearch.db"
 """A SQLite file in the working directory: no server needed."""
@@ -30,9 +34,10 @@ ACCEPTED_URLS = (
 _POSTGRES_ALIASES = ("postgresql", "postgres")
 
 _QUERY_PASSWORD = re.compile(r"(?i)(\bpassword=)[^&\s]*")
-# Fallback for strings SQLAlchemy cannot parse or parses wrongly (an unescaped "@" in the
-# password): everything between "user:" and the last "@" is hidden, even if that hides too much.
-_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*:).*@")
+
+ESCAPE_HINT = ("percent-escape special characters in the user and password (@ as %40, / as %2F, : as %3A, "
+               "? as %3F, # as %23, % as %25), or leave the password out of the URL and set $PGPASSWORD")
+"""How to write a password that holds characters a URL gives a meaning to."""
 
 
 def resolve_storage_url(flag: str | None) -> str:
@@ -57,20 +62,62 @@ def normalize_scheme(url: str) -> str:
     return url
 
 
+def parse_storage_url(url: str) -> URL:
+    """``url`` with its scheme normalized (:func:`normalize_scheme`), parsed as SQLAlchemy and the driver read it.
+
+    Raises :class:`StorageError` (one line, the password masked) for text that is not a URL,
+    a port that is not a number, or a user part that the driver would split elsewhere than
+    at its last ``@`` (an unescaped ``@`` in the password: part of it would be taken for the host).
+    """
+    url = normalize_scheme(url.strip())
+    shown = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(f"storage URL {shown!r} is not a URL; expected {ACCEPTED_URLS}") from None
+    except ValueError:  # SQLAlchemy reads the port with int(): "db:port", "[::1" (no closing bracket)
+        raise StorageError(f"storage URL {shown!r}: the host or port cannot be read (a port is a number, an IPv6 "
+                           f"host is written in brackets: [::1]:5432); expected {ACCEPTED_URLS}") from None
+    split = _split_user_part(url)
+    if split is not None:
+        user, password = split[1]
+        if unquote(user) != (parsed.username or "") or (password is not None
+                                                        and unquote(password) != (parsed.password or "")):
+            raise StorageError(f"storage URL {shown!r}: the user or password holds an unescaped character that "
+                               f"ends it early; {ESCAPE_HINT}")
+    return parsed
+
+
 def mask_url(url: str) -> str:
     """``url`` with any password (in the user part or a ``password=`` parameter) shown as ``***``.
 
-    Safe to put in logs and error messages. Never raises: a string that is not a URL is masked
-    by pattern, hiding more rather than less.
+    The user part ends at the last ``@`` before the host, so all of a password is hidden
+    even when it holds an unescaped ``@`` or ``/``. Safe to put in logs and error messages.
+    Never raises: a string that is not a URL is masked by pattern, hiding more rather than less.
     """
     text = str(url)
-    try:
-        parsed = make_url(text)
-        if parsed.host is not None and "@" in parsed.host:
-            # "user:p@ss@host" parses with password "p" and host "ss@host": part of the password
-            # would be shown.
-            raise ValueError("unescaped @ in the user part")
-        shown = parsed.render_as_string(hide_password=True)
-    except Exception:  # the contract is "never raises": fall back to patterns
-        shown = _USERINFO_PASSWORD.sub(r"\1***@", text)
-    return _QUERY_PASSWORD.sub(r"\1***", shown)
+    split = _split_user_part(text)
+    if split is not None:
+        (scheme, rest), (user, password) = split
+        if password is not None:
+            text = f"{scheme}://{user}:***@{rest}"
+        try:
+            # SQLAlchemy's rendering, for its canonical form (sorted query); the password is already gone.
+            text = make_url(text).render_as_string(hide_password=True)
+        except Exception:  # the contract is "never raises": keep the text masked by hand
+            pass
+    return _QUERY_PASSWORD.sub(r"\1***", text)
+
+
+def _split_user_part(url: str) -> tuple[tuple[str, str], tuple[str, str | None]] | None:
+    """``((scheme, after the user part), (user, password or None))`` of a URL with a user part, else None.
+
+    The user part ends at the last ``@``: a password cannot hold an unescaped ``@`` that
+    ends it, while the host, port and database name never hold one.
+    """
+    scheme, separator, rest = url.partition("://")
+    user_part, at, after = rest.rpartition("@")
+    if not separator or not at or rest.startswith("/"):  # sqlite:///PATH has no user part, its path may hold "@"
+        return None
+    user, colon, password = user_part.partition(":")
+    return (scheme, after), (user, password if colon else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,96 @@ def test_status_of_an_unknown_study_lists_the_studies_there(workdir: Path, capsy
     capsys.readouterr()
     line = _fails(capsys, ["status", "--study", "nope"])
     assert "'nope'" in line and "real" in line
+
+
+@pytest.mark.parametrize("dataset, size", [("digits", 100_000), ("images", 1_000_000)])
+def test_image_size_beyond_host_memory_is_refused_with_the_figures(workdir: Path, capsys: pytest.CaptureFixture,
+                                                                   dataset: str, size: int) -> None:
+    if dataset == "images":
+        _images(workdir / "images", {"a": 6, "b": 6})
+        dataset = f"imagefolder:{workdir / 'images'}"
+    line = _fails(capsys, ["run", "--study", "s", "--dataset", dataset, "--image-size", str(size), "--trials", "1"])
+    assert re.search(rf"at image_size {size}: \d+ images of \dx{size}x{size} need [\d.]+ TB of host memory", line)
+    assert re.search(r"[\d.]+ [kMGT]?B is available here; give a smaller --image-size", line)
+    _nothing_written(workdir)
+
+
+TINY_SPACE = "params:\n  epochs: 1\n  width: 4\n  depth: 1\n"
+
+
+@pytest.mark.slow
+def test_worker_whose_images_differ_from_the_studys_is_refused(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    (workdir / "tiny.yaml").write_text(TINY_SPACE)
+    _images(workdir / "images", {"a": 10, "b": 10})
+    assert main(["run", "--study", "s", "--dataset", "imagefolder:images", "--space", "tiny.yaml", "--trials", "1",
+                 "--no-progress"]) == 0
+    for i, png in enumerate(sorted((workdir / "images").rglob("*.png"))):  # other pictures, same names and counts
+        Image.new("L", (12, 12), color=255 - i).save(png)
+    capsys.readouterr()
+    line = _fails(capsys, ["worker", "--study", "s", "--trials", "1"])
+    assert f"dataset 'imagefolder:{workdir / 'images'}' here holds other images than study 's'" in line
+    line = _fails(capsys, ["run", "--study", "s", "--dataset", "imagefolder:images", "--space", "tiny.yaml",
+                           "--trials", "2", "--no-progress"])
+    assert "holds other images" in line
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("", "empty"),
+    ("../../x", "'/'"),
+    ("/abs/path", "'/'"),
+    ("..", "'..'"),
+    ("a\\b", "'\\\\'"),
+    ("a\nb", "control character"),
+    ("s" * 10_000, "10000 bytes"),
+])
+@pytest.mark.parametrize("command", [
+    ["run", "--trials", "1", "--dataset", "digits"], ["worker"], ["status"], ["best"], ["report"],
+    ["export", "--out", "exported"],
+])
+def test_a_study_name_that_cannot_be_a_folder_name_is_refused_before_anything_is_written(
+        workdir: Path, capsys: pytest.CaptureFixture, command: list[str], name: str, said: str) -> None:
+    line = _fails(capsys, [*command, "--study", name])
+    assert "--study" in line and said in line
+    assert len(line) < 400  # a 10,000-character name is not echoed whole
+    _nothing_written(workdir)
+
+
+def test_a_bad_warm_start_study_name_is_refused_before_anything_is_written(workdir: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    line = _fails(capsys, ["run", "--study", "s", "--trials", "1", "--warm-start", "../old"])
+    assert "--warm-start" in line and "'/'" in line
+    _nothing_written(workdir)
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("postgresql://u@[::1/db", "port"),
+    ("postgresql://u@db.example:port/db", "port"),
+])
+def test_an_unreadable_storage_url_is_one_line(workdir: Path, capsys: pytest.CaptureFixture, url: str,
+                                               said: str) -> None:
+    line = _fails(capsys, ["status", "--study", "s", "--storage", url])
+    assert said in line
+    _nothing_written(workdir)
+
+
+def test_a_password_with_an_unescaped_at_is_refused_without_showing_any_of_it(workdir: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    password = "Str/ng@ngPw-Zeta9"
+    for argv in (["status", "--study", "s"], ["run", "--study", "s", "--dataset", "digits", "--trials", "1"]):
+        line = _fails(capsys, [*argv, "--storage", f"postgresql://cns:{password}@127.0.0.1:9/cnnsearch"])
+        for part in ("Str", "ng@", "ngPw", "Zeta9"):
+            assert part not in line
+        assert "cns:***@127.0.0.1:9/cnnsearch" in line and "%40" in line and "$PGPASSWORD" in line
+    _nothing_written(workdir)
+
+
+def test_the_report_command_printed_by_run_is_safe_to_paste(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    import shlex
+
+    name = "$(touch pwned) it's"
+    (workdir / "q.yaml").write_text("params:\n  epochs: 1\n  width: 4\n  depth: 1\n")
+    assert main(["run", "--study", name, "--dataset", "digits", "--space", "q.yaml", "--trials", "1",
+                 "--no-progress"]) == 0
+    (hint,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("report: ")]
+    command = hint.removeprefix("report: ").split("   ")[0]
+    assert shlex.split(command) == ["cnnsearch", "report", "--study", name]

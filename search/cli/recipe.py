@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_INT, Command, storage_arg
+from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_INT, Command, storage_arg, study_arg
 
 
 def add_export_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True)
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--out", required=True, help="directory for recipe.yaml|json, weights.pt and README.md")
     p.add_argument("--trial", type=NON_NEGATIVE_INT, help="trial number (default: the best completed trial)")
@@ -35,7 +35,11 @@ def add_train_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--data-dir", help="where this machine keeps the recipe's torchvision dataset")
     p.add_argument("--out", help="directory for weights.pt and metrics.json (default: cnnsearch-train/STUDY-trialN/)")
     p.add_argument("--device", default="cpu",
-                   help="cpu (default: reproduces the trial exactly) | auto | cuda | cuda:N")
+                   help="cpu (default: replays a trial that ran on the CPU exactly; one that ran on a GPU only "
+                        "approximately) | auto | cuda | cuda:N")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (the default for a recipe from a `run --deterministic` study): "
+                        "on the GPU model a trial ran on, it is then replayed exactly")
     p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads (default: as many as the trial used)")
     p.add_argument("--final", action="store_true",
                    help="train on train+val and report test accuracy, instead of reproducing the trial on val")
@@ -44,13 +48,19 @@ def add_train_args(p: argparse.ArgumentParser) -> Command:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from search.results.recipe import load_recipe, save_trained, train_recipe
-    from search.trial.device import resolve_device
+    from search.trial.device import resolve_device, use_deterministic_kernels
+    from storage.names import check_study_name
 
     recipe = load_recipe(args.config)
     prov = recipe.get("provenance") or {}
-    default_out = Path("cnnsearch-train") / f"{prov.get('study', 'recipe')}-trial{prov.get('trial', '')}"
-    out = Path(args.out) if args.out else default_out
+    if args.out:
+        out = Path(args.out)
+    else:  # the recipe's study name becomes a folder name: refused if it would be a path
+        study = check_study_name(str(prov.get("study", "recipe")))
+        out = Path("cnnsearch-train") / f"{study}-trial{prov.get('trial', '')}"
     device = resolve_device(args.device)
+    if args.deterministic or prov.get("deterministic"):
+        use_deterministic_kernels()
     stage = "final" if args.final else "search"
     model, metrics = train_recipe(recipe, data_dir=args.data_dir, device=device, stage=stage, threads=args.threads)
     # In the final stage the held-out part the trainer calls "val" is the test split.
@@ -67,6 +77,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                        else f" (the trial had {recorded:.4f}: {acc - recorded:+.4f})")
         print(f"retrained trial #{prov.get('trial')} of study {prov.get('study')!r} in "
               f"{metrics.train_seconds:.1f} s on {device}: val accuracy {acc:.4f}{verdict}")
+        if caveat := replay_caveat(prov.get("trained_on"), str(device), bool(prov.get("deterministic"))):
+            print(caveat)
     for path in files:
         print(f"wrote {path}")
     return 0
+
+
+def replay_caveat(trained_on: str | None, device: str, deterministic: bool) -> str | None:
+    """Why retraining on ``device`` cannot match a trial that ran on a GPU; None when it can."""
+    if not trained_on or not trained_on.startswith("cuda"):
+        return None
+    exact = "the same GPU model with --device cuda, for a trial of a study run with --deterministic"
+    if not device.startswith("cuda"):
+        return (f"note: the trial ran on {trained_on}; a replay on {device} matches it only approximately "
+                f"(other kernels, other random streams); it replays exactly only on {exact}")
+    if not deterministic:
+        return (f"note: the trial ran on {trained_on} with nondeterministic GPU kernels; a replay matches it only "
+                f"approximately; it replays exactly only on {exact}")
+    return None

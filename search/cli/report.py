@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_INT, Command, storage_arg
+from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_INT, Command, storage_arg, study_arg
 
 
 def add_report_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True)
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--out", help="report directory (default: cnnsearch-reports/STUDY/ under the working directory)")
     p.add_argument("--top", type=POSITIVE_INT, default=10, help="rows of the top-trials table (default 10)")
@@ -29,7 +29,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     url = resolve_storage_url(args.storage)
     study = load_study(open_storage(url, heartbeat_interval=None, read_only=True), args.study)
-    out = check_out_dir(args.out or default_out_dir(args.study))
+    out = check_out_dir(args.out or default_out_dir(args.study), args.study)
     final = None
     if args.final_eval:
         from search.results.final_eval import final_evaluation

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import TYPE_CHECKING
 
-from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, Command, storage_arg, usage
+from search.cli.flags import (
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    Command,
+    storage_arg,
+    study_arg,
+    study_name,
+    usage,
+)
 from search.cli.studies import no_best, print_best
 from search.trial.errors import CnnSearchError
 
@@ -14,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def add_run_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True, help="study name")
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--space", default="default", help="a preset name (see `cnnsearch spaces`) or a YAML file")
     p.add_argument("--dataset", default="mnist5k", help="dataset name (see `cnnsearch datasets`)")
@@ -33,7 +43,8 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--jobs", type=int, help="local worker processes (default 1; same as --workers)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the sampler and the trials")
     p.add_argument("--split-seed", type=NON_NEGATIVE_INT, default=0, help="seed of the train/val/test split")
-    p.add_argument("--warm-start", metavar="STUDY", help="enqueue the best configs of this study first")
+    p.add_argument("--warm-start", metavar="STUDY", type=study_name,
+                   help="enqueue the best configs of this study first")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--max-params", type=POSITIVE_INT, help="constraint: at most this many parameters")
     p.add_argument("--max-latency-ms", type=POSITIVE_FLOAT, help="constraint: at most this latency (ms/image)")
@@ -42,6 +53,9 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
                    help="keep each completed trial's weights and learning curve in the artifact store "
                         "(`cnnsearch export` then ships the weights with the recipe)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--deterministic", action="store_true",
+                   help="every worker trains with deterministic kernels (slower on GPUs): GPU trials can then be "
+                        "replayed exactly by `cnnsearch train --device cuda` on the same GPU model")
     _backend_args(p)
     return cmd_run
 
@@ -87,7 +101,7 @@ def _ray_options(args: argparse.Namespace, workers: int) -> RayOptions | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER
+    from search.study.samplers import default_pruner, resolve_sampler
     from search.study.spec import StudySpec
     from spaces import load_space
     from storage.heartbeat import heartbeat_settings
@@ -95,18 +109,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     heartbeat_settings()  # the workers read it when they start: refused now, before the study is created
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
-    if args.trials is None and args.timeout is None and args.sampler != "grid":
-        return usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
     space = load_space(args.space)
+    sampler = resolve_sampler(args.sampler, space)
+    if args.trials is None and args.timeout is None and sampler != "grid":
+        return usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
     spec = StudySpec(
         space=space, dataset=args.dataset, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
-        sampler=args.sampler or DEFAULT_SAMPLER, pruner=args.pruner or DEFAULT_PRUNER, seed=args.seed,
+        sampler=sampler, pruner=args.pruner or default_pruner(sampler), seed=args.seed,
         image_size=args.image_size, split_seed=args.split_seed, data_dir=args.data_dir,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial_timeout=args.trial_timeout,
         max_failures=args.max_failures, budget=args.trials, keep_checkpoints=args.keep_checkpoints,
+        deterministic=args.deterministic,
     )
     if spec.sampler == "grid":
         space.grid()  # refuses a space without a finite grid before anything is created
+        if args.trials is not None and args.trials > (size := space.grid_size()):
+            print(f"--trials {args.trials} is more than the grid's {size} points: each point runs once, "
+                  f"{size} trials")
     from search.study.local import run_study
     from search.study.signals import stop_on_sigterm
 
@@ -129,15 +148,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  worker {w.worker}: {w.error or w.counts} ({w.stopped_because})")
     best = best_records(study, 1)
     if not best:
-        print(no_best(counts["COMPLETE"]))
+        print(no_best(study))
         return 0
     print_best(best)
-    print(f"\nreport: cnnsearch report --study {args.study}   (writes cnnsearch-reports/{args.study}/)")
+    # Quoted: the line is for pasting into a shell, and a study name may hold $(...) or quotes.
+    print(f"\nreport: cnnsearch report --study {shlex.quote(args.study)}   "
+          f"(writes cnnsearch-reports/{args.study}/)")
     return 0
 
 
 def add_worker_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True)
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--trials", type=POSITIVE_INT, help="stop after this many trials of this worker")
     p.add_argument("--timeout", type=POSITIVE_FLOAT, help="stop starting new trials after this many seconds")

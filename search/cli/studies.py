@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from search.cli.flags import POSITIVE_INT, Command, print_json, storage_arg
+from search.cli.flags import POSITIVE_INT, Command, print_json, storage_arg, study_arg
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def _open_study(args: argparse.Namespace):
@@ -16,12 +19,35 @@ def _open_study(args: argparse.Namespace):
     return load_study(storage, args.study)
 
 
-def no_best(complete: int) -> str:
-    """Why there is no best trial to show: nothing completed, or nothing met the constraints."""
-    if not complete:
-        return "no trial completed yet"
-    return (f"none of the {complete} completed trials meets the study's constraints "
-            "(--max-params, --max-latency-ms)")
+def no_best(study: optuna.Study) -> str:
+    """Why there is no best trial to show.
+
+    None completed (and when models were refused before training: by which limit, and the smallest
+    of them), or none met the constraints.
+    """
+    from storage.records import FAIL_MESSAGE, FAIL_REASON, PARAMS, STUDY_MAX_PARAMS
+    from storage.studies import count_states
+
+    trials = study.get_trials(deepcopy=False)
+    counts = count_states(trials)
+    if counts["COMPLETE"]:
+        return (f"none of the {counts['COMPLETE']} completed trials meets the study's constraints "
+                "(--max-params, --max-latency-ms)")
+    ended = counts["PRUNED"] + counts["FAIL"]
+    for reason in ("constraint", "memory"):
+        refused = sorted((t for t in trials if t.user_attrs.get(FAIL_REASON) == reason),
+                         key=lambda t: t.user_attrs.get(PARAMS, 0))
+        if not refused:
+            continue
+        which = f"all {ended}" if len(refused) == ended else f"{len(refused)} of the {ended}"
+        smallest = refused[0].user_attrs
+        if reason == "constraint":
+            return (f"no trial completed: --max-params {study.user_attrs.get(STUDY_MAX_PARAMS)} refused {which} "
+                    f"models before training; the smallest has {smallest.get(PARAMS)} parameters (raise the "
+                    "limit or make the space's models smaller)")
+        return (f"no trial completed: {which} models were refused before training as too big for the worker's "
+                f"memory; the smallest: {smallest.get(FAIL_MESSAGE)}")
+    return "no trial completed yet"
 
 
 def print_best(records: list[dict[str, Any]]) -> None:
@@ -38,7 +64,7 @@ def print_best(records: list[dict[str, Any]]) -> None:
 
 
 def add_status_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True)
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")
     return cmd_status
@@ -63,7 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def add_best_args(p: argparse.ArgumentParser) -> Command:
-    p.add_argument("--study", required=True)
+    study_arg(p)
     storage_arg(p)
     p.add_argument("--top", type=POSITIVE_INT, default=1, help="how many (single objective; several: the Pareto front)")
     p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")
@@ -72,14 +98,13 @@ def add_best_args(p: argparse.ArgumentParser) -> Command:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from reports.summary import best_records
-    from storage.studies import study_counts
 
     study = _open_study(args)
     records = best_records(study, args.top)
     if args.json:
         print_json(records)
     elif not records:
-        print(f"study {args.study!r}: {no_best(study_counts(study)['COMPLETE'])}")
+        print(f"study {args.study!r}: {no_best(study)}")
     else:
         print_best(records)
     return 0

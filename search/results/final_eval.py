@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,9 @@ from search.study.dataset import load_study_data, record_or_check_split
 from search.study.errors import StudyError
 from search.study.spec import load_spec
 from search.trial.data import TrialData, prepare_data
-from search.trial.device import amp_dtype_for, resolve_device
-from search.trial.errors import CnnSearchError
+from search.trial.device import amp_dtype_for, resolve_device, use_deterministic_kernels
+from search.trial.errors import CnnSearchError, TrialFailed
+from search.trial.memory import eval_batch_size, oom_as_trial_failed
 from search.trial.train import EVAL_BATCH, fit
 from spaces.schema import TrialConfig
 from storage.records import CONFIG, VAL_ACCURACY
@@ -56,6 +58,9 @@ def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str
     "precision_macro", "recall_macro", "f1_macro", "roc_auc_ovr", "top5_accuracy" (None for
     5 classes or fewer), "train_seconds", "inference_ms" (per image, batched), "corrupted":
     {name: accuracy}}]}]}``. ``on_run`` is called with each run's record as it finishes.
+    A study run with ``--deterministic`` is retrained with deterministic kernels (process-wide:
+    :func:`search.trial.device.use_deterministic_kernels`); a run that runs out of memory or
+    diverges is a :class:`CnnSearchError` naming the trial and seed.
     """
     if top_k < 1:
         raise CnnSearchError(f"--final-eval must be at least 1 (configs to retrain), got {top_k}")
@@ -68,6 +73,8 @@ def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str
     images, split = load_study_data(spec, data_dir)
     record_or_check_split(study, spec, images, split)  # refuses data that splits differently
     dev = resolve_device(device)
+    if spec.deterministic:
+        use_deterministic_kernels()
     data = prepare_data(images, split, dev, stage="final")
     models = []
     for trial in chosen:
@@ -75,7 +82,7 @@ def final_evaluation(study: optuna.Study, top_k: int, seeds: int, *, device: str
         runs = []
         matrix = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
         for offset in range(seeds):
-            run, run_matrix = evaluate_config(config.replace(seed=config.seed + offset), data, dev)
+            run, run_matrix = _evaluate_run(trial.number, config.replace(seed=config.seed + offset), data, dev)
             matrix += run_matrix
             runs.append(run)
             log.info("final evaluation: trial %d seed %d: test accuracy %.4f", trial.number, run["seed"],
@@ -107,10 +114,10 @@ def evaluate_config(config: TrialConfig, data: TrialData, device: torch.device) 
     model, metrics = fit(config, data, device, measure=False)
     y = data.val_y.cpu().numpy()
     labels = list(range(data.num_classes))
-    clean = data.val_x.float().div_(255.0)
-    predict_proba(model, data, clean[:EVAL_BATCH])  # warm-up: the first call pays for allocations
+    warmup = data.val_x[:eval_batch_size(data.input_shape, EVAL_BATCH)]
+    predict_proba(model, data, warmup)  # the first call pays for allocations
     started = time.perf_counter()
-    probs = predict_proba(model, data, clean)
+    probs = predict_proba(model, data, data.val_x)
     inference_ms = (time.perf_counter() - started) * 1000 / max(1, len(y))
     pred = probs.argmax(1)
     precision, recall, f1, _ = precision_recall_fscore_support(y, pred, labels=labels, average="macro",
@@ -126,11 +133,20 @@ def evaluate_config(config: TrialConfig, data: TrialData, device: torch.device) 
         "inference_ms": inference_ms,
         "corrupted": {},
     }
-    generator = torch.Generator(device=clean.device).manual_seed(config.seed)
     for name in CORRUPTIONS:
-        corrupted = _corrupt(clean, name, generator)
-        run["corrupted"][name] = float(accuracy_score(y, predict_proba(model, data, corrupted).argmax(1)))
+        generator = torch.Generator(device=data.val_x.device).manual_seed(config.seed)
+        corrupted = predict_proba(model, data, data.val_x, corrupt=partial(_corrupt, name=name, generator=generator))
+        run["corrupted"][name] = float(accuracy_score(y, corrupted.argmax(1)))
     return run, confusion_matrix(y, pred, labels=labels)
+
+
+def _evaluate_run(number: int, config: TrialConfig, data: TrialData,
+                  device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
+    """:func:`evaluate_config`; a run that cannot finish (out of memory, NaN loss) is one line, not a traceback."""
+    try:
+        return oom_as_trial_failed(lambda: evaluate_config(config, data, device), device)
+    except TrialFailed as exc:
+        raise CnnSearchError(f"final evaluation of trial #{number} (seed {config.seed}) stopped: {exc}") from None
 
 
 def _roc_auc(roc_auc_score: Callable, y: np.ndarray, probs: np.ndarray, labels: list[int]) -> float | None:
@@ -144,22 +160,33 @@ def _roc_auc(roc_auc_score: Callable, y: np.ndarray, probs: np.ndarray, labels: 
 
 
 def _corrupt(x: torch.Tensor, name: str, generator: torch.Generator) -> torch.Tensor:
+    """Corruption ``name`` applied in place to float images ``x`` in [0, 1] (one batch)."""
     if name.startswith("noise_"):
         sigma = float(name.removeprefix("noise_"))
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return (x + sigma * noise).clamp_(0.0, 1.0)
-    return (x + BRIGHTNESS_SHIFT).clamp_(0.0, 1.0)
+        return x.add_(noise, alpha=sigma).clamp_(0.0, 1.0)
+    return x.add_(BRIGHTNESS_SHIFT).clamp_(0.0, 1.0)
 
 
 @torch.inference_mode()
-def predict_proba(model: torch.nn.Module, data: TrialData, x: torch.Tensor) -> np.ndarray:
-    """Class probabilities (N x classes, float64 numpy) of ``model`` on float images ``x`` in [0, 1]."""
+def predict_proba(model: torch.nn.Module, data: TrialData, x: torch.Tensor,
+                  corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Class probabilities (N x classes, float64 numpy) of ``model`` on uint8 images ``x``.
+
+    Only one batch (:func:`search.trial.memory.eval_batch_size`) is float at a time, and
+    ``corrupt`` (float images in [0, 1] in, the same out) runs on that batch: a large test
+    set is not copied per corruption.
+    """
     model.eval()
     amp = amp_dtype_for(x.device)
     autocast = torch.autocast(x.device.type, dtype=amp) if amp else nullcontext()
+    size = eval_batch_size(data.input_shape, EVAL_BATCH)
     out = []
-    for start in range(0, len(x), EVAL_BATCH):
+    for start in range(0, len(x), size):
+        batch = x[start:start + size].float().div_(255.0)
+        if corrupt is not None:
+            batch = corrupt(batch)
         with autocast:
-            logits = model(data.normalize(x[start:start + EVAL_BATCH]))
-        out.append(torch.softmax(logits.double(), dim=1))  # float64: sklearn checks the rows sum to 1
-    return torch.cat(out).cpu().numpy()
+            logits = model(data.normalize(batch))
+        out.append(torch.softmax(logits.double(), dim=1).cpu())  # float64: sklearn checks the rows sum to 1
+    return torch.cat(out).numpy()

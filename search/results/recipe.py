@@ -8,9 +8,11 @@ A recipe is what ``cnnsearch export`` writes (its keys are described in
     model = build_model(recipe)            # or build_model(recipe["config"], input_shape, num_classes)
 
 ``cnnsearch train --config recipe.yaml`` (:func:`train_recipe`) retrains it on the same
-dataset and split with the same seed; on CPU with the thread count the trial used, that
-reproduces the trial's val accuracy exactly (the trainer is seeded and deterministic; CPU
-kernels split their sums by thread, so another thread count can move the last digits).
+dataset and split with the same seed; for a trial that ran on the CPU, on the CPU with the
+thread count the trial used, that reproduces the trial's val accuracy exactly (the trainer
+is seeded and deterministic; CPU kernels split their sums by thread, so another thread
+count can move the last digits). A trial that ran on a GPU replays exactly only on the same
+GPU model, with the deterministic kernels of a ``run --deterministic`` study.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from reports.export import FORMATS, RECIPE_FORMAT, build_recipe, checkpoint_source, pick_trial, write_export
@@ -33,7 +34,9 @@ from search.trial.errors import CnnSearchError, DataError, ModelError
 from search.trial.metrics import TrialMetrics
 from search.trial.train import fit
 from spaces.errors import SpaceError
+from spaces.loader import load_yaml
 from spaces.schema import TrialConfig
+from storage.staging import staged_files
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ REQUIRED_KEYS = ("config", "input_shape", "num_classes", "classes", "data")
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe file (YAML with a safe loader, or JSON by its ``.json`` suffix) and check it.
+    """Read a recipe file (YAML with :func:`spaces.loader.load_yaml`, or JSON by its ``.json`` suffix) and check it.
 
     The returned recipe's ``config`` is a :class:`~spaces.schema.TrialConfig` (a partial
     config, as older recipes may hold, takes the defaults). Raises :class:`CnnSearchError`
@@ -56,12 +59,13 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise CnnSearchError(f"{where}: no such file; export a recipe with `cnnsearch export`") from None
     except OSError as exc:
         raise CnnSearchError(f"{where}: cannot read it: {exc.strerror or exc}") from None
-    try:
-        recipe = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CnnSearchError(f"{where}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") \
-            from None
+    if path.suffix == ".json":
+        try:
+            recipe = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CnnSearchError(f"{where}: not valid JSON ({exc})") from None
+    else:
+        recipe = load_yaml(text, where)  # the space files' safe loader: refuses alias bombs and repeated keys
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
         found = recipe.get("format") if isinstance(recipe, dict) else type(recipe).__name__
         raise CnnSearchError(f"{where}: not a cnnsearch recipe (format {found!r}, expected {RECIPE_FORMAT!r}); "
@@ -108,8 +112,8 @@ def recipe_data(recipe: dict[str, Any], *, data_dir: str | None = None, device: 
     """The recipe's dataset, split exactly as the study split it, on ``device``.
 
     ``stage="search"`` gives the trial's train and val parts; ``"final"`` train+val and
-    test. Raises :class:`DataError` when the data here splits differently (other files)
-    or does not have the recipe's shape and classes.
+    test. Raises :class:`DataError` when the data here splits differently or holds other
+    images (other files), or does not have the recipe's shape and classes.
     """
     data_spec = recipe["data"]
     split_spec = data_spec.get("split") or {}
@@ -122,6 +126,11 @@ def recipe_data(recipe: dict[str, Any], *, data_dir: str | None = None, device: 
     if wanted and split.fingerprint() != wanted:
         raise DataError(f"dataset {data_spec['dataset']!r} here splits differently from the recipe's study "
                         f"(fingerprint {split.fingerprint()}, recipe has {wanted}): the data files differ")
+    content = data_spec.get("content_fingerprint")  # absent from recipes exported before it was recorded
+    if content and (found := images.fingerprint()) != content:
+        raise DataError(f"dataset {data_spec['dataset']!r} here holds other images than the recipe's study "
+                        f"(content fingerprint {found}, recipe has {content}): "
+                        "give this machine the study's copy of the data")
     if list(images.images.shape[1:]) != list(recipe["input_shape"]) or list(images.classes) != recipe["classes"]:
         raise DataError(f"dataset {data_spec['dataset']!r} here has input {list(images.images.shape[1:])} and "
                         f"{len(images.classes)} classes; the recipe wants {recipe['input_shape']} and "
@@ -149,7 +158,7 @@ def train_recipe(recipe: dict[str, Any], *, data_dir: str | None = None, device:
 
 def save_trained(model: nn.Module, metrics: TrialMetrics, out_dir: str | Path, *,
                  evaluated_on: str | None = None) -> list[Path]:
-    """Write ``weights.pt`` (a CPU ``state_dict``) and ``metrics.json`` into ``out_dir``.
+    """Write ``weights.pt`` (a CPU ``state_dict``) and ``metrics.json`` into ``out_dir``, whole or not at all.
 
     ``metrics.json`` is ``metrics.to_dict()``, plus ``evaluated_on`` (which split the
     ``val_*`` metrics were measured on) when given.
@@ -159,15 +168,14 @@ def save_trained(model: nn.Module, metrics: TrialMetrics, out_dir: str | Path, *
         record["evaluated_on"] = evaluated_on
     out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        weights = out / "weights.pt"
-        torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights)
-        metrics_file = out / "metrics.json"
-        metrics_file.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        with staged_files(out) as staging:
+            torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                       staging.path("weights.pt"))
+            staging.write_text("metrics.json", json.dumps(record, indent=2, default=str) + "\n")
     except OSError as exc:
         raise CnnSearchError(f"--out {out}: cannot write there: {exc.strerror or exc}; choose another --out") \
             from None
-    return [weights, metrics_file]
+    return [out / name for name in staging.names]
 
 
 def export_recipe(storage_url: str, study_name: str, out_dir: str | Path, *, trial: int | None = None,

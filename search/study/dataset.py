@@ -8,7 +8,7 @@ from search.study.errors import StudyError
 from search.study.spec import StudySpec
 from search.trial.data import Split, make_split
 from search.trial.datasets import ImageSet, load_dataset
-from storage.records import CLASSES, INPUT_SHAPE, SPLIT_FINGERPRINT, SPLIT_SIZES
+from storage.records import CLASSES, DATA_FINGERPRINT, INPUT_SHAPE, SPLIT_FINGERPRINT, SPLIT_SIZES
 
 
 def load_study_data(spec: StudySpec, data_dir: str | None = None, download: bool = False) -> tuple[ImageSet, Split]:
@@ -19,11 +19,13 @@ def load_study_data(spec: StudySpec, data_dir: str | None = None, download: bool
 
 
 def record_or_check_split(study: optuna.Study, spec: StudySpec, images: ImageSet, split: Split) -> None:
-    """Record the split on a new study; refuse a worker whose copy of the data splits differently.
+    """Record the split and the data's content on a new study; refuse a worker whose copy of the data differs.
 
-    Results from differently split data would not compare, so such a worker must not join.
+    Results from differently split or other data would not compare, so such a worker must
+    not join. A study from before content was recorded gets it from its first such worker.
     """
-    recorded = study.user_attrs.get(SPLIT_FINGERPRINT)
+    attrs = study.user_attrs
+    recorded = attrs.get(SPLIT_FINGERPRINT)
     if recorded is None:
         study.set_user_attr(SPLIT_FINGERPRINT, split.fingerprint())
         study.set_user_attr(SPLIT_SIZES, split.describe())
@@ -32,3 +34,10 @@ def record_or_check_split(study: optuna.Study, spec: StudySpec, images: ImageSet
     elif recorded != split.fingerprint():
         raise StudyError(f"dataset {spec.dataset!r} here splits differently from study {study.study_name!r} "
                          f"(fingerprint {split.fingerprint()}, study has {recorded}): the data files differ")
+    content = images.fingerprint()
+    if attrs.get(DATA_FINGERPRINT) is None:
+        study.set_user_attr(DATA_FINGERPRINT, content)
+    elif attrs[DATA_FINGERPRINT] != content:
+        raise StudyError(f"dataset {spec.dataset!r} here holds other images than study {study.study_name!r} was "
+                         f"made from (content fingerprint {content}, study has {attrs[DATA_FINGERPRINT]}): "
+                         "give this machine the study's copy of the data")

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -23,11 +24,13 @@ from search.study.errors import WorkerStopped
 from search.study.records import INTERRUPTED, TrialOutcome
 from search.study.spec import METRIC_OF, StudySpec
 from search.trial.data import TrialData
+from search.trial.device import available_memory
 from search.trial.errors import TrialFailed
 from search.trial.measure import count_params
+from search.trial.memory import format_bytes
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
-from search.trial.train import fit
+from search.trial.train import fit, training_memory
 from spaces.schema import TrialConfig
 from storage.engine import DATABASE_LOST
 from storage.records import (
@@ -35,6 +38,7 @@ from storage.records import (
     CONSTRAINTS,
     CURVES,
     DEVICE,
+    EPOCHS_RUN,
     FAIL_MESSAGE,
     FAIL_REASON,
     HOST,
@@ -45,6 +49,7 @@ from storage.records import (
     SEED,
     STARTED,
     THREADS,
+    TRAIN_SECONDS,
     WORKER,
 )
 
@@ -71,6 +76,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
     end the trial FAIL with reason ``interrupted`` and propagate.
     """
     trial = optuna.Trial(study, trial_id)
+    progress: _Progress | None = None  # set when training starts
     origin = trial.user_attrs.get(ORIGIN)  # "start" / "warm_start" when fill_budget enqueued a known config
     for key, value in identity.items():
         trial.set_user_attr(key, value)
@@ -84,9 +90,10 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         trial.set_user_attr(SEED, config.seed)
         # Until measured, a trial counts as feasible: the samplers need one value per constraint.
         _record_constraints(trial, spec, {})
-        _check_params_constraint(trial, spec, config, data)
+        _refuse_before_training(trial, spec, config, data, device)
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
-        report = _reporter(trial, spec, prune=origin is None)
+        progress = _Progress()
+        report = _reporter(trial, spec, progress, prune=origin is None, last_epoch=config.epochs)
         model, metrics = fit(config, data, device, report=report, deadline=deadline)
         _record_metrics(trial, metrics)
         if spec.keep_checkpoints:
@@ -97,18 +104,21 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         study.tell(trial, values)
         return TrialOutcome(trial.number, TrialState.COMPLETE, values)
     except optuna.TrialPruned as exc:
+        _record_training(trial, progress)
         reason = str(exc) or "pruned"
         trial.set_user_attr(FAIL_REASON, "pruned")
         trial.set_user_attr(FAIL_MESSAGE, reason)
         study.tell(trial, state=TrialState.PRUNED)
         return TrialOutcome(trial.number, TrialState.PRUNED, None, reason)
     except TrialFailed as exc:
+        _record_training(trial, progress)
         trial.set_user_attr(FAIL_REASON, exc.reason)
         trial.set_user_attr(FAIL_MESSAGE, str(exc))
         log.info("trial %d pruned: %s", trial.number, exc)
         study.tell(trial, state=TrialState.PRUNED)
         return TrialOutcome(trial.number, TrialState.PRUNED, None, f"{exc.reason}: {exc}")
     except (KeyboardInterrupt, WorkerStopped) as exc:
+        _record_training(trial, progress)
         _fail(study, trial, INTERRUPTED, f"worker stopped by {type(exc).__name__}")
         raise
     except DATABASE_LOST:
@@ -116,6 +126,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
     except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the study goes on
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
         log.warning("trial %d failed: %s", trial.number, message, exc_info=True)
+        _record_training(trial, progress)
         _fail(study, trial, "error", message)
         return TrialOutcome(trial.number, TrialState.FAIL, None, message)
 
@@ -126,30 +137,49 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, message: str) -
     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def _reporter(trial: optuna.Trial, spec: StudySpec, prune: bool = True):
-    """Per-epoch report: intermediate value for the dashboard and the pruner.
+@dataclass
+class _Progress:
+    """How far a trial's training got: what a trial that stops early still spent."""
 
-    With ``prune`` False (a space's start point or a warm-start config) the pruner is not
-    asked: these are the search's reference results, run first, when a pruner would judge
-    them against one or two other trials (Optuna's successive halving promotes only the best
-    of the first ``reduction_factor`` trials at a rung) and cut a good config on the noise
-    of its second epoch. Multi-objective trials, which cannot store intermediate values,
-    keep their live curve in user attr ``val_accuracy_curve`` instead.
+    started: float = field(default_factory=time.perf_counter)
+    epochs: int = 0
+
+
+def _reporter(trial: optuna.Trial, spec: StudySpec, progress: _Progress, *, prune: bool, last_epoch: int):
+    """Per-epoch report: intermediate value for the dashboard and the pruner; counts ``progress``.
+
+    The pruner is asked after every epoch but the trial's ``last_epoch``: a trial that trained
+    every epoch is COMPLETE (and so in ``best``, the ablation and the final evaluation),
+    whatever the pruner would say of its last value. With ``prune`` False (a space's start
+    point or a warm-start config) it is not asked at all: these are the search's reference
+    results, run first, when a pruner would judge them against one or two other trials
+    (Optuna's successive halving promotes only the best of the first ``reduction_factor``
+    trials at a rung) and cut a good config on the noise of its second epoch. Multi-objective
+    trials, which cannot store intermediate values, keep their live curve in user attr
+    ``val_accuracy_curve`` instead.
     """
     curve: list[float] = []
     single = len(spec.objectives) == 1
 
     def report(epoch: int, val_accuracy: float, val_loss: float) -> None:
+        progress.epochs = epoch
         if not single:
             curve.append(val_accuracy)
             trial.set_user_attr(LIVE_CURVE, list(curve))
         else:
             trial.report(val_accuracy, step=epoch)
-            if prune and trial.should_prune():
+            if prune and epoch < last_epoch and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {spec.pruner} at epoch {epoch} "
                                          f"(val_accuracy {val_accuracy:.4f})")
 
     return report
+
+
+def _record_training(trial: optuna.Trial, progress: _Progress | None) -> None:
+    """What a trial that stopped early trained: the report's "compute spent" counts it too."""
+    if progress is not None:
+        trial.set_user_attr(TRAIN_SECONDS, time.perf_counter() - progress.started)
+        trial.set_user_attr(EPOCHS_RUN, progress.epochs)
 
 
 def _record_metrics(trial: optuna.Trial, metrics: TrialMetrics) -> None:
@@ -158,16 +188,29 @@ def _record_metrics(trial: optuna.Trial, metrics: TrialMetrics) -> None:
     trial.set_user_attr(CURVES, metrics.curves)
 
 
-def _check_params_constraint(trial: optuna.Trial, spec: StudySpec, config: TrialConfig,
-                             data: TrialData) -> None:
-    """Refuse a model over ``--max-params`` before spending any training on it."""
-    if spec.max_params is None:
-        return
-    params = count_params(build_model(config, data.input_shape, data.num_classes))
+def _refuse_before_training(trial: optuna.Trial, spec: StudySpec, config: TrialConfig, data: TrialData,
+                            device: torch.device) -> None:
+    """Refuse a model over ``--max-params``, or too big for this worker's memory, before it trains.
+
+    Both are measured on a copy built on the meta device (shapes only: no memory, no weights
+    read), in milliseconds even for a model far too big to build. A model too big for the
+    memory would otherwise train until the allocator fails, ignoring ``--trial-timeout``
+    inside one huge step; refused as PRUNED (reason ``memory``), the sampler learns to avoid it.
+    """
+    with torch.device("meta"):
+        model = build_model(config.replace(pretrained=False, weights_path=None), data.input_shape,
+                            data.num_classes)
+    params = count_params(model)
     trial.set_user_attr(PARAMS, params)
-    if params > spec.max_params:
+    if spec.max_params is not None and params > spec.max_params:
         trial.set_user_attr(CONSTRAINTS, _constraint_values(spec, {PARAMS: params}))
         raise TrialFailed("constraint", f"{params} parameters exceed --max-params {spec.max_params}")
+    available = available_memory(device)
+    needed = training_memory(model, config, data, device)
+    if available is not None and needed > available:
+        raise TrialFailed("memory", f"training needs about {format_bytes(needed)} ({params} parameters, batch "
+                                    f"{min(config.batch_size, len(data.train_y))}), {device} has "
+                                    f"{format_bytes(available)} available")
 
 
 def _constraint_values(spec: StudySpec, metrics: dict[str, Any]) -> list[float]:

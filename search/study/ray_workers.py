@@ -22,6 +22,7 @@ from typing import Any
 
 from search.study.errors import StudyError, WorkerStopped
 from search.study.records import WorkerSummary
+from search.trial.datasets import MAX_IMAGE_PIXELS_ENV
 from search.trial.errors import CnnSearchError
 from storage.heartbeat import GRACE_ENV, INTERVAL_ENV
 from storage.records import BACKEND, CUDA_VISIBLE_DEVICES, GPU_IDS, RAY_NODE
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 CANCEL_GRACE_SECONDS = 30.0
 """How long an interrupted run waits for its Ray tasks to mark their running trials FAIL."""
 
-FORWARDED_ENV = (INTERVAL_ENV, GRACE_ENV)
+FORWARDED_ENV = (INTERVAL_ENV, GRACE_ENV, MAX_IMAGE_PIXELS_ENV)
 """Settings of this run that its Ray tasks get even on nodes started elsewhere."""
 
 

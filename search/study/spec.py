@@ -18,6 +18,7 @@ started at the same moment make one study with one budget.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import random
 import warnings
@@ -30,10 +31,12 @@ import optuna
 from optuna.trial import TrialState
 
 from search.study.errors import StudyError
-from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler
+from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler, grid_budget
+from search.trial.datasets import absolute_dataset_name
 from spaces import Space, parse_space
 from spaces.schema import DEFAULT_CONFIG
 from storage.claims import study_lock
+from storage.names import check_study_name
 from storage.records import (
     FIXED_PARAMS,
     ORIGIN,
@@ -81,8 +84,14 @@ class StudySpec:
     max_failures: int = 5
     budget: int | None = None
     keep_checkpoints: bool = False
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
+        # Absolute, so workers, exports and retrains started in other directories read the same files
+        # (studies from before this recorded them relative to where `run` started: read from there).
+        self.dataset = absolute_dataset_name(self.dataset)
+        if self.data_dir:
+            self.data_dir = os.path.abspath(os.path.expanduser(self.data_dir))
         if not self.objectives:
             raise StudyError("--objectives is empty; name at least accuracy")
         for name in self.objectives:
@@ -151,6 +160,8 @@ def package_versions() -> dict[str, str]:
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """The identity attributes that differ between a stored study and a new request."""
+    if recorded.get(STUDY_DATASET):  # as a spec of it would read it (older studies hold relative paths)
+        recorded = {**recorded, STUDY_DATASET: absolute_dataset_name(recorded[STUDY_DATASET])}
     out = []
     for key in IDENTITY:
         if recorded.get(key) != wanted.get(key):
@@ -177,7 +188,7 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: Stud
 
 def _create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: StudySpec) -> optuna.Study:
     wanted = spec.to_attrs()
-    study = optuna.create_study(study_name=name, storage=storage, directions=spec.directions,
+    study = optuna.create_study(study_name=check_study_name(name), storage=storage, directions=spec.directions,
                                 load_if_exists=True)
     recorded = study.user_attrs
     if recorded:
@@ -233,7 +244,7 @@ def _fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str
         points = spec.space.grid()
         random.Random(spec.seed).shuffle(points)
         queue += [(p, None) for p in points if _key(p) not in seen]
-        budget = counted + len(queue) if spec.budget is None else spec.budget
+        budget = min(grid_budget(spec.space, spec.budget), counted + len(queue))  # each point once
     else:
         budget = spec.budget
     if budget is None:

@@ -11,7 +11,9 @@ Names (``dataset_names()``):
 - ``imagefolder:PATH``: one sub-folder of ``PATH`` per class, read through torchvision's
   ``ImageFolder``. All-grayscale folders give 1 channel, anything else RGB; every image is
   resized to ``image_size`` x ``image_size`` (default: the median side of the images,
-  clamped to [16, 64]). Unreadable files are skipped with one warning.
+  clamped to [16, 64]). Only regular files inside ``PATH`` are read (symlinks are followed while
+  they stay inside and do not loop); images over ``$CNNSEARCH_MAX_IMAGE_PIXELS`` pixels (default
+  8192 x 8192) are skipped before decoding. Each kind of skipped file gets one warning.
 
 ``image_size`` resizes the other sources too (antialiased, on the whole tensor).
 
@@ -21,9 +23,15 @@ Names (``dataset_names()``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
 import logging
+import os
 import pickle
+import stat
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from search.trial.errors import DataError
+from search.trial.memory import available_host_memory, format_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +49,9 @@ logger = logging.getLogger(__name__)
 IMAGEFOLDER_PREFIX = "imagefolder:"
 IMAGEFOLDER_MIN_SIDE = 16
 IMAGEFOLDER_MAX_SIDE = 64
+MAX_IMAGE_PIXELS_ENV = "CNNSEARCH_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
+"""Image-folder images with more pixels are skipped before decoding (one such PNG decodes to 200 MB)."""
 
 # Dataset name -> class name in ``torchvision.datasets``. The class is looked up when a
 # dataset is loaded, so tests can substitute a subclass there (e.g. CIFAR without md5s).
@@ -88,6 +100,18 @@ class ImageSet:
     labels: torch.Tensor
     classes: list[str]
 
+    def fingerprint(self) -> str:
+        """16 hex digits identifying the content: every pixel, label and class name (equal iff the data is).
+
+        A worker whose copy of a study's data differs (other images under the same names and
+        class counts) splits it the same way; this tells the copies apart.
+        """
+        digest = hashlib.sha256()
+        digest.update(json.dumps([list(self.images.shape), self.classes]).encode())
+        digest.update(np.ascontiguousarray(self.labels.numpy(), dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(self.images.numpy()))  # uint8: no byte order; 0.1 s per 200 MB
+        return digest.hexdigest()[:16]
+
 
 def dataset_names() -> list[str]:
     """The names :func:`load_dataset` accepts (``imagefolder:PATH`` stands for any folder)."""
@@ -97,6 +121,17 @@ def dataset_names() -> list[str]:
 def describe_datasets() -> list[tuple[str, str]]:
     """``(name, one-line description)`` for every dataset, for ``cnnsearch datasets``."""
     return list(_DESCRIPTIONS.items())
+
+
+def absolute_dataset_name(name: str) -> str:
+    """``name`` with an ``imagefolder:`` path made absolute (from the working directory); other names as they are.
+
+    A study records its dataset by this name, so a worker, an export or ``train --config``
+    started in another directory reads the same folder.
+    """
+    if not name.startswith(IMAGEFOLDER_PREFIX) or not name[len(IMAGEFOLDER_PREFIX):]:
+        return name
+    return IMAGEFOLDER_PREFIX + os.path.abspath(os.path.expanduser(name[len(IMAGEFOLDER_PREFIX):]))
 
 
 def load_dataset(
@@ -126,8 +161,24 @@ def load_dataset(
     else:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
     if image_size is not None:
+        _refuse_what_memory_cannot_hold(name, len(images), images.shape[1], image_size)
         images = _resize(images, image_size)
     return ImageSet(name=name, images=images, labels=labels, classes=classes)
+
+
+def _refuse_what_memory_cannot_hold(name: str, count: int, channels: int, size: int) -> None:
+    """Raise :class:`DataError` before allocating ``count`` images of ``channels`` x ``size`` x ``size`` bytes
+    that host memory cannot hold.
+
+    A worker holds the images twice while it prepares a trial's tensors (the set and the
+    gathered copy :func:`search.trial.data.prepare_data` moves to the device).
+    """
+    needed = 2 * count * channels * size * size
+    available = available_host_memory()
+    if available is not None and needed > available:
+        raise DataError(f"dataset {name!r} at image_size {size}: {count} images of {channels}x{size}x{size} need "
+                        f"{format_bytes(needed)} of host memory (held twice while a worker prepares them), "
+                        f"{format_bytes(available)} is available here; give a smaller --image-size")
 
 
 def _mnist5k() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -236,7 +287,10 @@ def _as_nchw(data) -> torch.Tensor:
     return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
 
 
-def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+_RESIZE_CHUNK_BYTES = 64 * 2**20
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """All of ``images`` resized to ``size`` x ``size`` (bilinear, antialiased), in chunks."""
     import torch
     from torchvision.transforms.v2 import functional as TF
@@ -244,7 +298,8 @@ def _resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     if images.shape[-2:] == (size, size):
         return images
     out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
-    # Chunks bound the float intermediates the resize allocates.
+    # Chunks of about 64 MB of output bound the intermediates the resize allocates.
+    chunk = max(1, _RESIZE_CHUNK_BYTES // (images.shape[1] * size * size))
     for start in range(0, len(images), chunk):
         out[start:start + chunk] = TF.resize(images[start:start + chunk], [size, size], antialias=True)
     return out
@@ -257,56 +312,182 @@ _SHOWN_SKIPPED = 5
 def _load_image_folder(name: str, path: str, image_size: int | None) -> ImageSet:
     import torch
     from PIL import Image
-    from torchvision.datasets import ImageFolder
 
     root = Path(path).expanduser()
     if not path or not root.is_dir():
         raise DataError(f"dataset {name!r}: {root} is not a folder; imagefolder:PATH needs a folder "
                         f"with one sub-folder of images per class")
+    max_pixels = max_image_pixels()
+    classes, samples = _list_image_folder(name, root)
+    _check_classes(name, root, classes, [label for _, label in samples], "images")
+
+    # Pass 1 reads headers only: modes and sizes decide the channels and the default size,
+    # and an image over the pixel limit is skipped before it is decoded.
+    headers: list[tuple[str, int, str, tuple[int, int]]] = []
+    skipped: list[str] = []
+    too_large: list[str] = []
+    with _pil_bomb_check_off():
+        for file, label in samples:
+            try:
+                with Image.open(file) as image:
+                    mode, size = image.mode, image.size
+            except (OSError, ValueError):
+                skipped.append(file)
+                continue
+            if size[0] * size[1] > max_pixels:
+                too_large.append(f"{Path(file).relative_to(root)} ({size[0]}x{size[1]})")
+            else:
+                headers.append((file, label, mode, size))
+        if too_large:
+            logger.warning("skipped %d images in %s over the limit of %s pixels (%s): %s", len(too_large), root,
+                           f"{max_pixels:,}", MAX_IMAGE_PIXELS_ENV, _shown(too_large))
+        gray = bool(headers) and all(mode in _GRAY_MODES for _, _, mode, _ in headers)
+        if image_size is None and headers:
+            sides = [side for _, _, _, size in headers for side in size]
+            image_size = int(np.clip(np.median(sides), IMAGEFOLDER_MIN_SIDE, IMAGEFOLDER_MAX_SIDE))
+
+        # Pass 2 decodes; truncated files only fail here.
+        channels = 1 if gray else 3
+        if image_size is not None:
+            _refuse_what_memory_cannot_hold(name, len(headers), channels, image_size)
+        pixels = np.empty((len(headers), image_size or 0, image_size or 0, channels), dtype=np.uint8)
+        labels = np.empty(len(headers), dtype=np.int64)
+        kept = 0
+        for file, label, _, _ in headers:
+            try:
+                pixels[kept] = _read_image(file, gray, image_size)
+            except (OSError, ValueError):
+                skipped.append(file)
+                continue
+            labels[kept] = label
+            kept += 1
+    if skipped:
+        logger.warning("skipped %d unreadable images in %s: %s", len(skipped), root,
+                       _shown([str(Path(file).relative_to(root)) for file in skipped]))
+    _check_classes(name, root, classes, labels[:kept].tolist(), "readable images")
+    images = torch.from_numpy(pixels[:kept]).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(name=name, images=images, labels=torch.from_numpy(labels[:kept].copy()),
+                    classes=classes)
+
+
+def max_image_pixels(environ: Mapping[str, str] | None = None) -> int:
+    """The most pixels (width x height) an image-folder image may have: ``$CNNSEARCH_MAX_IMAGE_PIXELS`` or 8192^2.
+
+    Raises :class:`DataError` for a value that is not a positive integer.
+    """
+    value = (os.environ if environ is None else environ).get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
     try:
-        # allow_empty: empty class folders are reported below, by name.
-        folder = ImageFolder(str(root), allow_empty=True)
+        limit = int(value.replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise DataError(f"{MAX_IMAGE_PIXELS_ENV}={value!r} is not accepted; give the most pixels (width x height) "
+                        f"an image may have as a positive integer, e.g. {DEFAULT_MAX_IMAGE_PIXELS}")
+    return limit
+
+
+@contextlib.contextmanager
+def _pil_bomb_check_off() -> Iterator[None]:
+    """PIL's own decompression-bomb check off: it warns at 89 megapixels and refuses at twice that,
+    whatever :func:`max_image_pixels` says, and every header is checked against that limit here."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _list_image_folder(name: str, root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """The class names and ``(file, label)`` samples of an image folder, as torchvision's ``ImageFolder`` finds
+    them, but reading regular files inside ``root`` only.
+
+    ``ImageFolder`` walks with ``followlinks=True`` and opens whatever has an image suffix, so a
+    symlink loop is walked until the OS gives up, a link may read files from anywhere, and a FIFO
+    named ``*.png`` blocks the reader forever. Here links are followed while they stay inside
+    ``root`` and do not lead back to a folder on their own path; the others, FIFOs, sockets,
+    devices and broken links are skipped and counted in one warning.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
+
+    real_root = os.path.realpath(root)
+    skipped: dict[str, list[str]] = {"leaving": [], "loops": [], "special": []}
+
+    def inside(path: str) -> bool:
+        return path == real_root or path.startswith(real_root + os.sep)
+
+    try:
+        found, _ = find_classes(root)
     except FileNotFoundError as exc:
         raise DataError(f"dataset {name!r}: no class sub-folders in {root}; put each class's images "
                         f"in a sub-folder named after the class") from exc
-    _check_classes(name, root, folder.classes, [label for _, label in folder.samples], "images")
+    classes = []
+    for class_name in found:
+        real = os.path.realpath(root / class_name)
+        if not inside(real):
+            skipped["leaving"].append(str(root / class_name))
+        elif real == real_root:
+            skipped["loops"].append(str(root / class_name))
+        else:
+            classes.append(class_name)
+    samples: list[tuple[str, int]] = []
+    for label, class_name in enumerate(classes):
+        top = str(root / class_name)
+        # The real folders on the way to each folder walked: a link to one of them is a loop.
+        path_of = {top: {real_root, os.path.realpath(top)}}
+        for folder, subfolders, files in os.walk(top, followlinks=True):
+            on_path = path_of.pop(folder)
+            followed = []
+            for sub in sorted(subfolders):
+                real = os.path.realpath(os.path.join(folder, sub))
+                if not inside(real):
+                    skipped["leaving"].append(os.path.join(folder, sub))
+                elif real in on_path:
+                    skipped["loops"].append(os.path.join(folder, sub))
+                else:
+                    followed.append(sub)
+                    path_of[os.path.join(folder, sub)] = on_path | {real}
+            subfolders[:] = followed
+            for file_name in sorted(files):
+                file = os.path.join(folder, file_name)
+                if not has_file_allowed_extension(file_name, IMG_EXTENSIONS):
+                    continue
+                if not inside(os.path.realpath(file)):
+                    skipped["leaving"].append(file)
+                elif not _is_regular_file(file):
+                    skipped["special"].append(file)
+                else:
+                    samples.append((file, label))
+    _warn_skipped_entries(root, skipped)
+    return classes, samples
 
-    # Pass 1 reads headers only: modes and sizes decide the channels and the default size.
-    headers: list[tuple[str, int, str, tuple[int, int]]] = []
-    skipped: list[str] = []
-    for file, label in folder.samples:
-        try:
-            with Image.open(file) as image:
-                headers.append((file, label, image.mode, image.size))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            skipped.append(file)
-    gray = bool(headers) and all(mode in _GRAY_MODES for _, _, mode, _ in headers)
-    if image_size is None and headers:
-        sides = [side for _, _, _, size in headers for side in size]
-        image_size = int(np.clip(np.median(sides), IMAGEFOLDER_MIN_SIDE, IMAGEFOLDER_MAX_SIDE))
 
-    # Pass 2 decodes; truncated files only fail here.
-    channels = 1 if gray else 3
-    pixels = np.empty((len(headers), image_size or 0, image_size or 0, channels), dtype=np.uint8)
-    labels = np.empty(len(headers), dtype=np.int64)
-    kept = 0
-    for file, label, _, _ in headers:
-        try:
-            pixels[kept] = _read_image(file, gray, image_size)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            skipped.append(file)
-            continue
-        labels[kept] = label
-        kept += 1
-    if skipped:
-        names = [str(Path(file).relative_to(root)) for file in skipped]
-        more = f" and {len(names) - _SHOWN_SKIPPED} more" if len(names) > _SHOWN_SKIPPED else ""
-        logger.warning("skipped %d unreadable images in %s: %s%s",
-                       len(names), root, ", ".join(names[:_SHOWN_SKIPPED]), more)
-    _check_classes(name, root, folder.classes, labels[:kept].tolist(), "readable images")
-    images = torch.from_numpy(pixels[:kept]).permute(0, 3, 1, 2).contiguous()
-    return ImageSet(name=name, images=images, labels=torch.from_numpy(labels[:kept].copy()),
-                    classes=list(folder.classes))
+def _is_regular_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a broken link
+        return False
+
+
+def _warn_skipped_entries(root: Path, skipped: dict[str, list[str]]) -> None:
+    total = sum(len(entries) for entries in skipped.values())
+    if not total:
+        return
+    counts = [f"{len(skipped[kind])} {what}" for kind, what in (
+        ("leaving", "symlinks leaving it"), ("loops", "symlink loops"),
+        ("special", "FIFO, socket, device or broken link")) if skipped[kind]]
+    names = [os.path.relpath(entry, root) for entries in skipped.values() for entry in entries]
+    logger.warning("skipped %d entries in %s: %s (%s)", total, root, ", ".join(counts), _shown(names))
+
+
+def _shown(names: list[str]) -> str:
+    """The first few of ``names``, and how many more there are."""
+    more = f" and {len(names) - _SHOWN_SKIPPED} more" if len(names) > _SHOWN_SKIPPED else ""
+    return ", ".join(names[:_SHOWN_SKIPPED]) + more
 
 
 def _check_classes(name: str, root: Path, classes: list[str], labels: list[int], what: str) -> None:

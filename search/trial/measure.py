@@ -1,4 +1,4 @@
-"""What a model costs: parameters, FLOPs and latency, measured the same way for every trial.
+"""What a model costs: parameters, FLOPs, activations and latency, measured the same way for every trial.
 
 Inference throughput is timed on the validation pass a trial runs anyway (:mod:`search.trial.train`).
 
@@ -35,9 +35,34 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     x = torch.zeros(1, *input_shape, device=device, dtype=dtype)
-    with _eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with _mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return int(counter.get_total_flops())
+
+
+def activation_bytes(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Bytes of activations a training step keeps for its backward pass, per image: all, and the largest.
+
+    What autograd saves (parameters excepted) in a training-mode forward pass at batch 2
+    (batch norm needs two samples), halved. On the meta device (a model built under
+    ``torch.device("meta")``) nothing is allocated and it takes milliseconds, also for a
+    model too big to build; elsewhere it allocates what it measures, twice over.
+    """
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    weights = {id(p) for p in model.parameters()}
+    saved: dict[int, torch.Tensor] = {}  # by identity: a tensor two ops keep is stored once
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in weights:
+            saved[id(tensor)] = tensor
+        return tensor
+
+    x = torch.zeros(2, *input_shape, device=device)
+    with _mode(model, training=True), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x)
+    sizes = [t.numel() * t.element_size() // 2 for t in saved.values()] or [0]
+    return sum(sizes), max(sizes)
 
 
 def measure_latency_ms(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device | str,
@@ -67,7 +92,7 @@ def _time_forward(model: nn.Module, shape: tuple[int, ...], device: torch.device
                 else nullcontext())
     cuda = device.type == "cuda"
     times = []
-    with _eval_mode(model), torch.inference_mode(), autocast:
+    with _mode(model), torch.inference_mode(), autocast:
         for i in range(warmup + repeats):
             if cuda:
                 torch.cuda.synchronize(device)
@@ -81,10 +106,10 @@ def _time_forward(model: nn.Module, shape: tuple[int, ...], device: torch.device
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the block, then each submodule's own train/eval mode back (frozen BNs stay frozen)."""
+def _mode(model: nn.Module, training: bool = False) -> Iterator[None]:
+    """Eval (or train) mode for the block, then each submodule's own mode back (frozen BNs stay frozen)."""
     modes = [(module, module.training) for module in model.modules()]
-    model.eval()
+    model.train(training)
     try:
         yield
     finally:

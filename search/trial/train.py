@@ -22,9 +22,10 @@ from torch import nn
 
 from search.trial.augment import Augmenter
 from search.trial.data import TrialData, batches
-from search.trial.device import amp_dtype_for
+from search.trial.device import amp_dtype_for, resolve_device
 from search.trial.errors import TrialFailed
-from search.trial.measure import count_flops, count_params, measure_latency_ms
+from search.trial.measure import activation_bytes, count_flops, count_params, measure_latency_ms
+from search.trial.memory import eval_batch_size, oom_as_trial_failed
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
 from spaces.schema import TrialConfig
@@ -39,7 +40,7 @@ propagates unchanged to the caller.
 """
 
 EVAL_BATCH = 1024
-CHECK_EVERY = 50  # steps between finiteness/deadline checks: each check syncs a GPU once
+CHECK_EVERY = 50  # steps between finiteness checks: each check syncs a GPU once
 
 
 def make_optimizer(config: TrialConfig, params) -> torch.optim.Optimizer:
@@ -87,19 +88,25 @@ def make_loss(config: TrialConfig) -> Callable[[torch.Tensor, torch.Tensor], tor
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: TrialData, x: torch.Tensor, y: torch.Tensor,
-             amp: torch.dtype | None = None) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on uint8 images ``x`` with labels ``y``."""
+             amp: torch.dtype | None = None, deadline: float | None = None) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on uint8 images ``x`` with labels ``y``.
+
+    Past ``deadline`` (``time.monotonic()``), checked after every batch, it raises
+    :class:`TrialFailed` with reason ``timeout``.
+    """
     model.eval()
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
     loss_sum = torch.zeros((), device=y.device, dtype=torch.float32)
     autocast = torch.autocast(y.device.type, dtype=amp) if amp else nullcontext()
-    for start in range(0, len(y), EVAL_BATCH):
-        xb = _to_input(data, x[start:start + EVAL_BATCH])
-        yb = y[start:start + EVAL_BATCH]
+    size = eval_batch_size(data.input_shape, EVAL_BATCH)
+    for start in range(0, len(y), size):
+        xb = _to_input(data, x[start:start + size])
+        yb = y[start:start + size]
         with autocast:
             logits = model(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
+        _check_deadline(deadline, "in a validation pass")
     n = max(1, len(y))
     return correct.item() / n, loss_sum.item() / n
 
@@ -119,19 +126,16 @@ def fit(config: TrialConfig, data: TrialData, device: torch.device | str,
     """Train one model from ``config`` on ``data``; return the model and its metrics.
 
     ``deadline`` is a ``time.monotonic()`` value after which the trial fails with reason
-    ``timeout``. NaN/inf loss fails it with ``nan_loss``, running out of device memory
-    with ``oom`` (:class:`TrialFailed`). See :func:`train` for the metrics.
+    ``timeout``. NaN/inf loss fails it with ``nan_loss``, running out of device or host
+    memory (whichever error says so, :func:`search.trial.memory.is_out_of_memory`) with
+    ``oom`` (:class:`TrialFailed`), the failed run's memory released by then. See
+    :func:`train` for the metrics.
     """
-    device = torch.device(device)
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    device = resolve_device(device)
+    cuda_devices = [device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
-        try:
-            return _fit(config, data, device, report, measure, deadline)
-        except torch.OutOfMemoryError as exc:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise TrialFailed("oom", f"out of memory on {device}: {str(exc).splitlines()[0]}") from exc
+        return oom_as_trial_failed(lambda: _fit(config, data, device, report, measure, deadline), device)
 
 
 def train(config: TrialConfig, data: TrialData, device: torch.device | str,
@@ -140,10 +144,33 @@ def train(config: TrialConfig, data: TrialData, device: torch.device | str,
     """Train one model from ``config`` on ``data`` and return its metrics (:class:`TrialMetrics`).
 
     ``latency_ms`` (ms/image at batch 1) and ``throughput`` (inference img/s over the last
-    epoch's validation pass, batches of ``EVAL_BATCH`` uint8 images normalised on the
+    epoch's validation pass, batches of at most ``EVAL_BATCH`` uint8 images normalised on the
     device) are measured only when ``measure``; ``metrics.to_dict()`` is the JSON-able form.
     """
     return fit(config, data, device, report, measure=measure, deadline=deadline)[1]
+
+
+def training_memory(model: nn.Module, config: TrialConfig, data: TrialData, device: torch.device) -> int:
+    """Bytes that training ``model`` (built from ``config``) on ``data`` needs on ``device``, estimated.
+
+    The weights, their gradients and the optimizer's state (two values a weight for Adam and
+    AdamW, one for SGD with momentum), plus the larger of a training step's activations
+    (every layer's output at the batch the training uses, kept for the backward pass, and
+    the gradients of the two largest) and a validation batch's (the largest layer's input and
+    output at the batch :func:`search.trial.memory.eval_batch_size` gives). Activations are measured per image
+    (:func:`search.trial.measure.activation_bytes`; pass a model built on the meta device
+    and nothing is allocated) and count at the autocast dtype's size under mixed precision.
+    The data itself is already on the device and not counted.
+    """
+    states = {"adam": 2, "adamw": 2}.get(config.optimizer, 1 if config.momentum > 0 else 0)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) * (2 + states)
+    per_image, largest = activation_bytes(model, data.input_shape)
+    amp = amp_dtype_for(device)
+    scale = torch.finfo(amp).bits / 32 if amp is not None else 1.0
+    train_batch = min(config.batch_size, len(data.train_y))
+    eval_batch = min(eval_batch_size(data.input_shape, EVAL_BATCH), len(data.val_y))
+    activations = max((per_image + 2 * largest) * train_batch, 2 * largest * eval_batch) * scale
+    return int(weights + activations)
 
 
 @dataclass
@@ -174,7 +201,8 @@ def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Rep
         curves["lr"].append(run.optimizer.param_groups[0]["lr"])
         loss_sum = _train_epoch(run, data, device, epoch, deadline)
         eval_started = time.perf_counter()
-        val_acc, val_loss = evaluate(run.model, data, data.val_x, data.val_y, run.amp)  # ends in .item(): synced
+        # evaluate() ends in .item(): synced
+        val_acc, val_loss = evaluate(run.model, data, data.val_x, data.val_y, run.amp, deadline)
         eval_seconds = time.perf_counter() - eval_started
         curves["train_loss"].append(loss_sum.item() / run.steps_per_epoch)
         curves["val_accuracy"].append(val_acc)
@@ -191,8 +219,8 @@ def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Rep
 def _start(config: TrialConfig, data: TrialData, device: torch.device) -> _Run:
     """The model on ``device`` and its optimizer, schedule, loss, mixed precision and augmentation."""
     amp = amp_dtype_for(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True  # autotuning picks kernels by timing: off in deterministic mode
     model = build_model(config, data.input_shape, data.num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -222,7 +250,7 @@ def _train_epoch(run: _Run, data: TrialData, device: torch.device, epoch: int,
     run.model.train()
     loss_sum = torch.zeros((), device=device)
     autocast = torch.autocast(device.type, dtype=run.amp) if run.amp else nullcontext()
-    for idx in batches(len(data.train_y), run.batch_size, run.generator, device):
+    for step, idx in enumerate(batches(len(data.train_y), run.batch_size, run.generator, device), 1):
         xb = _to_input(data, data.train_x[idx], run.augment)
         yb = data.train_y[idx]
         with autocast:
@@ -238,9 +266,12 @@ def _train_epoch(run: _Run, data: TrialData, device: torch.device, epoch: int,
         run.schedule.step()
         loss_sum += loss.detach().float()
         run.steps += 1
+        # The clock after every step (no device sync): one long step is not interrupted, the next
+        # check comes right after it. The finiteness check syncs a GPU, so it runs less often.
+        _check_deadline(deadline, f"at step {step}/{run.steps_per_epoch} of epoch {epoch}")
         if run.steps % CHECK_EVERY == 0:
-            _check(loss_sum, epoch, deadline)
-    _check(loss_sum, epoch, deadline)
+            _check_finite(loss_sum, epoch)
+    _check_finite(loss_sum, epoch)
     return loss_sum
 
 
@@ -267,9 +298,13 @@ def _metrics(run: _Run, data: TrialData, device: torch.device, curves: dict[str,
     )
 
 
-def _check(loss_sum: torch.Tensor, epoch: int, deadline: float | None) -> None:
-    """Stop a trial that is training on garbage or has run out of time."""
+def _check_finite(loss_sum: torch.Tensor, epoch: int) -> None:
+    """Stop a trial that is training on garbage."""
     if not torch.isfinite(loss_sum):
         raise TrialFailed("nan_loss", f"training loss became {loss_sum.item()} in epoch {epoch}")
+
+
+def _check_deadline(deadline: float | None, where: str) -> None:
+    """Stop a trial that has run out of time; ``where`` it was goes in the message."""
     if deadline is not None and time.monotonic() > deadline:
-        raise TrialFailed("timeout", f"trial exceeded its time limit in epoch {epoch}")
+        raise TrialFailed("timeout", f"trial exceeded its time limit {where}")

@@ -175,6 +175,60 @@ def test_a_folder_that_is_not_a_report_is_never_replaced(tmp_path: Path, capsys:
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
+def test_a_folder_with_an_index_html_of_its_own_is_never_touched(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    url, _ = _empty_study(tmp_path)
+    site = tmp_path / "site"
+    (site / "images").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>my home page</h1>")
+    (site / "notes.txt").write_text("keep me")
+    (site / "images" / "logo.png").write_bytes(b"png")
+    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert main(["report", "--study", "empty", "--storage", url, "--out", str(site)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(site) in err and "not a cnnsearch report" in err
+    assert {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()} == before
+
+
+def test_another_studys_report_is_never_replaced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    url, _ = _empty_study(tmp_path)
+    create_or_resume(open_storage(url, heartbeat_interval=None), "other",
+                     StudySpec(space=load_space("tiny"), dataset="digits"))
+    out = tmp_path / "report"
+    assert main(["report", "--study", "other", "--storage", url, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["report", "--study", "empty", "--storage", url, "--out", str(out)]) == 2
+    assert "study 'other'" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_new_report_replaces_only_its_own_files(tmp_path: Path) -> None:
+    url, _ = _empty_study(tmp_path)
+    out = tmp_path / "report"
+    assert main(["report", "--study", "empty", "--storage", url, "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("my notes on this study")
+    (out / "images").mkdir()
+    (out / "images" / "figure.png").write_bytes(b"png")
+    (out / "summary.md").write_text("stale")
+    assert main(["report", "--study", "empty", "--storage", url, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["images", "index.html", "notes.txt", "summary.md", "trials.csv"]
+    assert (out / "notes.txt").read_text() == "my notes on this study"
+    assert (out / "images" / "figure.png").read_bytes() == b"png"
+    assert (out / "summary.md").read_text().startswith("# Study `empty`")
+
+
+def test_reports_of_other_studies_stay_in_their_own_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url, _ = _empty_study(tmp_path)
+    assert main(["report", "--study", "empty", "--storage", url]) == 0
+    reports = tmp_path / "cnnsearch-reports"
+    before = {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()}
+    for name in ("", ".", "..", "../x", str(tmp_path / "elsewhere")):
+        assert main(["report", "--study", name, "--storage", url]) == 2
+    assert {p.relative_to(reports): p.read_bytes() for p in reports.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("empty.db")) == ["cnnsearch-reports"]
+
+
 def test_a_failed_write_leaves_the_previous_report_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _, study = _empty_study(tmp_path)
     out = tmp_path / "reports" / "report"
@@ -184,7 +238,7 @@ def test_a_failed_write_leaves_the_previous_report_whole(tmp_path: Path, monkeyp
     def refuse(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("reports.report.os.rename", refuse)
+    monkeypatch.setattr("storage.staging.os.replace", refuse)
     with pytest.raises(ReportError, match="No space left on device"):
         write_report(study, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

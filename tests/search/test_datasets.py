@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import struct
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import torchvision.datasets
+import yaml
 from PIL import Image
 
+from search.cli import main
+from search.study.spec import StudySpec
 from search.trial.datasets import dataset_names, describe_datasets, load_dataset
 from search.trial.errors import DataError
+from spaces import load_space
 
 
 def assert_image_set(images, n: int, shape: tuple[int, int, int]) -> None:
@@ -316,3 +324,140 @@ def test_image_folder_without_class_folders_is_refused(tmp_path):
     save(tmp_path / "loose.png", (1, 2, 3), (8, 8))
     with pytest.raises(DataError, match="no class sub-folders"):
         load_dataset(f"imagefolder:{tmp_path}")
+
+
+# --- image folders: what is read, and what is not ----------------------------------------
+
+
+def _release_after(fifo: Path, seconds: float) -> threading.Timer:
+    """Open ``fifo`` for writing after ``seconds``, so a loader blocked reading it fails instead of hanging."""
+    timer = threading.Timer(seconds, lambda: open(fifo, "wb").close())  # noqa: SIM115 - closed at once
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def test_image_folder_skips_fifos_and_symlinks_that_leave_it_or_loop_with_one_warning(tmp_path, caplog):
+    root, outside = tmp_path / "ds", tmp_path / "outside"
+    for label in ("a", "b"):
+        for i in range(2):
+            save(root / label / f"{i}.png", (40 * i, 0, 0), (10, 10))
+    for i in range(3):
+        save(outside / f"{i}.png", (0, 0, 255), (10, 10))
+    os.symlink(outside, root / "a" / "elsewhere")        # a folder outside the root
+    os.symlink(outside / "0.png", root / "b" / "x.png")  # a file outside the root
+    os.symlink(root, root / "a" / "loop")                # back to the root: a loop
+    os.symlink(root / "b", root / "b" / "again")         # back to its own folder: a loop
+    os.symlink(root, root / "c")                         # a class folder that is the root: a loop
+    os.symlink(root / "a" / "0.png", root / "b" / "alias.png")  # inside the root: read
+    os.mkfifo(root / "b" / "pipe.png")
+    timer = _release_after(root / "b" / "pipe.png", 20)
+    try:
+        with caplog.at_level(logging.WARNING, logger="search.trial.datasets"):
+            data = load_dataset(f"imagefolder:{root}")
+    finally:
+        timer.cancel()
+        os.close(os.open(root / "b" / "pipe.png", os.O_RDONLY | os.O_NONBLOCK))  # frees a timer already waiting
+    assert data.labels.tolist() == [0, 0, 1, 1, 1]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"skipped 6 entries in {root}: 2 symlinks leaving it, 3 symlink loops, "
+                              "1 FIFO, socket, device or broken link (")
+    shown = [str(Path(*parts)) for parts in (("a", "elsewhere"), ("b", "x.png"), ("c",), ("a", "loop"), ("b", "again"))]
+    assert warning.endswith(f"({', '.join(shown)} and 1 more)")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` gray pixels, without the pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+
+
+def test_image_over_the_pixel_limit_is_skipped_before_decoding(tmp_path, caplog):
+    for label in ("a", "b"):
+        save(tmp_path / label / "ok.png", 9, (10, 10), mode="L")
+    (tmp_path / "a" / "huge.png").write_bytes(_png_header(12000, 12000))
+    with caplog.at_level(logging.WARNING, logger="search.trial.datasets"):
+        data = load_dataset(f"imagefolder:{tmp_path}")
+    assert len(data.labels) == 2
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (f"skipped 1 images in {tmp_path} over the limit of 67,108,864 pixels "
+                       f"(CNNSEARCH_MAX_IMAGE_PIXELS): {Path('a') / 'huge.png'} (12000x12000)")
+
+
+def test_pixel_limit_is_configurable(tmp_path, caplog, monkeypatch):
+    for label in ("a", "b"):
+        save(tmp_path / label / "small.png", 9, (20, 20), mode="L")
+        save(tmp_path / label / "large.png", 9, (40, 40), mode="L")
+    monkeypatch.setenv("CNNSEARCH_MAX_IMAGE_PIXELS", "1000")
+    with caplog.at_level(logging.WARNING, logger="search.trial.datasets"):
+        data = load_dataset(f"imagefolder:{tmp_path}")
+    assert len(data.labels) == 2
+    assert "skipped 2 images" in caplog.records[0].getMessage()
+    assert "limit of 1,000 pixels" in caplog.records[0].getMessage()
+    monkeypatch.setenv("CNNSEARCH_MAX_IMAGE_PIXELS", "200000000")  # above PIL's own bomb limit
+    assert len(load_dataset(f"imagefolder:{tmp_path}").labels) == 4
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5"])
+def test_bad_pixel_limit_is_refused(tmp_path, monkeypatch, value):
+    for label in ("a", "b"):
+        save(tmp_path / label / "x.png", 9, (20, 20), mode="L")
+    monkeypatch.setenv("CNNSEARCH_MAX_IMAGE_PIXELS", value)
+    with pytest.raises(DataError, match=f"CNNSEARCH_MAX_IMAGE_PIXELS={value!r} is not accepted"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+# --- image folders in a study: recorded by absolute path and content -----------------------
+
+
+def _study_of_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """A project folder holding data/ds (two classes of 10 images) and tiny.yaml, as the working directory."""
+    project = tmp_path / "project"
+    for label, value in (("dark", 20), ("light", 230)):
+        for i in range(10):
+            save(project / "data" / "ds" / label / f"{i}.png", value + i, (12, 12), mode="L")
+    (project / "tiny.yaml").write_text("params:\n  epochs: 1\n  width: 4\n  depth: 1\n")
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
+    return project, f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+@pytest.mark.slow
+def test_relative_image_folder_is_recorded_absolute_so_its_recipe_trains_from_anywhere(tmp_path, monkeypatch,
+                                                                                         capsys):
+    project, url = _study_of_images(tmp_path, monkeypatch)
+    assert main(["run", "--study", "s", "--storage", url, "--dataset", "imagefolder:data/ds",
+                 "--space", "tiny.yaml", "--trials", "1", "--no-progress"]) == 0
+    absolute = f"imagefolder:{project / 'data' / 'ds'}"
+    assert optuna.load_study(study_name="s", storage=url).user_attrs["dataset"] == absolute
+    assert main(["export", "--study", "s", "--storage", url, "--out", str(tmp_path / "repo")]) == 0
+    recipe = yaml.safe_load((tmp_path / "repo" / "recipe.yaml").read_text())
+    assert recipe["data"]["dataset"] == absolute
+    monkeypatch.chdir(tmp_path / "repo")
+    assert main(["train", "--config", "recipe.yaml", "--out", "retrained"]) == 0
+    assert (tmp_path / "repo" / "retrained" / "weights.pt").is_file()
+
+    # Other pictures under the same names: the recipe's split would match, its content does not.
+    for png in (project / "data" / "ds" / "dark").glob("*.png"):
+        save(png, 99, (12, 12), mode="L")
+    capsys.readouterr()
+    assert main(["train", "--config", "recipe.yaml", "--out", "again"]) == 2
+    assert f"dataset '{absolute}' here holds other images than the recipe's study" in capsys.readouterr().err
+    assert not (tmp_path / "repo" / "again").exists()
+
+
+@pytest.mark.slow
+def test_study_recorded_with_a_relative_image_folder_still_resumes(tmp_path, monkeypatch):
+    project, url = _study_of_images(tmp_path, monkeypatch)
+    # What `run` recorded before paths were made absolute: the path as given, relative.
+    old = StudySpec(space=load_space("tiny.yaml"), dataset="imagefolder:data/ds", budget=1).to_attrs()
+    old["dataset"] = "imagefolder:data/ds"
+    study = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    for key, value in old.items():
+        study.set_user_attr(key, value)
+    assert main(["run", "--study", "old", "--storage", url, "--dataset", "imagefolder:data/ds",
+                 "--space", "tiny.yaml", "--trials", "1", "--no-progress"]) == 0
+    study = optuna.load_study(study_name="old", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    assert study.user_attrs["dataset"] == f"imagefolder:{project / 'data' / 'ds'}"

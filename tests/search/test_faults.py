@@ -57,19 +57,47 @@ def test_a_trial_over_its_time_limit_is_pruned_with_reason_timeout(workdir: Path
     assert len(t.intermediate_values) < 200
 
 
-def test_out_of_memory_is_recorded_so_the_sampler_learns(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 17970000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError(),
+], ids=["torch-oom", "cudnn", "cublas", "host", "memoryerror"])
+def test_out_of_memory_is_recorded_so_the_sampler_learns(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         error: BaseException) -> None:
     import search.trial.train
 
     def no_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise error
 
     monkeypatch.setattr(search.trial.train, "_fit", no_memory)
     space = _space(workdir, "oom.yaml", "  width: {type: int, low: 4, high: 8}\n  epochs: 1\n")
-    assert _run("--study", "oom", "--space", space, "--trials", "2") == 0
+    # Not failures: a study that stops after one failure goes on.
+    assert _run("--study", "oom", "--space", space, "--trials", "2", "--max-failures", "1") == 0
     trials = _trials(workdir, "oom")
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2  # PRUNED: TPE ranks it below every success
-    assert trials[0].user_attrs["fail_reason"] == "oom"
-    assert "out of memory" in trials[0].user_attrs["fail_message"]
+    assert [t.user_attrs["fail_reason"] for t in trials] == ["oom", "oom"]
+    assert trials[0].user_attrs["fail_message"].startswith("out of ")
+
+
+def test_a_model_too_big_for_the_host_to_count_for_max_params_is_out_of_memory_too(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import search.study.objective
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 8053063680 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(search.study.objective, "build_model", no_memory)  # the model --max-params counts
+    space = _space(workdir, "big.yaml", "  width: {type: int, low: 4, high: 8}\n  epochs: 1\n")
+    assert _run("--study", "big", "--space", space, "--trials", "2", "--max-failures", "1",
+                "--max-params", "100000") == 0
+    trials = _trials(workdir, "big")
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert [t.user_attrs["fail_reason"] for t in trials] == ["oom", "oom"]
+    assert trials[0].user_attrs["fail_message"].startswith("out of host memory: ")
 
 
 def test_consecutive_failures_stop_the_study_with_the_last_reason(workdir: Path,

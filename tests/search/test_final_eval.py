@@ -63,3 +63,22 @@ def test_bad_final_eval_flags_are_refused_before_training(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert err.startswith(f"cnnsearch: error: argument {flag}: must be at least") and err.count("\n") == 1
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_retrain_that_runs_out_of_memory_is_one_line_and_no_report(tmp_path: Path,
+                                                                    tiny_study: Callable[[Path], str],
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    import search.results.final_eval
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+
+    monkeypatch.setattr(search.results.final_eval, "fit", no_memory)
+    url = tiny_study(tmp_path / "db")
+    out = tmp_path / "report"
+    assert main(["report", "--study", STUDY, "--storage", url, "--final-eval", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cnnsearch: error: final evaluation of trial #")
+    assert "stopped: out of memory on cpu: cuDNN error: CUDNN_STATUS_ALLOC_FAILED" in err[-1]
+    assert not out.exists()

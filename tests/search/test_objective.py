@@ -1,4 +1,9 @@
-"""What one trial does with the pruner: start points and warm-start configs always run to the end."""
+"""What one trial does with the pruner, its time limit and the worker's memory.
+
+Start points and warm-start configs always run to the end; a trial that trained every epoch is
+COMPLETE; a stopped trial records the time and epochs it trained; a model too big for the
+worker is refused before training; the time limit holds inside an epoch.
+"""
 
 from __future__ import annotations
 
@@ -46,3 +51,65 @@ def test_start_points_are_never_pruned_and_sampled_trials_are(digits) -> None:
         seed=start.user_attrs["seed"]).to_dict()
     assert set(METRICS) <= set(start.user_attrs) and start.user_attrs["curves"]["val_accuracy"] == [
         start.intermediate_values[1], start.intermediate_values[2]]
+
+
+def _run_enqueued(study: optuna.Study, spec: StudySpec, data, params: list[dict]) -> list[optuna.trial.FrozenTrial]:
+    """Enqueue ``params`` (sampled trials, no ``origin``), run each as a worker would, return them."""
+    for p in params:
+        study.enqueue_trial(p)
+    identity = worker_identity(torch.device("cpu"))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        run_trial(study, trial._trial_id, spec, data, torch.device("cpu"), identity)
+    return study.get_trials()
+
+
+def _space(**fixed) -> object:
+    return parse_space({"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                                   "depth": 1, "batch_size": 64, **fixed}}, source="test")
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_trial_that_trained_every_epoch_is_complete_whatever_the_pruner_says(digits, epochs: int) -> None:
+    spec = StudySpec(space=_space(width=4, epochs=epochs), dataset="digits")
+    # Prunes every trial from its last epoch on (earlier epochs are its warm-up).
+    pruner = optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=epochs)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    (trial,) = _run_enqueued(study, spec, digits, [{"lr": 0.005}])
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("fail_message")
+    assert sorted(trial.intermediate_values) == list(range(1, epochs + 1))
+    assert trial.user_attrs["epochs_run"] == epochs and "fail_reason" not in trial.user_attrs
+
+
+def test_a_pruned_trial_records_the_seconds_and_epochs_it_trained(digits) -> None:
+    spec = StudySpec(space=_space(width=4, epochs=3), dataset="digits")
+    pruner = optuna.pruners.ThresholdPruner(lower=2.0, n_warmup_steps=2)  # prunes at epoch 2 of 3
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    (trial,) = _run_enqueued(study, spec, digits, [{"lr": 0.005}])
+    assert (trial.state, trial.user_attrs["fail_reason"]) == (TrialState.PRUNED, "pruned")
+    assert trial.user_attrs["epochs_run"] == 2
+    assert trial.user_attrs["train_seconds"] > 0
+
+
+def test_the_trial_timeout_stops_training_right_after_the_step_that_passed_it(digits) -> None:
+    # batch 8: 180 steps an epoch on digits; any first step outlasts a nanosecond limit.
+    spec = StudySpec(space=_space(width=4, epochs=2, batch_size=8), dataset="digits", trial_timeout=1e-9)
+    study = optuna.create_study(direction="maximize")
+    (trial,) = _run_enqueued(study, spec, digits, [{"lr": 0.005}])
+    assert (trial.state, trial.user_attrs["fail_reason"]) == (TrialState.PRUNED, "timeout")
+    assert "step 1/" in trial.user_attrs["fail_message"] and "of epoch 1" in trial.user_attrs["fail_message"]
+    assert trial.user_attrs["epochs_run"] == 0 and trial.user_attrs["train_seconds"] > 0
+
+
+def test_a_model_too_big_for_the_workers_memory_is_refused_before_training(digits, monkeypatch) -> None:
+    monkeypatch.setenv("CNNSEARCH_WORKER_MEMORY_MB", "20")
+    space = parse_space({"params": {"width": {"type": "categorical", "choices": [4, 256]}, "depth": 2,
+                                    "batch_size": 512, "epochs": 1}}, source="test")
+    spec = StudySpec(space=space, dataset="digits")
+    study = optuna.create_study(direction="maximize")
+    small, big = _run_enqueued(study, spec, digits, [{"width": 4}, {"width": 256}])
+    assert small.state == TrialState.COMPLETE, small.user_attrs.get("fail_message")
+    assert (big.state, big.user_attrs["fail_reason"]) == (TrialState.PRUNED, "memory")
+    assert big.intermediate_values == {} and "train_seconds" not in big.user_attrs, "refused before training"
+    message = big.user_attrs["fail_message"]
+    assert "20.0 MB available" in message and "needs about" in message, message

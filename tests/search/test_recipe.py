@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from search.trial.errors import CnnSearchError
 from spaces import load_space
 from spaces.schema import TrialConfig
 from storage import open_storage
+from tests.support.cli import CLI, clean_env
 from tests.support.studies import STUDY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,6 +99,34 @@ def test_export_a_chosen_trial_as_json_next_to_the_users_readme(study_url: str, 
     assert sorted(p.name for p in out.iterdir()) == ["README.cnnsearch.md", "README.md", "recipe.json"]
 
 
+@pytest.mark.slow
+def test_an_export_that_hits_the_file_size_limit_leaves_nothing_behind(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
+    (tmp_path / "wide.yaml").write_text("params:\n  epochs: 1\n  width: 128\n  depth: 2\n")
+    assert main(["run", "--study", "wide", "--dataset", "digits", "--space", "wide.yaml", "--trials", "1",
+                 "--keep-checkpoints", "--no-progress"]) == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / "cnnsearch.db")) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # so that reading the study writes nothing large
+    (checkpoint,) = (tmp_path / "cnnsearch-artifacts").iterdir()
+    limit = checkpoint.stat().st_size // 2  # `ulimit -f`: the weights (about 1 MB) cannot be written whole
+    assert limit > (tmp_path / "cnnsearch.db").stat().st_size
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "training-repo"
+    proc = subprocess.run([*CLI, "export", "--study", "wide", "--out", str(out)], cwd=tmp_path, env=clean_env(),
+                          capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "File too large" in proc.stderr
+    assert not out.exists()  # neither a temporary file nor the folder the export made for it
+
+
 def test_export_refuses_a_trial_that_did_not_complete(study_url: str, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     study = optuna.load_study(study_name=STUDY, storage=open_storage(study_url, heartbeat_interval=None))
@@ -133,6 +163,17 @@ def test_a_bad_recipe_gets_one_line_naming_the_file(tmp_path: Path, capsys: pyte
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and expected in err
+
+
+def test_a_recipe_with_an_alias_bomb_is_refused_before_it_expands(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    lines = ['  - &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  - &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10**9 strings
+    path = tmp_path / "recipe.yaml"
+    path.write_text("format: cnnsearch-recipe/1\nconfig:\n" + "\n".join(lines) + "\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "alias" in err
 
 
 def test_build_model_takes_a_recipe_or_a_config_with_its_shape() -> None:

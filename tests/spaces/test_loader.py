@@ -200,6 +200,11 @@ BAD_SPACES = {
                              ["param 'lr' choices", "lr='1e-3'", "1.0e-4"]),
     "description_not_text": ("description: [a, b]\nparams: {}\n",
                              ["description=['a', 'b']", "one line of text"]),
+    "full_grid_not_bool": ("full_grid: yes please\nparams: {}\n",
+                           ["full_grid='yes please'", "not true or false", "full_grid: true"]),
+    "full_grid_of_a_continuous_space": (
+        "full_grid: true\nparams:\n  lr: {type: float, low: 0.001, high: 0.1}\n",
+        ["grid search needs a finite set of values", "'lr' is a continuous float", "add `step:`"]),
 }
 
 
@@ -237,3 +242,18 @@ def test_missing_file_lists_the_presets(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{missing}: space file not found")
     assert "backbones, default" in message
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """YAML whose aliases expand to 10**levels strings (a "billion laughs" at 9 levels) in 1 KB of text."""
+    lines = ['  - &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"  - &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("where", ["description", "params"])
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path, where):
+    text = ("params:\n  epochs: 1\n" if where == "description" else "") + f"{where}:\n" + _alias_bomb()
+    message = load_error(tmp_path, text)
+    assert "alias" in message and "expands" in message

@@ -81,3 +81,21 @@ def test_checkpoint_uploaded_for_a_trial_comes_back(tmp_path: Path) -> None:
     download_artifact(artifact_store=artifact_store_for(url), artifact_id=artifact_id, file_path=str(restored))
 
     assert restored.read_bytes() == b"\x00weights\xff"
+
+
+class _FullDisk(io.BytesIO):
+    """A checkpoint whose copy fails part way, as on a full disk or under `ulimit -f`."""
+
+    def read(self, size: int = -1) -> bytes:
+        if self.tell() > 0:
+            raise OSError(27, "File too large")
+        return super().read(4)
+
+
+def test_an_artifact_that_cannot_be_written_whole_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = artifact_store_for(f"sqlite:///{tmp_path / 'study.db'}")
+    with pytest.raises(OSError, match="File too large"):
+        store.write("checkpoint", _FullDisk(b"0123456789"))
+    assert list((tmp_path / "study-artifacts").iterdir()) == []
+    store.write("checkpoint", io.BytesIO(b"0123456789"))
+    assert [p.name for p in (tmp_path / "study-artifacts").iterdir()] == ["checkpoint"]

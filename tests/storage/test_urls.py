@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from storage import DEFAULT_STORAGE, mask_url, resolve_storage_url
+from storage import DEFAULT_STORAGE, StorageError, mask_url, resolve_storage_url
+from storage.urls import parse_storage_url
 
 SECRET = "s3cr3t-Pa55"
 
@@ -82,3 +83,34 @@ def test_mask_url_never_shows_password_of_malformed_urls(url: str) -> None:
     assert SECRET not in shown
     assert SECRET[4:] not in shown
     assert "***" in shown
+
+
+@pytest.mark.parametrize("password", ["ngPw@x/y", "Str/ng@ngPw-Zeta9", "a@b@c-d", "p:w@q?r=s"])
+def test_mask_url_hides_all_of_a_password_with_unescaped_special_characters(password: str) -> None:
+    shown = mask_url(f"postgresql+psycopg://cns:{password}@127.0.0.1/cnnsearch")
+    assert shown == "postgresql+psycopg://cns:***@127.0.0.1/cnnsearch"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://cns:ngPw@x/y@127.0.0.1/cnnsearch",
+    "postgresql://cns:Str/ng@ngPw-Zeta9@127.0.0.1:9/cnnsearch",
+])
+def test_a_password_with_an_unescaped_at_is_refused_with_how_to_write_it(url: str) -> None:
+    with pytest.raises(StorageError) as caught:
+        parse_storage_url(url)
+    message = str(caught.value)
+    assert "cns:***@127.0.0.1" in message and "%40" in message and "$PGPASSWORD" in message
+    for part in ("ngPw", "Str", "x/y", "Zeta9"):
+        assert part not in message
+
+
+def test_an_escaped_password_is_read_as_written() -> None:
+    parsed = parse_storage_url("postgresql://cns:Str%2Fng%40ngPw@127.0.0.1/cnnsearch")
+    assert parsed.password == "Str/ng@ngPw" and parsed.host == "127.0.0.1"
+    assert parsed.drivername == "postgresql+psycopg"
+
+
+def test_a_sqlite_path_with_an_at_is_a_path() -> None:
+    url = "sqlite:////data/me@lab:2/cnnsearch.db"
+    assert parse_storage_url(url).database == "/data/me@lab:2/cnnsearch.db"
+    assert mask_url(url) == url
