@@ -104,7 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.study.samplers import default_pruner, resolve_sampler
     from search.study.spec import StudySpec
     from spaces import load_space
+    from storage.heartbeat import heartbeat_settings
 
+    heartbeat_settings()  # the workers read it when they start: refused now, before the study is created
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
     space = load_space(args.space)
