@@ -82,24 +82,6 @@ def test_out_of_memory_is_recorded_so_the_sampler_learns(workdir: Path, monkeypa
     assert trials[0].user_attrs["fail_message"].startswith("out of ")
 
 
-def test_a_model_too_big_for_the_host_to_count_for_max_params_is_out_of_memory_too(
-        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import search.study.objective
-
-    def no_memory(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 8053063680 bytes. Error code 12 (Cannot allocate memory)")
-
-    monkeypatch.setattr(search.study.objective, "build_model", no_memory)  # the model --max-params counts
-    space = _space(workdir, "big.yaml", "  width: {type: int, low: 4, high: 8}\n  epochs: 1\n")
-    assert _run("--study", "big", "--space", space, "--trials", "2", "--max-failures", "1",
-                "--max-params", "100000") == 0
-    trials = _trials(workdir, "big")
-    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
-    assert [t.user_attrs["fail_reason"] for t in trials] == ["oom", "oom"]
-    assert trials[0].user_attrs["fail_message"].startswith("out of host memory: ")
-
-
 def test_consecutive_failures_stop_the_study_with_the_last_reason(workdir: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     # A pretrained backbone whose weights are not on this offline machine: every trial fails.
