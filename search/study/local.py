@@ -28,10 +28,10 @@ from search.study.progress import StudyProgress
 from search.study.records import INTERRUPTED, TrialOutcome, WorkerSummary, raise_worker_errors
 from search.study.signals import stop_on_sigterm, stop_with_parent
 from search.study.spec import StudySpec, create_or_resume, fill_budget, warm_start_params
-from search.study.worker import WorkerSettings, worker_loop, worker_summary
+from search.study.worker import STORAGE_LOST, WorkerSettings, worker_loop, worker_summary
 from search.trial.data import prepare_data
 from search.trial.device import resolve_device
-from storage import open_storage, resolve_storage_url
+from storage import StorageError, open_storage, resolve_storage_url
 from storage.records import FAIL_MESSAGE, FAIL_REASON, HOST, PID
 from storage.studies import study_counts
 
@@ -178,10 +178,28 @@ def _process_main(results: Connection, url: str, study_name: str, index: int, de
             summary = worker_summary(url, study_name, settings, name)
         except (KeyboardInterrupt, WorkerStopped):
             summary = WorkerSummary.failed(name, INTERRUPTED)
+    if summary.error == INTERRUPTED:
+        _fail_own_trials(url, study_name)
     try:
         results.send(summary)
     except BrokenPipeError:  # the run is gone: nobody to tell
         pass
+
+
+def _fail_own_trials(url: str, study_name: str) -> None:
+    """Fail what this stopped worker process left RUNNING: its run may be gone and cannot do it.
+
+    The trial's own handler marks it FAIL when the stop comes during training; a stop that came
+    while it was being claimed or recorded leaves it RUNNING. A further SIGTERM is ignored here.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        storage = open_storage(url, heartbeat_interval=None)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        _fail_running_trials(storage, study, [os.getpid()], INTERRUPTED, f"worker pid {os.getpid()} was stopped",
+                             retry=False)
+    except (StorageError, *STORAGE_LOST) as exc:  # the heartbeat's grace period fails it later
+        log.warning("could not mark the interrupted trial FAIL: %s", exc)
 
 
 def _dead_worker(proc: multiprocessing.process.BaseProcess, storage: optuna.storages.BaseStorage,

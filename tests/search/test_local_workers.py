@@ -102,9 +102,13 @@ def test_a_worker_killed_mid_trial_is_noticed_and_the_others_finish_the_budget(w
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_end_with_a_killed_run_and_leave_nothing_running(workdir: Path) -> None:
     run = _start_run(workdir, "orphans", 6, workdir / "run.log")
+    workers: list[int] = []
     try:
-        wait_for(lambda: len(_training(workdir, "orphans", run)) == 2, 240, "both workers training")
-        workers = list(_training(workdir, "orphans", run))
+        def both_training() -> bool:
+            workers[:] = _training(workdir, "orphans", run)
+            return len(workers) == 2
+
+        wait_for(both_training, 240, "both workers training")
         run.kill()
         run.wait()
         wait_for(lambda: not any(_alive(pid) for pid in workers), 30, "the workers to end with the run")
@@ -115,7 +119,7 @@ def test_workers_end_with_a_killed_run_and_leave_nothing_running(workdir: Path) 
     trials = _trials(workdir, "orphans")
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     stopped = [t for t in trials if t.state == TrialState.FAIL]
-    assert sorted(t.user_attrs["pid"] for t in stopped) == sorted(workers)
+    assert stopped and {t.user_attrs["pid"] for t in stopped} <= set(workers)
     assert all(t.user_attrs["fail_reason"] == "interrupted" for t in stopped)
     assert sum(t.state == TrialState.COMPLETE for t in trials) < 6  # they did not finish the study alone
 
