@@ -112,7 +112,14 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
             data = prepare_data(images, split, dev)
             del images
             settings = WorkerSettings(device=dev, timeout=timeout, parallel=False)
-            workers.append(worker_loop(url, study_name, settings, data=data))
+            try:
+                workers.append(worker_loop(url, study_name, settings, data=data))
+            except (KeyboardInterrupt, WorkerStopped):
+                # The trial's own handler marks it FAIL when the stop comes during training, not
+                # when it comes while the trial is being claimed or recorded.
+                _fail_running_trials(storage, study, [os.getpid()], INTERRUPTED, "the run was stopped",
+                                     retry=False)
+                raise
         else:
             workers = _run_processes(url, study_name, jobs, device, timeout, storage, study)
     raise_worker_errors(workers)
