@@ -7,12 +7,15 @@ tasks instead (:mod:`search.study.ray_workers`).
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
 import optuna
@@ -22,14 +25,14 @@ from optuna.trial import TrialState
 from search.study.dataset import load_study_data, record_or_check_split
 from search.study.errors import WorkerStopped
 from search.study.progress import StudyProgress
-from search.study.records import INTERRUPTED, WorkerSummary, raise_worker_errors
+from search.study.records import INTERRUPTED, TrialOutcome, WorkerSummary, raise_worker_errors
 from search.study.samplers import grid_budget
-from search.study.signals import stop_on_sigterm
+from search.study.signals import stop_on_sigterm, stop_with_parent
 from search.study.spec import StudySpec, create_or_resume, fill_budget, warm_start_params
-from search.study.worker import WorkerSettings, worker_loop, worker_summary
+from search.study.worker import STORAGE_LOST, WorkerSettings, worker_loop, worker_summary
 from search.trial.data import prepare_data
 from search.trial.device import resolve_device
-from storage import open_storage, resolve_storage_url
+from storage import StorageError, open_storage, resolve_storage_url
 from storage.records import FAIL_MESSAGE, FAIL_REASON, HOST, PID
 from storage.studies import study_counts
 
@@ -52,10 +55,22 @@ class RunResult:
     workers: list[WorkerSummary] = field(default_factory=list)
 
 
-def cpu_threads_per_worker(jobs: int) -> int:
-    """CPU threads for each of ``jobs`` workers sharing this machine's cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def cpu_threads_per_worker(jobs: int, cores: int | None = None) -> int:
+    """CPU threads for each of ``jobs`` workers sharing ``cores`` (default: this machine's), at least one."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, jobs))
+
+
+def plan_workers(jobs: int, device: str, *, gpus: int, cores: int | None = None) -> list[tuple[str, int]]:
+    """The device and CPU threads of each of ``jobs`` local worker processes.
+
+    With ``gpus`` GPUs (for ``device`` auto or cuda) the workers take them in turn, else they
+    all use ``device``; either way they split the ``cores`` (a GPU worker still runs its
+    Python, data indexing and augmentation on CPU threads).
+    """
+    threads = cpu_threads_per_worker(jobs, cores)
+    return [(f"cuda:{i % gpus}" if gpus else device, threads) for i in range(jobs)]
 
 
 def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, *,
@@ -93,10 +108,19 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
             workers = run_ray_workers(url, study_name, ray, device=device, timeout=timeout)
         elif jobs <= 1:
             torch.set_num_threads(cpu_threads_per_worker(1))
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)  # pinning the data makes a CUDA context on the current GPU
             data = prepare_data(images, split, dev)
             del images
             settings = WorkerSettings(device=dev, timeout=timeout, parallel=False)
-            workers.append(worker_loop(url, study_name, settings, data=data))
+            try:
+                workers.append(worker_loop(url, study_name, settings, data=data))
+            except (KeyboardInterrupt, WorkerStopped):
+                # The trial's own handler marks it FAIL when the stop comes during training, not
+                # when it comes while the trial is being claimed or recorded.
+                _fail_running_trials(storage, study, [os.getpid()], INTERRUPTED, "the run was stopped",
+                                     retry=False)
+                raise
         else:
             workers = _run_processes(url, study_name, jobs, device, timeout, storage, study)
     raise_worker_errors(workers)
@@ -105,44 +129,104 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
 
 def _run_processes(url: str, study_name: str, jobs: int, device: str, timeout: float | None,
                    storage: optuna.storages.BaseStorage, study: optuna.Study) -> list[WorkerSummary]:
-    """``jobs`` worker processes on this machine: one GPU each when there are GPUs, else CPU threads split."""
+    """``jobs`` worker processes on this machine: one GPU each when there are GPUs; the CPU cores split.
+
+    Each process sends its summary through a pipe of its own. A process that ends without
+    one (the OOM killer, ``kill -9``, a crash) closes its pipe, which wakes this process at
+    once: its running trial is failed and queued again, and the others go on.
+    """
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch threads and CUDA
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-    threads = None if gpus else cpu_threads_per_worker(jobs)
     level = logging.getLogger().getEffectiveLevel()
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(target=_process_main, name=f"cnnsearch-worker-{i}", args=(
-            results, url, study_name, i, f"cuda:{i % gpus}" if gpus else device, threads, timeout, level))
-        for i in range(jobs)
-    ]
-    for proc in procs:
+    procs: list[multiprocessing.process.BaseProcess] = []
+    pending: dict[Connection, int] = {}
+    for index, (dev, threads) in enumerate(plan_workers(jobs, device, gpus=gpus)):
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_process_main, name=f"cnnsearch-worker-{index}", args=(
+            writer, url, study_name, index, dev, threads, timeout, level, os.getpid()))
         proc.start()
-    pids = [proc.pid for proc in procs]
+        writer.close()  # the child holds the only write end: its death reads as end-of-file here
+        procs.append(proc)
+        pending[reader] = index
+    out: list[WorkerSummary] = []
+    died = 0
     try:
-        out = [results.get() for _ in procs]
+        while pending:
+            for reader in wait(list(pending)):
+                index = pending.pop(reader)
+                try:
+                    out.append(reader.recv())
+                except EOFError:
+                    out.append(_dead_worker(procs[index], storage, study))
+                    died += 1
+                reader.close()
         for proc in procs:
             proc.join()
+        if died == jobs:  # nobody left to run what they left: the run failed
+            for summary in out:
+                summary.error = f"every worker process died; this one was {summary.stopped_because}"
         return out
     except (KeyboardInterrupt, WorkerStopped):
         _stop_children(procs)
         raise
     finally:
-        _fail_orphans(storage, study, pids)
+        _fail_running_trials(storage, study, [proc.pid for proc in procs], INTERRUPTED,
+                             "its worker process exited mid-trial", retry=False)
 
 
-def _process_main(results: multiprocessing.Queue, url: str, study_name: str, index: int, device: str,
-                  threads: int | None, timeout: float | None, log_level: int) -> None:
+def _process_main(results: Connection, url: str, study_name: str, index: int, device: str,
+                  threads: int, timeout: float | None, log_level: int, parent_pid: int) -> None:
     """Entry point of a local ``--jobs`` worker process (spawned; arguments are picklable)."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s worker{index} %(levelname)s %(message)s")
     settings = WorkerSettings(device=device, worker_index=index, threads=threads, timeout=timeout)
     name = f"pid {os.getpid()}"
     with stop_on_sigterm():
         try:
+            stop_with_parent(parent_pid)  # a worker never works on alone after its run died
             summary = worker_summary(url, study_name, settings, name)
         except (KeyboardInterrupt, WorkerStopped):
             summary = WorkerSummary.failed(name, INTERRUPTED)
-    results.put(summary)
+    if summary.error == INTERRUPTED:
+        _fail_own_trials(url, study_name)
+    try:
+        results.send(summary)
+    except BrokenPipeError:  # the run is gone: nobody to tell
+        pass
+
+
+def _fail_own_trials(url: str, study_name: str) -> None:
+    """Fail what this stopped worker process left RUNNING: its run may be gone and cannot do it.
+
+    The trial's own handler marks it FAIL when the stop comes during training; a stop that came
+    while it was being claimed or recorded leaves it RUNNING. A further SIGTERM is ignored here.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        storage = open_storage(url, heartbeat_interval=None)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        _fail_running_trials(storage, study, [os.getpid()], INTERRUPTED, f"worker pid {os.getpid()} was stopped",
+                             retry=False)
+    except (StorageError, *STORAGE_LOST) as exc:  # the heartbeat's grace period fails it later
+        log.warning("could not mark the interrupted trial FAIL: %s", exc)
+
+
+def _dead_worker(proc: multiprocessing.process.BaseProcess, storage: optuna.storages.BaseStorage,
+                 study: optuna.Study) -> WorkerSummary:
+    """The record of a worker process that ended without reporting; its running trial failed and queued again."""
+    proc.join()
+    code = proc.exitcode or 0
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    host = socket.gethostname()
+    name = f"{host}:{proc.pid}"  # as a worker names itself (search.study.objective.worker_identity)
+    failed = _fail_running_trials(storage, study, [proc.pid], INTERRUPTED,
+                                  f"its worker process (pid {proc.pid}) was {how}", retry=True)
+    during = f"in trial {', '.join(map(str, failed))}, queued again" if failed else "between trials"
+    log.warning("worker %s was %s (%s); the other workers go on", name, how, during)
+    summary = WorkerSummary(worker=name, stopped_because=f"{how} {during}")
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        if t.user_attrs.get(HOST) == host and t.user_attrs.get(PID) == proc.pid:
+            summary.outcomes.append(TrialOutcome(t.number, t.state, t.values, t.user_attrs.get(FAIL_REASON)))
+    return summary
 
 
 def _stop_children(procs: list[multiprocessing.process.BaseProcess]) -> None:
@@ -158,13 +242,25 @@ def _stop_children(procs: list[multiprocessing.process.BaseProcess]) -> None:
             proc.join()
 
 
-def _fail_orphans(storage: optuna.storages.BaseStorage, study: optuna.Study, pids: list[int]) -> None:
-    """Fail any trial still RUNNING under one of our (now gone) worker processes."""
+def _fail_running_trials(storage: optuna.storages.BaseStorage, study: optuna.Study, pids: list[int | None],
+                         reason: str, message: str, *, retry: bool) -> list[int]:
+    """Fail the trials still RUNNING under one of our (now gone) worker processes; return their numbers.
+
+    With ``retry`` each is first queued again as Optuna's retry callback queues a dead worker's
+    trial (outside the budget): queued before it is failed, so that a worker looking for work
+    always sees it running or waiting, never neither.
+    """
+    queue_again = storage.get_heartbeat_stale_trial_callback() if retry else None
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(HOST) == host and t.user_attrs.get(PID) in pids:
+            if queue_again is not None:
+                queue_again(study, copy.deepcopy(t))  # it appends to the trial's retry history
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_user_attr(trial_id, FAIL_REASON, INTERRUPTED)
-            storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, "its worker process exited mid-trial")
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
+            storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, message)
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(t.number)
+    return failed

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search.study.errors import StudyError, WorkerStopped
+from search.study.ray_cluster import LocalCluster, local_only
 from search.study.records import WorkerSummary
 from search.trial.datasets import MAX_IMAGE_PIXELS_ENV
 from search.trial.errors import CnnSearchError
@@ -69,8 +70,9 @@ def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, d
     ``device`` is ``auto`` (the task's GPU, else CPU) or ``cpu``; ``timeout`` and
     ``max_trials`` apply to each worker. Uses the Ray connection this process already has,
     else connects to ``options.address``, else starts a local cluster and shuts it down at
-    the end. Returns one summary per worker (with its Ray GPU ids), or the error that
-    stopped it. On KeyboardInterrupt (or SIGTERM) the tasks are
+    the end (it listens on the loopback address only, and ends with this process however this
+    process ends: :mod:`search.study.ray_cluster`). Returns one summary per worker (with its
+    Ray GPU ids), or the error that stopped it. On KeyboardInterrupt (or SIGTERM) the tasks are
     cancelled, which marks their running trials FAIL (reason ``interrupted``).
 
     Raises:
@@ -81,9 +83,11 @@ def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, d
         raise CnnSearchError(f"--device {device!r} with --backend ray: Ray assigns the GPUs; use auto or cpu")
     _check_study_exists(storage_url, study_name)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if options.address is None:
+        local_only()  # before Ray is imported: it reads the setting once
     import ray
 
-    started_here = _connect(ray, options)
+    cluster = _connect(ray, options)
     try:
         gpus = _gpus_per_trial(ray, options)
         level = logging.getLogger().getEffectiveLevel()
@@ -97,8 +101,8 @@ def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, d
                  options.cpus_per_trial, study_name)
         return _gather(ray, refs)
     finally:
-        if started_here:
-            ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
 
 
 def _check_study_exists(storage_url: str, study_name: str) -> None:
@@ -111,10 +115,10 @@ def _check_study_exists(storage_url: str, study_name: str) -> None:
         raise StudyError(f"no study named {study_name!r} in this storage; create it with `cnnsearch run`") from None
 
 
-def _connect(ray: Any, options: RayOptions) -> bool:
-    """Connect to Ray as ``options`` says; return whether this call started a local cluster."""
+def _connect(ray: Any, options: RayOptions) -> LocalCluster | None:
+    """Connect to Ray as ``options`` says; return the local cluster this call started, if it did."""
     if ray.is_initialized():
-        return False
+        return None
     quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "configure_logging": False}
     if options.address:
         try:
@@ -123,11 +127,10 @@ def _connect(ray: Any, options: RayOptions) -> bool:
             raise CnnSearchError(f"--ray-address {options.address!r}: cannot connect to a Ray cluster there "
                                  f"({' '.join(str(exc).split())[:200]}); start one with `ray start --head` or "
                                  "leave --ray-address out for a local cluster") from None
-        return False
+        return None
     cores = os.cpu_count() or 1
     # Declared like --jobs: every worker asked for runs at once, even on fewer cores than workers.
-    ray.init(num_cpus=max(cores, math.ceil(options.workers * options.cpus_per_trial)), **quiet)
-    return True
+    return LocalCluster(ray, num_cpus=max(cores, math.ceil(options.workers * options.cpus_per_trial)), **quiet)
 
 
 def _gpus_per_trial(ray: Any, options: RayOptions) -> float:

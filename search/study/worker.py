@@ -86,7 +86,7 @@ def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | No
         try:
             trial_id = worker.claim()
             if trial_id is None:
-                if worker.nothing_running():
+                if worker.nothing_left():
                     break
                 time.sleep(IDLE_POLL_SECONDS)  # others are running: wait to pick up a retry if one dies
                 continue
@@ -225,9 +225,13 @@ class Worker:
         trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
         return sum(1 for t in trials if is_original(t)) < budget
 
-    def nothing_running(self) -> bool:
-        """Whether no trial of the study runs anywhere: with none to claim, the budget is spent."""
-        return not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    def nothing_left(self) -> bool:
+        """Whether no trial of the study runs or waits anywhere: with none to claim, the budget is spent.
+
+        Waiting trials count too: a dead worker's trial queued again after this worker's claim
+        found nothing (queued before it is failed, so one read sees it running or waiting).
+        """
+        return not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
 
     def run(self, trial_id: int) -> TrialOutcome:
         """Run the claimed trial under a heartbeat.

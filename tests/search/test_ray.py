@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -23,11 +25,13 @@ from tests.support.pg import PgCluster
 from tests.support.workers import (
     FAST_HEARTBEAT,
     FAST_SPACE,
+    SLOW_SPACE,
     Workers,
     make_study,
     status_json,
     study_name,
     trials_of,
+    wait_for,
 )
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -201,3 +205,103 @@ def test_more_gpus_per_trial_than_a_node_has_is_refused(
     err = capsys.readouterr().err.strip()
     assert err == ("cnnsearch: error: --gpus-per-trial 3: no node of the Ray cluster has that many GPUs "
                    "(the most on one node: 2); use --gpus-per-trial 0 on a CPU-only cluster")
+
+
+def _descendants(root: int) -> set[int]:
+    """The processes under ``root``, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError):
+            continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _listening_addresses(pids: set[int]) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses that TCP sockets of ``pids`` listen on, from /proc."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                # The kernel prints each 32-bit word of the address in host (little-endian) order.
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(ipaddress.ip_address(words))
+    return found
+
+
+def _loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_ray_run_takes_its_local_cluster_along_and_its_trials_are_retried(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / "slow.yaml").write_text(yaml.safe_dump(SLOW_SPACE))
+    for key, value in FAST_HEARTBEAT.items():
+        monkeypatch.setenv(key, value)  # the killed trials count as stale after 3 s
+    env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{workdir / 'cnnsearch.db'}"}
+    with open(workdir / "run.log", "w") as log:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", "run", "--study", "rk", "--dataset", "digits", "--space",
+             "slow.yaml", "--pruner", "none", "--sampler", "random", "--trials", "2", "--no-progress",
+             "--backend", "ray", "--workers", "2"],
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    cluster: set[int] = set()
+    try:
+        def both_training() -> bool:
+            try:
+                running = [t for t in _sqlite_trials(workdir, "rk") if t.state == TrialState.RUNNING]
+            except KeyError:  # the study is not created yet
+                return False
+            return len(running) == 2 and all(t.intermediate_values for t in running)
+
+        wait_for(both_training, 240, "two Ray workers training")
+        cluster = _descendants(run.pid)
+        addresses = _listening_addresses(cluster | {run.pid})
+        assert addresses and all(_loopback(a) for a in addresses), addresses
+        run.kill()
+        run.wait()
+        wait_for(lambda: not any(_alive(pid) for pid in cluster), 30, "the Ray cluster to end with its run")
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for pid in cluster:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    # Resumed: the killed trials are failed as stale, queued again and run; nothing stays RUNNING.
+    assert _run("--study", "rk", "--space", "slow.yaml", "--trials", "2") == 0
+    trials = _sqlite_trials(workdir, "rk")
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    killed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(killed) == 2 and all(t.user_attrs["backend"] == "ray" for t in killed)
+    retries = [t for t in trials if "failed_trial" in t.system_attrs]
+    assert sorted(t.system_attrs["failed_trial"] for t in retries) == sorted(t.number for t in killed)
+    assert all(t.state == TrialState.COMPLETE for t in retries)
