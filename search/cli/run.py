@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import time
 from typing import TYPE_CHECKING
 
 from search.cli.flags import (
@@ -101,6 +102,7 @@ def _ray_options(args: argparse.Namespace, workers: int) -> RayOptions | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    started = time.time()  # --timeout counts from here: loading the data and creating the study use it too
     from search.study.samplers import default_pruner, resolve_sampler
     from search.study.spec import StudySpec
     from spaces import load_space
@@ -130,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.study.signals import stop_on_sigterm
 
     with stop_on_sigterm():
-        result = run_study(spec, args.study, args.storage, timeout=args.timeout, jobs=workers,
+        result = run_study(spec, args.study, args.storage, timeout=args.timeout, started_at=started, jobs=workers,
                            device=args.device, warm_start=args.warm_start, progress=not args.no_progress,
                            download=args.download, ray=ray)
     import optuna
@@ -149,6 +151,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     best = best_records(study, 1)
     if not best:
         print(no_best(study))
+        if args.timeout is not None and not sum(len(w.outcomes) for w in result.workers):
+            print(f"the --timeout of {args.timeout:g} s was spent before a trial could start (loading the data "
+                  "and setting up the study count too); give a longer --timeout")
         return 0
     print_best(best)
     # Quoted: the line is for pasting into a shell, and a study name may hold $(...) or quotes.
@@ -171,6 +176,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> Command:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    started = time.time()  # --timeout counts from here, as for run
     from search.study.signals import stop_on_sigterm
     from search.study.worker import WorkerSettings, worker_loop
     from storage import resolve_storage_url
@@ -181,15 +187,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return usage(f"--workers {workers} needs --backend ray; or start {workers} `cnnsearch worker` processes")
     with stop_on_sigterm():
         if ray is not None:
-            return _ray_workers(args, ray)
+            return _ray_workers(args, ray, started)
         settings = WorkerSettings(device=args.device, threads=args.threads, max_trials=args.trials,
-                                  timeout=args.timeout, data_dir=args.data_dir, name=args.name)
+                                  timeout=args.timeout, started_at=started, data_dir=args.data_dir, name=args.name)
         summary = worker_loop(resolve_storage_url(args.storage), args.study, settings)
     print(f"worker {summary.worker} on {summary.device}: {summary.counts} ({summary.stopped_because})")
     return 0
 
 
-def _ray_workers(args: argparse.Namespace, ray: RayOptions) -> int:
+def _ray_workers(args: argparse.Namespace, ray: RayOptions, started: float) -> int:
     """``cnnsearch worker --backend ray``: Ray tasks join the study (``--trials`` counts per worker)."""
     for flag, value in (("--name", args.name), ("--threads", args.threads)):
         if value is not None:
@@ -200,7 +206,8 @@ def _ray_workers(args: argparse.Namespace, ray: RayOptions) -> int:
     from storage import resolve_storage_url
 
     results = run_ray_workers(resolve_storage_url(args.storage), args.study, ray, device=args.device,
-                              timeout=args.timeout, max_trials=args.trials, data_dir=args.data_dir)
+                              timeout=args.timeout, max_trials=args.trials, data_dir=args.data_dir,
+                              started_at=started)
     for w in results:
         print(f"worker {w.worker} on {w.device or '?'} (Ray GPUs {w.gpu_ids or 'none'}): "
               f"{w.error or w.counts} ({w.stopped_because})")

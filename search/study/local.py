@@ -29,10 +29,11 @@ from search.study.records import INTERRUPTED, TrialOutcome, WorkerSummary, raise
 from search.study.samplers import grid_budget
 from search.study.signals import stop_on_sigterm, stop_with_parent
 from search.study.spec import StudySpec, create_or_resume, fill_budget, warm_start_params
-from search.study.worker import STORAGE_LOST, WorkerSettings, worker_loop, worker_summary
+from search.study.worker import WorkerSettings, worker_loop, worker_summary
 from search.trial.data import prepare_data
 from search.trial.device import resolve_device
 from storage import StorageError, open_storage, resolve_storage_url
+from storage.engine import DATABASE_LOST
 from storage.records import FAIL_MESSAGE, FAIL_REASON, HOST, PID
 from storage.studies import study_counts
 
@@ -76,7 +77,7 @@ def plan_workers(jobs: int, device: str, *, gpus: int, cores: int | None = None)
 def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, *,
               timeout: float | None = None, jobs: int = 1, device: str = "auto",
               warm_start: str | None = None, progress: bool = True, download: bool = False,
-              ray: RayOptions | None = None) -> RunResult:
+              ray: RayOptions | None = None, started_at: float | None = None) -> RunResult:
     """Create (or resume) study ``study_name`` from ``spec`` and run it with ``jobs`` local workers.
 
     With ``ray``, the workers are Ray tasks instead (``jobs`` is then ignored; see
@@ -87,8 +88,11 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
     budget ``spec.budget`` counts the whole study. ``download`` fetches a torchvision
     dataset into ``spec.data_dir`` first. On KeyboardInterrupt every worker's
     running trial is marked FAIL (reason ``interrupted``) before the interrupt propagates.
+    ``timeout`` counts from ``started_at`` (a ``time.time()``; the command's start), else from
+    this call: loading the data and setting up the study use it too.
     """
     t0 = time.monotonic()
+    started_at = time.time() if started_at is None else started_at
     url = resolve_storage_url(storage_url)
     dev = resolve_device(device)
     images, split = load_study_data(spec, download=download)
@@ -105,14 +109,15 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
             from search.study.ray_workers import run_ray_workers  # imports Ray only when asked for
 
             del images
-            workers = run_ray_workers(url, study_name, ray, device=device, timeout=timeout)
+            workers = run_ray_workers(url, study_name, ray, device=device, timeout=timeout,
+                                      started_at=started_at)
         elif jobs <= 1:
             torch.set_num_threads(cpu_threads_per_worker(1))
             if dev.type == "cuda":
                 torch.cuda.set_device(dev)  # pinning the data makes a CUDA context on the current GPU
             data = prepare_data(images, split, dev)
             del images
-            settings = WorkerSettings(device=dev, timeout=timeout, parallel=False)
+            settings = WorkerSettings(device=dev, timeout=timeout, started_at=started_at, parallel=False)
             try:
                 workers.append(worker_loop(url, study_name, settings, data=data))
             except (KeyboardInterrupt, WorkerStopped):
@@ -122,18 +127,19 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
                                      retry=False)
                 raise
         else:
-            workers = _run_processes(url, study_name, jobs, device, timeout, storage, study)
+            workers = _run_processes(url, study_name, jobs, device, (timeout, started_at), storage, study)
     raise_worker_errors(workers)
     return RunResult(study_name, url, study_counts(study), time.monotonic() - t0, workers)
 
 
-def _run_processes(url: str, study_name: str, jobs: int, device: str, timeout: float | None,
+def _run_processes(url: str, study_name: str, jobs: int, device: str, timeout: tuple[float | None, float],
                    storage: optuna.storages.BaseStorage, study: optuna.Study) -> list[WorkerSummary]:
     """``jobs`` worker processes on this machine: one GPU each when there are GPUs; the CPU cores split.
 
     Each process sends its summary through a pipe of its own. A process that ends without
     one (the OOM killer, ``kill -9``, a crash) closes its pipe, which wakes this process at
-    once: its running trial is failed and queued again, and the others go on.
+    once: its running trial is failed and queued again, and the others go on. ``timeout`` is
+    the seconds and the ``time.time()`` they count from.
     """
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch threads and CUDA
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
@@ -175,10 +181,11 @@ def _run_processes(url: str, study_name: str, jobs: int, device: str, timeout: f
 
 
 def _process_main(results: Connection, url: str, study_name: str, index: int, device: str,
-                  threads: int, timeout: float | None, log_level: int, parent_pid: int) -> None:
+                  threads: int, timeout: tuple[float | None, float], log_level: int, parent_pid: int) -> None:
     """Entry point of a local ``--jobs`` worker process (spawned; arguments are picklable)."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s worker{index} %(levelname)s %(message)s")
-    settings = WorkerSettings(device=device, worker_index=index, threads=threads, timeout=timeout)
+    settings = WorkerSettings(device=device, worker_index=index, threads=threads, timeout=timeout[0],
+                              started_at=timeout[1])
     name = f"pid {os.getpid()}"
     with stop_on_sigterm():
         try:
@@ -206,7 +213,7 @@ def _fail_own_trials(url: str, study_name: str) -> None:
         study = optuna.load_study(study_name=study_name, storage=storage)
         _fail_running_trials(storage, study, [os.getpid()], INTERRUPTED, f"worker pid {os.getpid()} was stopped",
                              retry=False)
-    except (StorageError, *STORAGE_LOST) as exc:  # the heartbeat's grace period fails it later
+    except (StorageError, *DATABASE_LOST) as exc:  # the heartbeat's grace period fails it later
         log.warning("could not mark the interrupted trial FAIL: %s", exc)
 
 

@@ -64,11 +64,12 @@ class RayOptions:
 
 def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, device: str = "auto",
                     timeout: float | None = None, max_trials: int | None = None,
-                    data_dir: str | None = None) -> list[WorkerSummary]:
+                    data_dir: str | None = None, started_at: float | None = None) -> list[WorkerSummary]:
     """Run ``options.workers`` Ray tasks on study ``study_name`` until its budget is spent.
 
     ``device`` is ``auto`` (the task's GPU, else CPU) or ``cpu``; ``timeout`` and
-    ``max_trials`` apply to each worker. Uses the Ray connection this process already has,
+    ``max_trials`` apply to each worker (the timeout counted from ``started_at``, a
+    ``time.time()``, when given). Uses the Ray connection this process already has,
     else connects to ``options.address``, else starts a local cluster and shuts it down at
     the end (it listens on the loopback address only, and ends with this process however this
     process ends: :mod:`search.study.ray_cluster`). Returns one summary per worker (with its
@@ -95,7 +96,8 @@ def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, d
         task = ray.remote(_ray_worker).options(num_cpus=options.cpus_per_trial, num_gpus=gpus,
                                                runtime_env={"env_vars": env} if env else None)
         threads = max(1, int(options.cpus_per_trial))
-        refs = [task.remote(storage_url, study_name, index, device, threads, timeout, max_trials, data_dir, level)
+        refs = [task.remote(storage_url, study_name, index, device, threads, (timeout, started_at), max_trials,
+                            data_dir, level)
                 for index in range(options.workers)]
         log.info("started %d Ray workers (%g GPU, %g CPU each) on study %r", len(refs), gpus,
                  options.cpus_per_trial, study_name)
@@ -189,7 +191,7 @@ def task_device(device: str, gpu_ids: list[Any], cuda_available: bool) -> str:
 
 
 def _ray_worker(storage_url: str, study_name: str, index: int, device: str, threads: int,
-                timeout: float | None, max_trials: int | None, data_dir: str | None,
+                timeout: tuple[float | None, float | None], max_trials: int | None, data_dir: str | None,
                 log_level: int) -> WorkerSummary:
     """One Ray task: the worker loop with the GPU(s) Ray assigned (imports torch in the task, not the driver)."""
     import ray
@@ -203,5 +205,5 @@ def _ray_worker(storage_url: str, study_name: str, index: int, device: str, thre
     attrs = {BACKEND: "ray", GPU_IDS: gpu_ids, CUDA_VISIBLE_DEVICES: os.environ.get("CUDA_VISIBLE_DEVICES"),
              RAY_NODE: ray.get_runtime_context().get_node_id()}
     settings = WorkerSettings(device=dev, worker_index=index, threads=threads, max_trials=max_trials,
-                              timeout=timeout, data_dir=data_dir, attrs=attrs)
+                              timeout=timeout[0], started_at=timeout[1], data_dir=data_dir, attrs=attrs)
     return worker_summary(storage_url, study_name, settings, f"ray task {index}")

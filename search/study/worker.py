@@ -51,7 +51,9 @@ class WorkerSettings:
 
     ``worker_index`` picks the GPU for ``device="auto"`` (the sampler's seed does not depend on it);
     ``max_trials`` and ``timeout`` (seconds; no new trial starts later, the running one
-    finishes) bound this worker alone; ``parallel`` tells the sampler that other workers
+    finishes) bound this worker alone, the timeout counted from ``started_at`` (a
+    ``time.time()``: when the command started, so that loading data and setting up the study
+    count too) or else from when the worker starts; ``parallel`` tells the sampler that other workers
     sample at the same time; ``attrs`` are recorded on each of its trials besides host,
     pid and device (a Ray worker's GPU ids).
     """
@@ -61,6 +63,7 @@ class WorkerSettings:
     threads: int | None = None
     max_trials: int | None = None
     timeout: float | None = None
+    started_at: float | None = None
     data_dir: str | None = None
     parallel: bool = True
     name: str | None = None
@@ -152,7 +155,7 @@ class Worker:
 
     def __init__(self, storage_url: str, study_name: str, settings: WorkerSettings,
                  data: TrialData | None = None) -> None:
-        self.started = time.monotonic()
+        self.started = time.time() if settings.started_at is None else settings.started_at
         self.settings = settings
         self.storage_url = storage_url
         if settings.threads:
@@ -192,7 +195,7 @@ class Worker:
         limit, timeout = self.settings.max_trials, self.settings.timeout
         if limit is not None and len(self.summary.outcomes) >= limit:
             return f"ran its {limit} trials"
-        if timeout is not None and time.monotonic() - self.started > timeout:
+        if timeout is not None and time.time() - self.started > timeout:
             return f"timeout of {timeout:g} s"
         return None
 

@@ -235,10 +235,28 @@ def test_two_runs_of_one_study_started_at_once_share_its_budget(workdir: Path, r
 @pytest.mark.slow
 def test_a_huge_budget_with_a_timeout_trains_instead_of_enqueueing(workdir: Path) -> None:
     space = _space(workdir, "fast.yaml", FAST)
-    assert _run("--study", "big", "--space", space, "--trials", "100000", "--timeout", "5") == 0
+    # --timeout counts from the start: set-up (torch, the data, the study) on a busy machine takes seconds.
+    assert _run("--study", "big", "--space", space, "--trials", "100000", "--timeout", "15") == 0
     trials = _trials(workdir, "big")
     assert any(t.state == TrialState.COMPLETE for t in trials)
     assert not [t for t in trials if t.state == TrialState.WAITING]
+
+
+def test_the_timeout_counts_the_set_up_too(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    import search.study.local
+
+    load = search.study.local.load_study_data
+
+    def slow_load(*args, **kwargs):  # a large dataset's decoding takes longer than the whole --timeout
+        time.sleep(3)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(search.study.local, "load_study_data", slow_load)
+    space = _space(workdir, "fast.yaml", FAST)
+    assert _run("--study", "slow", "--space", space, "--trials", "5", "--timeout", "2") == 0
+    assert not [t for t in _trials(workdir, "slow") if t.state != TrialState.WAITING]
+    assert "the --timeout of 2 s was spent before a trial could start" in capsys.readouterr().out
 
 
 @pytest.mark.slow
