@@ -11,7 +11,8 @@ Names (``dataset_names()``):
 - ``imagefolder:PATH``: one sub-folder of ``PATH`` per class, read through torchvision's
   ``ImageFolder``. All-grayscale folders give 1 channel, anything else RGB; every image is
   resized to ``image_size`` x ``image_size`` (default: the median side of the images,
-  clamped to [16, 64]). Only regular files inside ``PATH`` are read (symlinks are followed while
+  clamped to [32, 224]); decoded once into the on-disk cache (:mod:`search.trial.cache`)
+  that every worker on the host memory-maps. Only regular files inside ``PATH`` are read (symlinks are followed while
   they stay inside and do not loop); images over ``$CNNSEARCH_MAX_IMAGE_PIXELS`` pixels (default
   8192 x 8192) are skipped before decoding. Each kind of skipped file gets one warning.
 
@@ -23,7 +24,6 @@ Names (``dataset_names()``):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -31,13 +31,14 @@ import logging
 import os
 import pickle
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from search.trial.cache import MAX_SIDE, MIN_SIDE, Source, load_or_build, shown
 from search.trial.errors import DataError
 from search.trial.memory import available_host_memory, format_bytes
 
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
-IMAGEFOLDER_MIN_SIDE = 16
-IMAGEFOLDER_MAX_SIDE = 64
 MAX_IMAGE_PIXELS_ENV = "CNNSEARCH_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 """Image-folder images with more pixels are skipped before decoding (one such PNG decodes to 200 MB)."""
@@ -76,7 +75,7 @@ _DESCRIPTIONS: dict[str, str] = {
                 "(--download fetches about 161 MB)",
     IMAGEFOLDER_PREFIX + "PATH": "your own images, one sub-folder of PATH per class (PNG, JPEG, ...); "
                                  f"resized to image_size (default: median side clamped to "
-                                 f"{IMAGEFOLDER_MIN_SIDE}..{IMAGEFOLDER_MAX_SIDE}), gray if all are gray",
+                                 f"{MIN_SIDE}..{MAX_SIDE}), gray if all are gray",
 }
 
 # Errors torchvision's readers raise on truncated or malformed files (failed asserts in
@@ -134,24 +133,31 @@ def absolute_dataset_name(name: str) -> str:
     return IMAGEFOLDER_PREFIX + os.path.abspath(os.path.expanduser(name[len(IMAGEFOLDER_PREFIX):]))
 
 
+def is_decoded_from_files(name: str) -> bool:
+    """Whether dataset ``name`` is decoded from image files (so through the cache): ``imagefolder:PATH``."""
+    return name.startswith(IMAGEFOLDER_PREFIX)
+
+
 def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
     download: bool = False,
     image_size: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> ImageSet:
     """Load dataset ``name`` whole, as uint8 N x C x H x W images and int64 labels on the CPU.
 
     ``data_dir`` is where the torchvision datasets live (and where ``download=True`` puts
     them); the embedded datasets and ``imagefolder:PATH`` ignore it. ``image_size`` makes
-    every image ``image_size`` x ``image_size``. Raises :class:`DataError` with a one-line
+    every image ``image_size`` x ``image_size``. Image files are decoded once into the cache in
+    ``cache_dir`` (:mod:`search.trial.cache`) and memory-mapped from there. Raises :class:`DataError` with a one-line
     message for an unknown name, missing or corrupt files, or unusable image folders.
     """
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
                                    or image_size < 1):
         raise DataError(f"image_size={image_size!r} is not accepted; give a positive integer (pixels)")
     if name.startswith(IMAGEFOLDER_PREFIX):
-        return _load_image_folder(name, name[len(IMAGEFOLDER_PREFIX):], image_size)
+        return _load_image_folder(name, name[len(IMAGEFOLDER_PREFIX):], image_size, cache_dir)
     if name == "mnist5k":
         images, labels, classes = _mnist5k()
     elif name == "digits":
@@ -305,13 +311,8 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
-_SHOWN_SKIPPED = 5
-
-
-def _load_image_folder(name: str, path: str, image_size: int | None) -> ImageSet:
+def _load_image_folder(name: str, path: str, image_size: int | None, cache_dir: str | Path | None) -> ImageSet:
     import torch
-    from PIL import Image
 
     root = Path(path).expanduser()
     if not path or not root.is_dir():
@@ -320,53 +321,10 @@ def _load_image_folder(name: str, path: str, image_size: int | None) -> ImageSet
     max_pixels = max_image_pixels()
     classes, samples = _list_image_folder(name, root)
     _check_classes(name, root, classes, [label for _, label in samples], "images")
-
-    # Pass 1 reads headers only: modes and sizes decide the channels and the default size,
-    # and an image over the pixel limit is skipped before it is decoded.
-    headers: list[tuple[str, int, str, tuple[int, int]]] = []
-    skipped: list[str] = []
-    too_large: list[str] = []
-    with _pil_bomb_check_off():
-        for file, label in samples:
-            try:
-                with Image.open(file) as image:
-                    mode, size = image.mode, image.size
-            except (OSError, ValueError):
-                skipped.append(file)
-                continue
-            if size[0] * size[1] > max_pixels:
-                too_large.append(f"{Path(file).relative_to(root)} ({size[0]}x{size[1]})")
-            else:
-                headers.append((file, label, mode, size))
-        if too_large:
-            logger.warning("skipped %d images in %s over the limit of %s pixels (%s): %s", len(too_large), root,
-                           f"{max_pixels:,}", MAX_IMAGE_PIXELS_ENV, _shown(too_large))
-        gray = bool(headers) and all(mode in _GRAY_MODES for _, _, mode, _ in headers)
-        if image_size is None and headers:
-            sides = [side for _, _, _, size in headers for side in size]
-            image_size = int(np.clip(np.median(sides), IMAGEFOLDER_MIN_SIDE, IMAGEFOLDER_MAX_SIDE))
-
-        # Pass 2 decodes; truncated files only fail here.
-        channels = 1 if gray else 3
-        if image_size is not None:
-            _refuse_what_memory_cannot_hold(name, len(headers), channels, image_size)
-        pixels = np.empty((len(headers), image_size or 0, image_size or 0, channels), dtype=np.uint8)
-        labels = np.empty(len(headers), dtype=np.int64)
-        kept = 0
-        for file, label, _, _ in headers:
-            try:
-                pixels[kept] = _read_image(file, gray, image_size)
-            except (OSError, ValueError):
-                skipped.append(file)
-                continue
-            labels[kept] = label
-            kept += 1
-    if skipped:
-        logger.warning("skipped %d unreadable images in %s: %s", len(skipped), root,
-                       _shown([str(Path(file).relative_to(root)) for file in skipped]))
-    _check_classes(name, root, classes, labels[:kept].tolist(), "readable images")
-    images = torch.from_numpy(pixels[:kept]).permute(0, 3, 1, 2).contiguous()
-    return ImageSet(name=name, images=images, labels=torch.from_numpy(labels[:kept].copy()),
+    source = Source(name=absolute_dataset_name(name), root=root, classes=classes, samples=samples)
+    cached = load_or_build(source, image_size, max_pixels, cache_dir)
+    _check_classes(name, root, classes, cached.labels.tolist(), "readable images")
+    return ImageSet(name=name, images=torch.from_numpy(cached.images), labels=torch.from_numpy(cached.labels),
                     classes=classes)
 
 
@@ -386,20 +344,6 @@ def max_image_pixels(environ: Mapping[str, str] | None = None) -> int:
         raise DataError(f"{MAX_IMAGE_PIXELS_ENV}={value!r} is not accepted; give the most pixels (width x height) "
                         f"an image may have as a positive integer, e.g. {DEFAULT_MAX_IMAGE_PIXELS}")
     return limit
-
-
-@contextlib.contextmanager
-def _pil_bomb_check_off() -> Iterator[None]:
-    """PIL's own decompression-bomb check off: it warns at 89 megapixels and refuses at twice that,
-    whatever :func:`max_image_pixels` says, and every header is checked against that limit here."""
-    from PIL import Image
-
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _list_image_folder(name: str, root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -481,13 +425,7 @@ def _warn_skipped_entries(root: Path, skipped: dict[str, list[str]]) -> None:
         ("leaving", "symlinks leaving it"), ("loops", "symlink loops"),
         ("special", "FIFO, socket, device or broken link")) if skipped[kind]]
     names = [os.path.relpath(entry, root) for entries in skipped.values() for entry in entries]
-    logger.warning("skipped %d entries in %s: %s (%s)", total, root, ", ".join(counts), _shown(names))
-
-
-def _shown(names: list[str]) -> str:
-    """The first few of ``names``, and how many more there are."""
-    more = f" and {len(names) - _SHOWN_SKIPPED} more" if len(names) > _SHOWN_SKIPPED else ""
-    return ", ".join(names[:_SHOWN_SKIPPED]) + more
+    logger.warning("skipped %d entries in %s: %s (%s)", total, root, ", ".join(counts), shown(names))
 
 
 def _check_classes(name: str, root: Path, classes: list[str], labels: list[int], what: str) -> None:
@@ -499,15 +437,3 @@ def _check_classes(name: str, root: Path, classes: list[str], labels: list[int],
     if empty:
         raise DataError(f"dataset {name!r}: class folder {', '.join(empty)} holds no {what} "
                         f"(give every class at least one PNG/JPEG/... image, or remove the folder)")
-
-
-def _read_image(file: str, gray: bool, size: int) -> np.ndarray:
-    """One image file as a uint8 size x size x channels array (1 channel when ``gray``)."""
-    from PIL import Image
-
-    with Image.open(file) as image:
-        image = image.convert("L" if gray else "RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.uint8)
-    return array[:, :, None] if gray else array
