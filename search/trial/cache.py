@@ -72,12 +72,17 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Source:
-    """Image files to decode: ``samples`` are ``(file, label)`` with labels indexing ``classes``."""
+    """Image files to decode: ``samples`` are ``(file, label)`` with labels indexing ``classes``.
+
+    ``parts``: for a source that comes split (``train/``, ``val/``, ``test/`` folders), how many
+    samples each part has, the samples in that order; the header records how many of each decoded.
+    """
 
     name: str
     root: Path
     classes: list[str]
     samples: list[tuple[str, int]]
+    parts: dict[str, int] | None = None
 
     def fingerprint(self, max_pixels: int) -> str:
         """16 hex digits from every file's name (relative to ``root``), label, size and mtime.
@@ -85,7 +90,7 @@ class Source:
         Cheap (one ``stat`` per file, no reading): a changed, added or removed file gives another
         fingerprint. ``max_pixels`` decides which files are skipped, so it counts too.
         """
-        digest = hashlib.sha256(json.dumps([FORMAT, max_pixels, self.classes]).encode())
+        digest = hashlib.sha256(json.dumps([FORMAT, max_pixels, self.classes, self.parts]).encode())
         for file, label in self.samples:
             try:
                 info = os.stat(file)
@@ -276,7 +281,8 @@ def _build(folder: Path, source: Source, fingerprint: str, image_size: int | Non
             "format": FORMAT, "dataset": source.name, "source_fingerprint": fingerprint,
             "classes": source.classes, "image_size": size, "requested_image_size": image_size,
             "shape": [len(rows), channels, size, size], "skipped_unreadable": len(unreadable),
-            "skipped_too_large": len(too_large), "images_file": images_path.name,
+            "skipped_too_large": len(too_large), "parts": _decoded_parts(source.parts, [kept[i] for i in rows]),
+            "images_file": images_path.name,
             "labels_file": f"{fingerprint}.labels.npy", "built_at": time.time(),
             "build_seconds": round(time.monotonic() - started, 3),
         }
@@ -287,6 +293,15 @@ def _build(folder: Path, source: Source, fingerprint: str, image_size: int | Non
     if unreadable:
         logger.warning("skipped %d unreadable images in %s: %s", len(unreadable), source.root,
                        shown([os.path.relpath(file, source.root) for file in unreadable]))
+
+
+def _decoded_parts(parts: dict[str, int] | None, decoded: list[int]) -> dict[str, int] | None:
+    """How many samples of each part are among ``decoded`` (sorted sample indices)."""
+    if parts is None:
+        return None
+    ends = np.cumsum(list(parts.values()))
+    counts = np.bincount(np.searchsorted(ends, decoded, side="right"), minlength=len(parts))
+    return {part: int(count) for part, count in zip(parts, counts, strict=True)}
 
 
 def default_side(sides: Sequence[int]) -> int:

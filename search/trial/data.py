@@ -33,6 +33,8 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    given: tuple[str, ...] = ()
+    """The parts the data came split into (``train``/``val``/``test`` folders); empty when all were drawn here."""
 
     def fingerprint(self) -> str:
         """16 hex digits identifying the three index arrays (equal iff the split is the same)."""
@@ -51,13 +53,19 @@ class Split:
             "test_fraction": self.test_fraction,
             "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
             "fingerprint": self.fingerprint(),
+            **({"given": list(self.given)} if self.given else {}),
         }
 
 
 def make_split(
-    labels: torch.Tensor, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1
+    labels: torch.Tensor, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
+    parts: dict[str, int] | None = None,
 ) -> Split:
     """Split ``len(labels)`` samples into train/val/test, stratified by label.
+
+    ``parts`` (:attr:`ImageSet.parts`, data that comes split) gives the parts instead: the
+    first ``parts["train"]`` samples are train, the next ``parts["val"]`` val, the rest test;
+    without a ``test`` part, test is drawn from train (``test_fraction`` of it, stratified).
 
     Deterministic in ``seed`` (the same indices in any process). Every class present in
     ``labels`` appears in each of the three parts; when there are too few samples for
@@ -76,8 +84,10 @@ def make_split(
     from sklearn.model_selection import train_test_split
 
     y = torch.as_tensor(labels).cpu().numpy().astype(np.int64)
-    everything = np.arange(len(y), dtype=np.int64)
     counts = _class_counts(y)
+    if parts is not None:
+        return _check_parts(_given_split(y, parts, seed, val_fraction, test_fraction), y, counts)
+    everything = np.arange(len(y), dtype=np.int64)
     # Two stratified cuts: the held-out part, then held-out -> val + test. Each cut keeps
     # every class within one sample of its proportion.
     try:
@@ -91,10 +101,36 @@ def make_split(
                         f"(images per class: {counts}): {exc}; use larger fractions or more images") from exc
     split = Split(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                   train=np.sort(train), val=np.sort(val), test=np.sort(test))
+    return _check_parts(split, y, counts)
+
+
+def _given_split(y: np.ndarray, parts: dict[str, int], seed: int, val_fraction: float,
+                 test_fraction: float) -> Split:
+    from sklearn.model_selection import train_test_split
+
+    ends = np.cumsum([parts["train"], parts["val"]])
+    train, val = np.arange(ends[0]), np.arange(ends[0], ends[1])
+    if "test" in parts:
+        test = np.arange(ends[1], len(y))
+    else:
+        try:
+            train, test = train_test_split(train, test_size=test_fraction, random_state=seed, stratify=y[train])
+        except ValueError as exc:
+            raise DataError(f"cannot draw test_fraction={test_fraction} of the {len(train)} train images as the "
+                            f"test part with every class in it: {exc}; add a test/ folder or more images") from exc
+    return Split(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, train=np.sort(train),
+                 val=val, test=np.sort(test), given=tuple(parts))
+
+
+def _check_parts(split: Split, y: np.ndarray, counts: str) -> Split:
+    """``split``, once every class is known to have images in each of its parts."""
     classes = set(np.unique(y).tolist())
     for part_name in ("train", "val", "test"):
         part = getattr(split, part_name)
         missing = sorted(classes - set(np.unique(y[part]).tolist()))
+        if missing and part_name in split.given:
+            raise DataError(f"the {part_name}/ folder ({len(part)} images) has no images of classes {missing}; "
+                            f"give every class images in {part_name}/")
         if missing:
             raise DataError(f"the {part_name} part of the split ({len(part)} images) has no images of "
                             f"classes {missing} (images per class: {counts}); "

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
+CSV_PREFIX = "csv:"
+CSV_COLUMNS = ("path", "label")
 MAX_IMAGE_PIXELS_ENV = "CNNSEARCH_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 """Image-folder images with more pixels are skipped before decoding (one such PNG decodes to 200 MB)."""
@@ -75,7 +77,10 @@ _DESCRIPTIONS: dict[str, str] = {
                 "(--download fetches about 161 MB)",
     IMAGEFOLDER_PREFIX + "PATH": "your own images, one sub-folder of PATH per class (PNG, JPEG, ...); "
                                  f"resized to image_size (default: median side clamped to "
-                                 f"{MIN_SIDE}..{MAX_SIDE}), gray if all are gray",
+                                 f"{MIN_SIDE}..{MAX_SIDE}), gray if all are gray; train/ and val/ (and test/) "
+                                 "sub-folders, each with class sub-folders, give the split",
+    CSV_PREFIX + "FILE": "your own images listed in a CSV file with the columns path,label (paths relative "
+                         "to the CSV's folder); sized like imagefolder",
 }
 
 # Errors torchvision's readers raise on truncated or malformed files (failed asserts in
@@ -90,14 +95,17 @@ _CORRUPT_FILE_ERRORS = (
 class ImageSet:
     """A whole labelled dataset in memory.
 
-    ``images``: uint8, N x C x H x W, on the CPU, contiguous. ``labels``: int64, N, each in
-    ``range(len(classes))``. ``classes``: class names, index = label.
+    ``images``: uint8, N x C x H x W, on the CPU, contiguous (memory-mapped from the cache for
+    decoded image files). ``labels``: int64, N, each in ``range(len(classes))``. ``classes``:
+    class names, index = label. ``parts``: for data that comes split (``train/`` and ``val/``
+    folders), how many images each part has, the images in the order train, val, test.
     """
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    parts: dict[str, int] | None = None
 
     def fingerprint(self) -> str:
         """16 hex digits identifying the content: every pixel, label and class name (equal iff the data is).
@@ -123,19 +131,21 @@ def describe_datasets() -> list[tuple[str, str]]:
 
 
 def absolute_dataset_name(name: str) -> str:
-    """``name`` with an ``imagefolder:`` path made absolute (from the working directory); other names as they are.
+    """``name`` with an ``imagefolder:`` or ``csv:`` path made absolute (from the working directory); other names
+    as they are.
 
     A study records its dataset by this name, so a worker, an export or ``train --config``
     started in another directory reads the same folder.
     """
-    if not name.startswith(IMAGEFOLDER_PREFIX) or not name[len(IMAGEFOLDER_PREFIX):]:
-        return name
-    return IMAGEFOLDER_PREFIX + os.path.abspath(os.path.expanduser(name[len(IMAGEFOLDER_PREFIX):]))
+    for prefix in (IMAGEFOLDER_PREFIX, CSV_PREFIX):
+        if name.startswith(prefix) and name[len(prefix):]:
+            return prefix + os.path.abspath(os.path.expanduser(name[len(prefix):]))
+    return name
 
 
 def is_decoded_from_files(name: str) -> bool:
-    """Whether dataset ``name`` is decoded from image files (so through the cache): ``imagefolder:PATH``."""
-    return name.startswith(IMAGEFOLDER_PREFIX)
+    """Whether dataset ``name`` is decoded from image files (so through the cache): ``imagefolder:`` and ``csv:``."""
+    return name.startswith((IMAGEFOLDER_PREFIX, CSV_PREFIX))
 
 
 def load_dataset(
@@ -158,6 +168,8 @@ def load_dataset(
         raise DataError(f"image_size={image_size!r} is not accepted; give a positive integer (pixels)")
     if name.startswith(IMAGEFOLDER_PREFIX):
         return _load_image_folder(name, name[len(IMAGEFOLDER_PREFIX):], image_size, cache_dir)
+    if name.startswith(CSV_PREFIX):
+        return _decoded(_csv_source(name, name[len(CSV_PREFIX):]), image_size, cache_dir)
     if name == "mnist5k":
         images, labels, classes = _mnist5k()
     elif name == "digits":
@@ -172,18 +184,20 @@ def load_dataset(
     return ImageSet(name=name, images=images, labels=labels, classes=classes)
 
 
-def _refuse_what_memory_cannot_hold(name: str, count: int, channels: int, size: int) -> None:
+def _refuse_what_memory_cannot_hold(name: str, count: int, channels: int, size: int, copies: int = 2) -> None:
     """Raise :class:`DataError` before allocating ``count`` images of ``channels`` x ``size`` x ``size`` bytes
     that host memory cannot hold.
 
     A worker holds the images twice while it prepares a trial's tensors (the set and the
-    gathered copy :func:`search.trial.data.prepare_data` moves to the device).
+    gathered copy :func:`search.trial.data.prepare_data` moves to the device); once
+    (``copies=1``) when the set is memory-mapped from the cache.
     """
-    needed = 2 * count * channels * size * size
+    needed = copies * count * channels * size * size
     available = available_host_memory()
     if available is not None and needed > available:
+        held = "held twice" if copies == 2 else "gathered from the cache"
         raise DataError(f"dataset {name!r} at image_size {size}: {count} images of {channels}x{size}x{size} need "
-                        f"{format_bytes(needed)} of host memory (held twice while a worker prepares them), "
+                        f"{format_bytes(needed)} of host memory ({held} while a worker prepares them), "
                         f"{format_bytes(available)} is available here; give a smaller --image-size")
 
 
@@ -311,21 +325,98 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def _load_image_folder(name: str, path: str, image_size: int | None, cache_dir: str | Path | None) -> ImageSet:
-    import torch
+GIVEN_PARTS = ("train", "val", "test")
+"""Sub-folders of an image folder that give its split (``train`` and ``val`` both present; ``test`` optional)."""
 
+
+def _load_image_folder(name: str, path: str, image_size: int | None, cache_dir: str | Path | None) -> ImageSet:
     root = Path(path).expanduser()
     if not path or not root.is_dir():
         raise DataError(f"dataset {name!r}: {root} is not a folder; imagefolder:PATH needs a folder "
                         f"with one sub-folder of images per class")
-    max_pixels = max_image_pixels()
-    classes, samples = _list_image_folder(name, root)
-    _check_classes(name, root, classes, [label for _, label in samples], "images")
-    source = Source(name=absolute_dataset_name(name), root=root, classes=classes, samples=samples)
-    cached = load_or_build(source, image_size, max_pixels, cache_dir)
-    _check_classes(name, root, classes, cached.labels.tolist(), "readable images")
-    return ImageSet(name=name, images=torch.from_numpy(cached.images), labels=torch.from_numpy(cached.labels),
-                    classes=classes)
+    if not all(_holds_folders(root / part) for part in GIVEN_PARTS[:2]):
+        classes, samples = _list_image_folder(name, root)
+        _check_classes(name, root, classes, [label for _, label in samples], "images")
+        return _decoded(Source(name=absolute_dataset_name(name), root=root, classes=classes, samples=samples),
+                        image_size, cache_dir)
+    # Given parts: the classes are train's; val and test name theirs, so labels are mapped by name.
+    classes, samples = _list_image_folder(name, root / "train")
+    _check_classes(name, root / "train", classes, [label for _, label in samples], "images")
+    parts = {"train": len(samples)}
+    for part in GIVEN_PARTS[1:]:
+        if part == "test" and not _holds_folders(root / part):
+            continue
+        part_classes, part_samples = _list_image_folder(name, root / part)
+        unknown = sorted(set(part_classes) - set(classes))
+        if unknown:
+            raise DataError(f"dataset {name!r}: {root / part} has class folders {', '.join(unknown)} that "
+                            f"{root / 'train'} does not have; give every class of {part} images to train")
+        samples += [(file, classes.index(part_classes[label])) for file, label in part_samples]
+        parts[part] = len(part_samples)
+    source = Source(name=absolute_dataset_name(name), root=root, classes=classes, samples=samples, parts=parts)
+    return _decoded(source, image_size, cache_dir)
+
+
+def _csv_source(name: str, path: str) -> Source:
+    """The images a CSV file lists: a header ``path,label`` (either order), then one row per image.
+
+    Paths are relative to the CSV's folder (absolute ones are taken as they are); classes are the
+    labels, sorted. A missing column, another column, a missing or non-regular file, or fewer
+    than two labels is a :class:`DataError` naming the file and line.
+    """
+    import csv
+
+    file = Path(path).expanduser()
+    if not path or not file.is_file():
+        raise DataError(f"dataset {name!r}: {file} is not a file; csv:FILE needs a CSV file with the columns "
+                        f"{','.join(CSV_COLUMNS)}")
+    rows: list[tuple[str, str]] = []
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [column.strip() for column in next(reader, [])]
+            unknown = [column for column in header if column not in CSV_COLUMNS]
+            if unknown or sorted(header) != sorted(CSV_COLUMNS):
+                what = f"unknown column {unknown[0]!r}" if unknown else f"columns {header}"
+                raise DataError(f"dataset {name!r}: {file} line 1 has {what}; the header must name exactly the "
+                                f"columns {','.join(CSV_COLUMNS)}")
+            where = {column: header.index(column) for column in CSV_COLUMNS}
+            for line, row in enumerate(reader, start=2):
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"dataset {name!r}: {file} line {line} has {len(row)} fields, the header "
+                                    f"{len(header)}; give each image as path,label")
+                image = file.parent / row[where["path"]].strip()
+                if not _is_regular_file(str(image)):
+                    raise DataError(f"dataset {name!r}: {file} line {line}: {image} is not a file (paths are "
+                                    f"relative to {file.parent})")
+                rows.append((str(image), row[where["label"]].strip()))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"dataset {name!r}: cannot read {file} as a CSV file ({exc})") from exc
+    classes = sorted({label for _, label in rows})
+    index = {label: i for i, label in enumerate(classes)}
+    if len(classes) < 2:
+        raise DataError(f"dataset {name!r}: a classifier needs at least 2 classes, but {file} lists "
+                        f"{len(classes)} label(s) ({', '.join(classes)})")
+    samples = [(image, index[label]) for image, label in rows]
+    return Source(name=absolute_dataset_name(name), root=file.parent, classes=classes, samples=samples)
+
+
+def _holds_folders(path: Path) -> bool:
+    return path.is_dir() and any(entry.is_dir() for entry in path.iterdir())
+
+
+def _decoded(source: Source, image_size: int | None, cache_dir: str | Path | None) -> ImageSet:
+    """The images of ``source`` from the cache (decoded first when the cache lacks them)."""
+    import torch
+
+    cached = load_or_build(source, image_size, max_image_pixels(), cache_dir)
+    _check_classes(source.name, source.root, source.classes, cached.labels.tolist(), "readable images")
+    count, channels, size, _ = cached.images.shape
+    _refuse_what_memory_cannot_hold(source.name, count, channels, size, copies=1)
+    return ImageSet(name=source.name, images=torch.from_numpy(cached.images),
+                    labels=torch.from_numpy(cached.labels), classes=source.classes, parts=cached.header["parts"])
 
 
 def max_image_pixels(environ: Mapping[str, str] | None = None) -> int:
