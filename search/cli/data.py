@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from search.cli.flags import POSITIVE_INT, Command
+from search.cli.flags import POSITIVE_FLOAT, POSITIVE_INT, Command
 
 
 def add_data_args(p: argparse.ArgumentParser) -> Command:
@@ -20,6 +20,28 @@ def add_data_args(p: argparse.ArgumentParser) -> Command:
         action.add_argument("--cache-dir", help="the cache directory (default: $CNNSEARCH_CACHE_DIR, else "
                                                 "$XDG_CACHE_HOME/cnnsearch or ~/.cache/cnnsearch)")
     return cmd_data
+
+
+def host_data_args(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir`` and ``--data-memory`` of `run` and `worker`: this host's cache and device budget."""
+    p.add_argument("--cache-dir", help="where decoded image datasets are cached (default: $CNNSEARCH_CACHE_DIR, else "
+                                       "$XDG_CACHE_HOME/cnnsearch or ~/.cache/cnnsearch)")
+    p.add_argument("--data-memory", type=POSITIVE_FLOAT, metavar="MB",
+                   help="megabytes a trial's images may take on its device; more are streamed from the cache "
+                        "(default: half the free device memory, host memory on CPU)")
+
+
+def apply_host_data_args(args: argparse.Namespace) -> None:
+    """Hand ``--cache-dir`` and ``--data-memory`` on as environment variables, which local workers inherit."""
+    import os
+
+    from search.trial.cache import CACHE_DIR_ENV
+    from search.trial.data import DATA_MEMORY_ENV
+
+    if args.cache_dir:
+        os.environ[CACHE_DIR_ENV] = os.path.abspath(os.path.expanduser(args.cache_dir))
+    if args.data_memory is not None:
+        os.environ[DATA_MEMORY_ENV] = str(args.data_memory)
 
 
 def cmd_data(args: argparse.Namespace) -> int:

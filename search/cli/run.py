@@ -6,6 +6,7 @@ import argparse
 import shlex
 from typing import TYPE_CHECKING
 
+from search.cli.data import apply_host_data_args, host_data_args
 from search.cli.flags import (
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
@@ -57,6 +58,7 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
                    help="every worker trains with deterministic kernels (slower on GPUs): GPU trials can then be "
                         "replayed exactly by `cnnsearch train --device cuda` on the same GPU model")
     _backend_args(p)
+    host_data_args(p)
     return cmd_run
 
 
@@ -105,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.study.spec import StudySpec
     from spaces import load_space
 
+    apply_host_data_args(args)
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
     if args.trials is None and args.timeout is None and args.sampler != "grid":
@@ -161,6 +164,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset")
     p.add_argument("--name", help="worker name shown in `cnnsearch status` (default host:pid)")
     _backend_args(p)
+    host_data_args(p)
     return cmd_worker
 
 
@@ -169,6 +173,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from search.study.worker import WorkerSettings, worker_loop
     from storage import resolve_storage_url
 
+    apply_host_data_args(args)
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
     if ray is None and workers > 1:
