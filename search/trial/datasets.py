@@ -184,20 +184,18 @@ def load_dataset(
     return ImageSet(name=name, images=images, labels=labels, classes=classes)
 
 
-def _refuse_what_memory_cannot_hold(name: str, count: int, channels: int, size: int, copies: int = 2) -> None:
+def _refuse_what_memory_cannot_hold(name: str, count: int, channels: int, size: int) -> None:
     """Raise :class:`DataError` before allocating ``count`` images of ``channels`` x ``size`` x ``size`` bytes
     that host memory cannot hold.
 
     A worker holds the images twice while it prepares a trial's tensors (the set and the
-    gathered copy :func:`search.trial.data.prepare_data` moves to the device); once
-    (``copies=1``) when the set is memory-mapped from the cache.
+    gathered copy :func:`search.trial.data.prepare_data` moves to the device).
     """
-    needed = copies * count * channels * size * size
+    needed = 2 * count * channels * size * size
     available = available_host_memory()
     if available is not None and needed > available:
-        held = "held twice" if copies == 2 else "gathered from the cache"
         raise DataError(f"dataset {name!r} at image_size {size}: {count} images of {channels}x{size}x{size} need "
-                        f"{format_bytes(needed)} of host memory ({held} while a worker prepares them), "
+                        f"{format_bytes(needed)} of host memory (held twice while a worker prepares them), "
                         f"{format_bytes(available)} is available here; give a smaller --image-size")
 
 
@@ -412,9 +410,8 @@ def _decoded(source: Source, image_size: int | None, cache_dir: str | Path | Non
     import torch
 
     cached = load_or_build(source, image_size, max_image_pixels(), cache_dir)
+    # No host-memory check: the set is a memory map, and what does not fit the device budget is streamed.
     _check_classes(source.name, source.root, source.classes, cached.labels.tolist(), "readable images")
-    count, channels, size, _ = cached.images.shape
-    _refuse_what_memory_cannot_hold(source.name, count, channels, size, copies=1)
     return ImageSet(name=source.name, images=torch.from_numpy(cached.images),
                     labels=torch.from_numpy(cached.labels), classes=source.classes, parts=cached.header["parts"])
 
