@@ -246,53 +246,58 @@ def _build(folder: Path, source: Source, fingerprint: str, image_size: int | Non
         headers = [item for part in run(read_headers, [(chunk, max_pixels) for chunk in _chunks(files)],
                                         None)
                    for item in part]
-    kept = [i for i, item in enumerate(headers) if isinstance(item, tuple)]
-    unreadable = [files[i] for i, item in enumerate(headers) if item == "unreadable"]
-    too_large = [f"{os.path.relpath(files[i], source.root)} ({item[1][0]}x{item[1][1]})"
-                 for i, item in enumerate(headers) if isinstance(item, list)]
-    if too_large:
-        logger.warning("skipped %d images in %s over the limit of %s pixels (%s): %s", len(too_large),
-                       source.root, f"{max_pixels:,}", "CNNSEARCH_MAX_IMAGE_PIXELS", shown(too_large))
-    gray = bool(kept) and all(headers[i][0] in GRAY_MODES for i in kept)
-    size = image_size or default_side([side for i in kept for side in headers[i][1]])
-    channels = 1 if gray else 3
-    shape = [len(kept), channels, size, size]
-    needed = int(np.prod(shape))
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise DataError(f"the decoded cache of dataset {source.name!r} ({len(kept)} images of {channels}x{size}x{size})"
-                        f" needs {format_bytes(needed)} in {folder.parent}, which has {format_bytes(free)} free; "
-                        f"free space, give --cache-dir (or ${CACHE_DIR_ENV}) on a larger disk, or a smaller "
-                        f"--image-size")
-    with staged_files(folder) as staging:
-        images_path = staging.path(f"{fingerprint}.images")
-        with open(images_path, "wb") as handle:
-            handle.truncate(needed)
-        tasks = [(str(images_path), shape, start, [files[i] for i in chunk], gray, size)
-                 for start, chunk in zip(range(0, len(kept), _CHUNK), _chunks(kept), strict=True)]
-        with _decoders(len(kept), processes) as run:
+        kept = [i for i, item in enumerate(headers) if isinstance(item, tuple)]
+        unreadable = [files[i] for i, item in enumerate(headers) if item == "unreadable"]
+        too_large = [f"{os.path.relpath(files[i], source.root)} ({item[1][0]}x{item[1][1]})"
+                     for i, item in enumerate(headers) if isinstance(item, list)]
+        if too_large:
+            logger.warning("skipped %d images in %s over the limit of %s pixels (%s): %s", len(too_large),
+                           source.root, f"{max_pixels:,}", "CNNSEARCH_MAX_IMAGE_PIXELS", shown(too_large))
+        gray = bool(kept) and all(headers[i][0] in GRAY_MODES for i in kept)
+        size = image_size or default_side([side for i in kept for side in headers[i][1]])
+        channels = 1 if gray else 3
+        shape = [len(kept), channels, size, size]
+        needed = _refuse_what_disk_cannot_hold(folder, source.name, shape)
+        with staged_files(folder) as staging:
+            images_path = staging.path(f"{fingerprint}.images")
+            with open(images_path, "wb") as handle:
+                handle.truncate(needed)
+            tasks = [(str(images_path), shape, start, [files[i] for i in chunk], gray, size)
+                     for start, chunk in zip(range(0, len(kept), _CHUNK), _chunks(kept), strict=True)]
             results = run(decode_rows, tasks, f"decoding {source.name}")
-        failed = [task[2] + offset for task, part in zip(tasks, results, strict=True) for offset in part]
-        rows = _compact(images_path, shape, failed)
-        unreadable += [files[kept[i]] for i in failed]
-        labels = np.array([source.samples[kept[i]][1] for i in rows], dtype=np.int64)
-        np.save(staging.path(f"{fingerprint}.labels.npy"), labels)
-        header = {
-            "format": FORMAT, "dataset": source.name, "source_fingerprint": fingerprint,
-            "classes": source.classes, "image_size": size, "requested_image_size": image_size,
-            "shape": [len(rows), channels, size, size], "skipped_unreadable": len(unreadable),
-            "skipped_too_large": len(too_large), "parts": _decoded_parts(source.parts, [kept[i] for i in rows]),
-            "images_file": images_path.name,
-            "labels_file": f"{fingerprint}.labels.npy", "built_at": time.time(),
-            "build_seconds": round(time.monotonic() - started, 3),
-        }
-        staging.write_text(HEADER, json.dumps(header, indent=1))
+            failed = [task[2] + offset for task, part in zip(tasks, results, strict=True) for offset in part]
+            rows = _compact(images_path, shape, failed)
+            unreadable += [files[kept[i]] for i in failed]
+            labels = np.array([source.samples[kept[i]][1] for i in rows], dtype=np.int64)
+            np.save(staging.path(f"{fingerprint}.labels.npy"), labels)
+            header = {
+                "format": FORMAT, "dataset": source.name, "source_fingerprint": fingerprint,
+                "classes": source.classes, "image_size": size, "requested_image_size": image_size,
+                "shape": [len(rows), channels, size, size], "skipped_unreadable": len(unreadable),
+                "skipped_too_large": len(too_large), "parts": _decoded_parts(source.parts, [kept[i] for i in rows]),
+                "images_file": images_path.name,
+                "labels_file": f"{fingerprint}.labels.npy", "built_at": time.time(),
+                "build_seconds": round(time.monotonic() - started, 3),
+            }
+            staging.write_text(HEADER, json.dumps(header, indent=1))
     for old in folder.iterdir():  # the data files of the fingerprint this build replaced
         if old.is_file() and old.name not in (HEADER, _LOCK, header["images_file"], header["labels_file"]):
             old.unlink(missing_ok=True)
     if unreadable:
         logger.warning("skipped %d unreadable images in %s: %s", len(unreadable), source.root,
                        shown([os.path.relpath(file, source.root) for file in unreadable]))
+
+
+def _refuse_what_disk_cannot_hold(folder: Path, name: str, shape: list[int]) -> int:
+    """The bytes of images of ``shape``; :class:`DataError` when the disk of ``folder`` has less free."""
+    needed = int(np.prod(shape))
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        count, channels, size, _ = shape
+        raise DataError(f"the decoded cache of dataset {name!r} ({count} images of {channels}x{size}x{size}) needs "
+                        f"{format_bytes(needed)} in {folder.parent}, which has {format_bytes(free)} free; free space, "
+                        f"give --cache-dir (or ${CACHE_DIR_ENV}) on a larger disk, or a smaller --image-size")
+    return needed
 
 
 def _decoded_parts(parts: dict[str, int] | None, decoded: list[int]) -> dict[str, int] | None:
@@ -329,8 +334,11 @@ def _decoders(count: int, processes: int | None) -> Iterator:
     workers = min(wanted, -(-count // _CHUNK))
     pool = None
     if workers > 1:
-        # spawn: a fork of a process with torch's threads (or a progress thread) may deadlock.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        # fork where there is one (as torch's DataLoader): a spawned process would import the caller's
+        # main module again (seconds of imports, and an error for a script without a __main__ guard);
+        # the decoding processes only run PIL and numpy, which a fork leaves usable.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
 
     def run(fn, tasks: list[tuple], bar: str | None) -> list:
         results = []

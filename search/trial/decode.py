@@ -1,7 +1,7 @@
 """Decoding image files into uint8 arrays: what the cache's decoding processes run.
 
-Kept apart from :mod:`search.trial.cache` so that a decoding process imports numpy and PIL only
-(each is started afresh: ``spawn``).
+Kept apart from :mod:`search.trial.cache`: a decoding process needs numpy and PIL only (where
+processes are spawned rather than forked, it imports nothing else of ours).
 """
 
 from __future__ import annotations
