@@ -174,7 +174,7 @@ def clear_entries(cache_dir: str | Path | None = None, dataset: str | None = Non
         return []
     removed = []
     for folder in sorted(root.iterdir()):
-        if not folder.is_dir() or (folder / _LOCK).is_symlink():
+        if not _is_entry(folder):  # a cache directory given by mistake (a home folder) keeps what is not ours
             continue
         header = _read_header(folder)
         if dataset is not None and (header is None or header.get("dataset") != dataset):
@@ -184,6 +184,15 @@ def clear_entries(cache_dir: str | Path | None = None, dataset: str | None = Non
                 shutil.rmtree(folder)
                 removed.append(folder)
     return removed
+
+
+_ENTRY_NAME = re.compile(r".*-[0-9a-f]{8}-(auto|[0-9]+)")
+
+
+def _is_entry(folder: Path) -> bool:
+    """Whether ``folder`` is a cache entry (named as :func:`entry_folder` names them, with its lock or header)."""
+    return (folder.is_dir() and not folder.is_symlink() and _ENTRY_NAME.fullmatch(folder.name) is not None
+            and ((folder / _LOCK).is_file() or (folder / HEADER).is_file()))
 
 
 def _read_header(folder: Path) -> dict[str, Any] | None:

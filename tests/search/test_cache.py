@@ -133,6 +133,7 @@ def test_data_list_and_clear_show_and_remove_cached_datasets(tmp_path, capsys, m
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == [f"imagefolder:{first}"] * 2 + [f"imagefolder:{second}"]
     assert "8 images of 3x16x16, 2 classes, 0 skipped" in lines[0]
+    (tmp_path / "cache" / "not-ours").mkdir()
     monkeypatch.chdir(tmp_path)
     assert main(["data", "clear", "imagefolder:one"]) == 0
     assert capsys.readouterr().out.startswith("removed 2 cached datasets (")
@@ -140,3 +141,4 @@ def test_data_list_and_clear_show_and_remove_cached_datasets(tmp_path, capsys, m
     assert capsys.readouterr().out.startswith("removed 1 cached datasets (")
     assert main(["data", "list"]) == 0
     assert capsys.readouterr().out == f"no cached datasets in {tmp_path / 'cache'}\n"
+    assert (tmp_path / "cache" / "not-ours").is_dir()
