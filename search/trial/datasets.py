@@ -8,13 +8,20 @@ Names (``dataset_names()``):
 - ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: torchvision's readers over files in
   ``data_dir``; ``download=True`` fetches them there first. Train and test parts are
   concatenated: cnnsearch makes its own train/val/test split (``search.trial.data.make_split``).
-- ``imagefolder:PATH``: one sub-folder of ``PATH`` per class, read through torchvision's
-  ``ImageFolder``. All-grayscale folders give 1 channel, anything else RGB; every image is
-  resized to ``image_size`` x ``image_size`` (default: the median side of the images,
-  clamped to [32, 224]); decoded once into the on-disk cache (:mod:`search.trial.cache`)
-  that every worker on the host memory-maps. Only regular files inside ``PATH`` are read (symlinks are followed while
-  they stay inside and do not loop); images over ``$CNNSEARCH_MAX_IMAGE_PIXELS`` pixels (default
-  8192 x 8192) are skipped before decoding. Each kind of skipped file gets one warning.
+- ``imagefolder:PATH``: one sub-folder of ``PATH`` per class, found as torchvision's
+  ``ImageFolder`` finds them. All-grayscale folders give 1 channel, anything else RGB (palette,
+  RGBA, CMYK and 16-bit images converted); every image is resized to ``image_size`` x
+  ``image_size`` (default: the median side of the images, clamped to [32, 224]). Only regular
+  files inside ``PATH`` are read (symlinks are followed while they stay inside and do not loop);
+  images over ``$CNNSEARCH_MAX_IMAGE_PIXELS`` pixels (default 8192 x 8192) are skipped before
+  decoding, unreadable ones while decoding. Each kind of skipped file gets one warning.
+  ``train/`` and ``val/`` sub-folders (and ``test/``), each with class sub-folders, are the
+  data's given split (:attr:`ImageSet.parts`).
+- ``csv:FILE``: the images a CSV file lists, one ``path,label`` row each (paths relative to
+  the CSV's folder); read like an image folder.
+
+Image files are decoded once per host into the on-disk cache (:mod:`search.trial.cache`) that
+every worker memory-maps.
 
 ``image_size`` resizes the other sources too (antialiased, on the whole tensor).
 
