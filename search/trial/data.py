@@ -307,7 +307,10 @@ class StreamedImages:
         """
         ready: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
-        thread = threading.Thread(target=self._produce, args=(order, ready, stop), name="cnnsearch-stream",
+        # The whole epoch's indices to the host at once: one sync now, where a .cpu() per batch in the
+        # thread would wait for the training kernels queued before it and serialise the two.
+        host_order = torch.cat(list(order)).cpu().split([len(idx) for idx in order]) if len(order) else []
+        thread = threading.Thread(target=self._produce, args=(host_order, ready, stop), name="cnnsearch-stream",
                                   daemon=True)
         thread.start()
         try:
@@ -328,6 +331,7 @@ class StreamedImages:
                 thread.join(timeout=0.05)
 
     def _produce(self, order: Sequence[torch.Tensor], ready: queue.Queue, stop: threading.Event) -> None:
+        """Gather each batch of ``order`` (CPU index tensors) and hand it to :meth:`stream` through ``ready``."""
         cuda = self.device.type == "cuda"
         try:
             size = max((len(idx) for idx in order), default=0)
@@ -336,7 +340,7 @@ class StreamedImages:
             copies: list = [None, None]
             side = torch.cuda.Stream(self.device) if cuda else None
             for i, idx in enumerate(order):
-                picked = self.rows[idx.cpu()]
+                picked = self.rows[idx]
                 if not cuda:
                     item = (torch.index_select(self.source, 0, picked), None)
                 else:

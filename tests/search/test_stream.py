@@ -41,6 +41,24 @@ def test_streamed_data_trains_to_exactly_the_curves_of_data_on_the_device(tmp_pa
     assert got.curves == expected.curves
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_streamed_epoch_is_batch_for_batch_the_on_device_epoch(tmp_path, device):
+    images = load_dataset(f"imagefolder:{make_folder(tmp_path / 'photos', per_class=30)}", image_size=16)
+    split = make_split(images.labels, seed=0)
+    on_device = prepare_data(images, split, device)
+    streamed = prepare_data(images, split, device, data_memory=1)
+    seen = []
+    for data in (on_device, streamed):
+        generator = torch.Generator(device=device).manual_seed(3)
+        seen.append([(x.cpu(), y.cpu()) for x, y in data.train_batches(7, generator)])
+        assert all(x.device.type == device for x, _ in data.train_batches(7, generator))
+    assert len(seen[0]) == len(seen[1]) == -(-len(split.train) // 7)
+    for (x0, y0), (x1, y1) in zip(*seen, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    assert torch.equal(on_device.val_x[2:9].cpu(), streamed.val_x[2:9].cpu())
+
+
 def test_streamed_batches_stop_cleanly_when_training_stops_early(tmp_path):
     images = load_dataset(f"imagefolder:{make_folder(tmp_path / 'photos', per_class=8)}", image_size=16)
     streamed = prepare_data(images, make_split(images.labels, seed=0, val_fraction=0.2, test_fraction=0.2), "cpu",
