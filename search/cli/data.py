@@ -23,25 +23,39 @@ def add_data_args(p: argparse.ArgumentParser) -> Command:
 
 
 def host_data_args(p: argparse.ArgumentParser) -> None:
-    """``--cache-dir`` and ``--data-memory`` of `run` and `worker`: this host's cache and device budget."""
-    p.add_argument("--cache-dir", help="where decoded image datasets are cached (default: $CNNSEARCH_CACHE_DIR, else "
-                                       "$XDG_CACHE_HOME/cnnsearch or ~/.cache/cnnsearch)")
-    p.add_argument("--data-memory", type=POSITIVE_FLOAT, metavar="MB",
-                   help="megabytes a trial's images may take on its device; more are streamed from the cache "
-                        "(default: half the free device memory, host memory on CPU)")
+    """``--cache-dir`` and ``--data-memory`` of `run` and `worker`: this host's cache and device budget.
+
+    Each is handed on as its environment variable when parsed, which the worker processes this
+    one starts inherit (a Ray worker on another node reads its own host's). The names are
+    ``search.trial.cache.CACHE_DIR_ENV`` and ``search.trial.data.DATA_MEMORY_ENV``, spelled out:
+    importing those modules would cost every command's parse a second or more.
+    """
+    p.add_argument("--cache-dir", action=_Environ, env="CNNSEARCH_CACHE_DIR", type=_absolute,
+                   help="where decoded image datasets are cached (default: $CNNSEARCH_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/cnnsearch or ~/.cache/cnnsearch)")
+    p.add_argument("--data-memory", action=_Environ, env="CNNSEARCH_DATA_MEMORY_MB", type=POSITIVE_FLOAT,
+                   metavar="MB", help="megabytes a trial's images may take on its device; more are streamed from "
+                                      "the cache (default: half the free device memory, host memory on CPU)")
 
 
-def apply_host_data_args(args: argparse.Namespace) -> None:
-    """Hand ``--cache-dir`` and ``--data-memory`` on as environment variables, which local workers inherit."""
+class _Environ(argparse.Action):
+    """Store the value and set environment variable ``env`` to it."""
+
+    def __init__(self, *args, env: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.env = env
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import os
+
+        setattr(namespace, self.dest, values)
+        os.environ[self.env] = str(values)
+
+
+def _absolute(text: str) -> str:
     import os
 
-    from search.trial.cache import CACHE_DIR_ENV
-    from search.trial.data import DATA_MEMORY_ENV
-
-    if args.cache_dir:
-        os.environ[CACHE_DIR_ENV] = os.path.abspath(os.path.expanduser(args.cache_dir))
-    if args.data_memory is not None:
-        os.environ[DATA_MEMORY_ENV] = str(args.data_memory)
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def cmd_data(args: argparse.Namespace) -> int:

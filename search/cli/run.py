@@ -6,7 +6,7 @@ import argparse
 import shlex
 from typing import TYPE_CHECKING
 
-from search.cli.data import apply_host_data_args, host_data_args
+from search.cli.data import host_data_args
 from search.cli.flags import (
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
@@ -107,7 +107,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.study.spec import StudySpec
     from spaces import load_space
 
-    apply_host_data_args(args)
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
     if args.trials is None and args.timeout is None and args.sampler != "grid":
@@ -173,7 +172,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from search.study.worker import WorkerSettings, worker_loop
     from storage import resolve_storage_url
 
-    apply_host_data_args(args)
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
     if ray is None and workers > 1:
