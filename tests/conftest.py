@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_server = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
         if uses_server or item.get_closest_marker("browser") or item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Decoded datasets go to a folder of the test session (inherited by the processes it starts), not ~/.cache."""
+    saved = os.environ.get("CNNSEARCH_CACHE_DIR")
+    os.environ["CNNSEARCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cnnsearch-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("CNNSEARCH_CACHE_DIR", None)
+    else:
+        os.environ["CNNSEARCH_CACHE_DIR"] = saved
 
 
 @pytest.fixture

@@ -117,3 +117,9 @@ def test_ab_runs_one_benchmark_on_the_base_commit_and_the_working_tree():
     assert len(rows) == 2 and all("slowest suggestion window" in row for row in rows)
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "cnnsearch-ab-" not in worktrees  # the base's worktree is removed again
+
+
+def test_data_pipeline_compares_stream_device_and_dataloader():
+    out = run_script("data_pipeline", "--smoke")
+    assert "| stream " in out and "| device " in out and "| dataloader " in out and "| build the cache " in out
+    assert "RESULT data_pipeline: stream/device" in out

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from search.cli import bench, catalog, dashboard, recipe, report, run, studies
+from search.cli import bench, catalog, dashboard, data, recipe, report, run, studies
 from search.cli.flags import AddArgs, Parser, usage
 from search.study.errors import TooManyFailures, WorkerStopped, user_errors
 
@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, AddArgs]] = {
     "studies": ("the studies in a storage", studies.add_studies_args),
     "spaces": ("list the built-in search spaces, show one, or validate a space file", catalog.add_spaces_args),
     "datasets": ("the datasets cnnsearch can load", catalog.add_datasets_args),
+    "data": ("decode a dataset into the on-disk cache ahead of time; list or remove cached datasets",
+             data.add_data_args),
     "report": ("write a study's report: DIR/index.html (self-contained), summary.md, trials.csv",
                report.add_report_args),
     "export": ("export a trial (default: the best) as a recipe for a training repo", recipe.add_export_args),

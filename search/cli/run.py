@@ -7,6 +7,7 @@ import shlex
 import time
 from typing import TYPE_CHECKING
 
+from search.cli.data import host_data_args
 from search.cli.flags import (
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
@@ -58,6 +59,7 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
                    help="every worker trains with deterministic kernels (slower on GPUs): GPU trials can then be "
                         "replayed exactly by `cnnsearch train --device cuda` on the same GPU model")
     _backend_args(p)
+    host_data_args(p)
     return cmd_run
 
 
@@ -172,6 +174,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset")
     p.add_argument("--name", help="worker name shown in `cnnsearch status` (default host:pid)")
     _backend_args(p)
+    host_data_args(p)
     return cmd_worker
 
 

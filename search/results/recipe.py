@@ -121,7 +121,7 @@ def recipe_data(recipe: dict[str, Any], *, data_dir: str | None = None, device: 
                           image_size=data_spec.get("image_size"))
     split = make_split(images.labels, seed=split_spec.get("seed", 0),
                        val_fraction=split_spec.get("val_fraction", 0.1),
-                       test_fraction=split_spec.get("test_fraction", 0.1))
+                       test_fraction=split_spec.get("test_fraction", 0.1), parts=images.parts)
     wanted = split_spec.get("fingerprint")
     if wanted and split.fingerprint() != wanted:
         raise DataError(f"dataset {data_spec['dataset']!r} here splits differently from the recipe's study "

@@ -15,7 +15,7 @@ def load_study_data(spec: StudySpec, data_dir: str | None = None, download: bool
     """Load the study's dataset and split it as the study records."""
     images = load_dataset(spec.dataset, data_dir=data_dir or spec.data_dir, download=download,
                           image_size=spec.image_size)
-    return images, make_split(images.labels, **spec.split_args())
+    return images, make_split(images.labels, **spec.split_args(), parts=images.parts)
 
 
 def record_or_check_split(study: optuna.Study, spec: StudySpec, images: ImageSet, split: Split) -> None:

@@ -37,6 +37,7 @@ from storage.records import (
     CONFIG,
     CONSTRAINTS,
     CURVES,
+    DATA_FEED,
     DEVICE,
     EPOCHS_RUN,
     FAIL_MESSAGE,
@@ -81,6 +82,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
     for key, value in identity.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr(STARTED, time.time())
+    trial.set_user_attr(DATA_FEED, data.feed)
     try:
         config = TrialConfig.from_dict(spec.space.suggest(trial), where=spec.space.source)
         if "seed" not in spec.space.params and "seed" not in spec.space.fixed:

@@ -1,24 +1,38 @@
-"""The train/val/test split, and the tensors one trial trains from, already on its device.
+"""The train/val/test split, and the images one trial trains from, fed to its device.
 
 The split is made once per study, deterministically (seeded, stratified), and recorded in
 the study by :meth:`Split.describe`; search trials only ever see ``val``, the final
-evaluation alone touches ``test``. A worker copies the uint8 images to its device once
-(:func:`prepare_data`); batches are then index slices (:func:`batches`) and no
-DataLoader or per-sample Python runs in the training loop.
+evaluation alone touches ``test``. When the parts a trial uses fit the data-memory budget
+(:func:`data_memory_budget`), a worker copies the uint8 images to its device once
+(:func:`prepare_data`) and batches are index slices (:func:`batches`); when they do not,
+they stay in the host's (memory-mapped) set and :class:`StreamedImages` gathers each batch
+in a background thread into pinned buffers copied to the device asynchronously. The same
+seed draws the same batches either way; no DataLoader or per-sample Python runs in the
+training loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from search.trial.datasets import ImageSet
-from search.trial.errors import DataError
+from search.trial.errors import CnnSearchError, DataError
+from search.trial.memory import format_bytes
+
+DATA_MEMORY_ENV = "CNNSEARCH_DATA_MEMORY_MB"
+"""Megabytes (10^6 bytes) the images of a trial may take on its device; over that they are streamed."""
+DATA_MEMORY_FRACTION = 0.5
+"""Without ``$CNNSEARCH_DATA_MEMORY_MB``: this fraction of the device's free memory (host memory on CPU)."""
 
 STAGES = ("search", "final")
 
@@ -33,6 +47,8 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    given: tuple[str, ...] = ()
+    """The parts the data came split into (``train``/``val``/``test`` folders); empty when all were drawn here."""
 
     def fingerprint(self) -> str:
         """16 hex digits identifying the three index arrays (equal iff the split is the same)."""
@@ -51,13 +67,19 @@ class Split:
             "test_fraction": self.test_fraction,
             "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
             "fingerprint": self.fingerprint(),
+            **({"given": list(self.given)} if self.given else {}),
         }
 
 
 def make_split(
-    labels: torch.Tensor, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1
+    labels: torch.Tensor, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
+    parts: dict[str, int] | None = None,
 ) -> Split:
     """Split ``len(labels)`` samples into train/val/test, stratified by label.
+
+    ``parts`` (:attr:`ImageSet.parts`, data that comes split) gives the parts instead: the
+    first ``parts["train"]`` samples are train, the next ``parts["val"]`` val, the rest test;
+    without a ``test`` part, test is drawn from train (``test_fraction`` of it, stratified).
 
     Deterministic in ``seed`` (the same indices in any process). Every class present in
     ``labels`` appears in each of the three parts; when there are too few samples for
@@ -76,8 +98,10 @@ def make_split(
     from sklearn.model_selection import train_test_split
 
     y = torch.as_tensor(labels).cpu().numpy().astype(np.int64)
-    everything = np.arange(len(y), dtype=np.int64)
     counts = _class_counts(y)
+    if parts is not None:
+        return _check_parts(_given_split(y, parts, seed, val_fraction, test_fraction), y, counts)
+    everything = np.arange(len(y), dtype=np.int64)
     # Two stratified cuts: the held-out part, then held-out -> val + test. Each cut keeps
     # every class within one sample of its proportion.
     try:
@@ -91,10 +115,36 @@ def make_split(
                         f"(images per class: {counts}): {exc}; use larger fractions or more images") from exc
     split = Split(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                   train=np.sort(train), val=np.sort(val), test=np.sort(test))
+    return _check_parts(split, y, counts)
+
+
+def _given_split(y: np.ndarray, parts: dict[str, int], seed: int, val_fraction: float,
+                 test_fraction: float) -> Split:
+    from sklearn.model_selection import train_test_split
+
+    ends = np.cumsum([parts["train"], parts["val"]])
+    train, val = np.arange(ends[0]), np.arange(ends[0], ends[1])
+    if "test" in parts:
+        test = np.arange(ends[1], len(y))
+    else:
+        try:
+            train, test = train_test_split(train, test_size=test_fraction, random_state=seed, stratify=y[train])
+        except ValueError as exc:
+            raise DataError(f"cannot draw test_fraction={test_fraction} of the {len(train)} train images as the "
+                            f"test part with every class in it: {exc}; add a test/ folder or more images") from exc
+    return Split(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, train=np.sort(train),
+                 val=val, test=np.sort(test), given=tuple(parts))
+
+
+def _check_parts(split: Split, y: np.ndarray, counts: str) -> Split:
+    """``split``, once every class is known to have images in each of its parts."""
     classes = set(np.unique(y).tolist())
     for part_name in ("train", "val", "test"):
         part = getattr(split, part_name)
         missing = sorted(classes - set(np.unique(y[part]).tolist()))
+        if missing and part_name in split.given:
+            raise DataError(f"the {part_name}/ folder ({len(part)} images) has no images of classes {missing}; "
+                            f"give every class images in {part_name}/")
         if missing:
             raise DataError(f"the {part_name} part of the split ({len(part)} images) has no images of "
                             f"classes {missing} (images per class: {counts}); "
@@ -114,17 +164,34 @@ class TrialData:
     In the ``search`` stage ``train_*`` is the split's train part and ``val_*`` its val
     part; in the ``final`` stage ``train_*`` is train + val and ``val_*`` is the test part.
     ``mean`` and ``std`` are per-channel statistics of ``train_x / 255``, shape (1, C, 1, 1).
+    ``train_x`` and ``val_x`` are tensors on the device, or :class:`StreamedImages` (indexed
+    the same way) when they did not fit the budget; ``feed`` says which and why.
     """
 
-    train_x: torch.Tensor
+    train_x: torch.Tensor | StreamedImages
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: torch.Tensor | StreamedImages
     val_y: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
     classes: list[str]
     input_shape: tuple[int, int, int]
     num_classes: int
+    feed: dict[str, Any] = field(default_factory=lambda: {"mode": "device"})
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled ``(uint8 images, labels)`` batches on the device (see :func:`batches`).
+
+        The order is drawn from ``generator`` before the first batch, so either feed gives the
+        same batches and leaves ``generator`` in the same state.
+        """
+        order = batches(len(self.train_y), batch_size, generator, self.train_y.device)
+        if isinstance(self.train_x, StreamedImages):
+            order = list(order)
+            yield from zip(self.train_x.stream(order), (self.train_y[idx] for idx in order), strict=True)
+            return
+        for idx in order:
+            yield self.train_x[idx], self.train_y[idx]
 
     def normalize(self, x_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``(x / 255 - mean) / std`` in ``dtype``.
@@ -139,9 +206,11 @@ class TrialData:
 
 
 def prepare_data(
-    images: ImageSet, split: Split, device: torch.device | str, stage: str = "search"
+    images: ImageSet, split: Split, device: torch.device | str, stage: str = "search",
+    data_memory: int | None = None,
 ) -> TrialData:
-    """Copy the parts of ``images`` that ``stage`` needs to ``device``, once.
+    """The parts of ``images`` that ``stage`` needs, on ``device`` when they fit ``data_memory`` bytes
+    (default: :func:`data_memory_budget`), else streamed from ``images`` (:class:`StreamedImages`).
 
     ``stage="search"`` trains on ``split.train`` and validates on ``split.val``;
     ``stage="final"`` trains on train + val and evaluates on ``split.test``. Raises
@@ -159,21 +228,152 @@ def prepare_data(
     else:
         fit, held = np.sort(np.concatenate([split.train, split.val])), split.test
     index = torch.from_numpy(np.concatenate([fit, held]))
-    # One gathered host tensor per dtype, so one host->device copy each; the parts are views.
-    x = images.images[index]
-    y = images.labels[index]
-    if device.type == "cuda":
-        x, y = x.pin_memory(), y.pin_memory()
-    x = x.to(device, non_blocking=True)
-    y = y.to(device, non_blocking=True)
+    y = images.labels[index].to(device)
     n_fit = len(fit)
-    train_x = x[:n_fit]
-    mean, std = _channel_stats(train_x)
-    return TrialData(
-        train_x=train_x, train_y=y[:n_fit], val_x=x[n_fit:], val_y=y[n_fit:],
-        mean=mean, std=std, classes=list(images.classes),
-        input_shape=tuple(images.images.shape[1:]), num_classes=len(images.classes),
-    )
+    needed = len(index) * int(np.prod(images.images.shape[1:]))
+    budget, where = (data_memory, "the data-memory budget") if data_memory is not None else data_memory_budget(device)
+    common = {"classes": list(images.classes), "input_shape": tuple(images.images.shape[1:]),
+              "num_classes": len(images.classes), "train_y": y[:n_fit], "val_y": y[n_fit:]}
+    if budget is not None and needed > budget:
+        train_x = StreamedImages(images.images, fit, device)
+        mean, std = _channel_stats_in_chunks(train_x)
+        feed = {"mode": "stream", "reason": f"{len(index)} images need {format_bytes(needed)}, over "
+                                           f"{format_bytes(budget)} ({where})"}
+        return TrialData(train_x=train_x, val_x=StreamedImages(images.images, held, device), mean=mean.to(device),
+                         std=std.to(device), feed=feed, **common)
+    # One gathered host tensor, so one host->device copy; the parts are views.
+    x = images.images[index]
+    if device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
+    mean, std = _channel_stats(x[:n_fit])
+    feed = {"mode": "device", "reason": f"{len(index)} images need {format_bytes(needed)}"
+                                       + (f", within {format_bytes(budget)} ({where})" if budget is not None else "")}
+    return TrialData(train_x=x[:n_fit], val_x=x[n_fit:], mean=mean, std=std, feed=feed, **common)
+
+
+def data_memory_budget(device: torch.device, environ: dict[str, str] | None = None) -> tuple[int | None, str]:
+    """Bytes the images of a trial may take on ``device``, and where that figure comes from.
+
+    ``$CNNSEARCH_DATA_MEMORY_MB`` when set; else half the free memory of a GPU, or of the host
+    on the CPU (the in-memory feed gathers a copy there); None where that cannot be told.
+    Raises :class:`CnnSearchError` for a value that is not a positive number.
+    """
+    from search.trial.device import available_memory
+
+    raw = (os.environ if environ is None else environ).get(DATA_MEMORY_ENV, "").strip()
+    if raw:
+        try:
+            megabytes = float(raw)
+        except ValueError:
+            megabytes = -1.0
+        if not megabytes > 0:
+            raise CnnSearchError(f"--data-memory / ${DATA_MEMORY_ENV}={raw!r} is not a positive number of "
+                                 f"megabytes; use e.g. 4000")
+        return int(megabytes * 1e6), f"--data-memory {raw} MB"
+    free = available_memory(device)
+    if free is None:
+        return None, "unknown"
+    return int(free * DATA_MEMORY_FRACTION), f"{DATA_MEMORY_FRACTION:.0%} of the free memory of {device}"
+
+
+class StreamedImages:
+    """uint8 images that stay in the host's set (a memory map of the cache) and reach the device a batch at a time.
+
+    ``rows`` picks this part's images from ``source`` (N x C x H x W, on the CPU). Indexing (an
+    int tensor or a slice of the part) gathers those rows and copies them to ``device``;
+    :meth:`stream` does so for a whole epoch in a background thread, double-buffered.
+    """
+
+    def __init__(self, source: torch.Tensor, rows: np.ndarray, device: torch.device) -> None:
+        self.source = source
+        self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        self.device = device
+        self.shape = torch.Size((len(self.rows), *source.shape[1:]))
+        self.dtype = source.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: slice | torch.Tensor) -> torch.Tensor:
+        picked = self.rows[key] if isinstance(key, slice) else self.rows[key.cpu()]
+        return torch.index_select(self.source, 0, picked).to(self.device)
+
+    def stream(self, order: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The batches of ``order`` (index tensors into this part) on the device, gathered ahead in a thread.
+
+        Two pinned buffers on a GPU: while the model trains on one batch, the next is gathered
+        and copied on a side stream; the training stream waits on that copy's event only.
+        """
+        ready: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        # The whole epoch's indices to the host at once: one sync now, where a .cpu() per batch in the
+        # thread would wait for the training kernels queued before it and serialise the two.
+        host_order = torch.cat(list(order)).cpu().split([len(idx) for idx in order]) if len(order) else []
+        thread = threading.Thread(target=self._produce, args=(host_order, ready, stop), name="cnnsearch-stream",
+                                  daemon=True)
+        thread.start()
+        try:
+            for _ in order:
+                item = ready.get()
+                if isinstance(item, BaseException):
+                    raise item
+                batch, copied = item
+                if copied is not None:
+                    torch.cuda.current_stream(self.device).wait_event(copied)
+                    batch.record_stream(torch.cuda.current_stream(self.device))
+                yield batch
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting to hand over a batch nobody takes
+                with contextlib.suppress(queue.Empty):
+                    ready.get_nowait()
+                thread.join(timeout=0.05)
+
+    def _produce(self, order: Sequence[torch.Tensor], ready: queue.Queue, stop: threading.Event) -> None:
+        """Gather each batch of ``order`` (CPU index tensors) and hand it to :meth:`stream` through ``ready``."""
+        cuda = self.device.type == "cuda"
+        try:
+            size = max((len(idx) for idx in order), default=0)
+            buffers = ([torch.empty((size, *self.shape[1:]), dtype=self.dtype, pin_memory=True) for _ in range(2)]
+                       if cuda else [])
+            copies: list = [None, None]
+            side = torch.cuda.Stream(self.device) if cuda else None
+            for i, idx in enumerate(order):
+                picked = self.rows[idx]
+                if not cuda:
+                    item = (torch.index_select(self.source, 0, picked), None)
+                else:
+                    if copies[i % 2] is not None:
+                        copies[i % 2].synchronize()  # the buffer's last copy to the device is done
+                    buffer = buffers[i % 2][:len(picked)]
+                    torch.index_select(self.source, 0, picked, out=buffer)
+                    with torch.cuda.stream(side):
+                        batch = buffer.to(self.device, non_blocking=True)
+                        copies[i % 2] = torch.cuda.Event()
+                        copies[i % 2].record(side)
+                    item = (batch, copies[i % 2])
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread, which raises it
+            ready.put(exc)
+
+
+def _channel_stats_in_chunks(images: StreamedImages) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_channel_stats` of streamed images, from histograms summed a chunk at a time on the CPU."""
+    channels = images.shape[1]
+    counts = torch.zeros((channels, 256), dtype=torch.float64)
+    chunk = max(1, (64 * 2**20) // max(1, int(np.prod(images.shape[1:]))))
+    for start in range(0, len(images), chunk):
+        x = torch.index_select(images.source, 0, images.rows[start:start + chunk])
+        counts += torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(channels)]).double()
+    return _stats_from_counts(counts)
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +386,13 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     counts = torch.stack([
         torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(channels)
     ]).double()
-    values = torch.arange(256, dtype=torch.float64, device=x.device) / 255
+    return _stats_from_counts(counts)
+
+
+def _stats_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``value / 255`` from per-channel histograms (C x 256), as float32 (1, C, 1, 1)."""
+    channels = counts.shape[0]
+    values = torch.arange(256, dtype=torch.float64, device=counts.device) / 255
     n = counts.sum(dim=1).clamp_min(1)
     mean = (counts * values).sum(dim=1) / n
     var = (counts * (values - mean[:, None]) ** 2).sum(dim=1) / n

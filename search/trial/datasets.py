@@ -8,12 +8,20 @@ Names (``dataset_names()``):
 - ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: torchvision's readers over files in
   ``data_dir``; ``download=True`` fetches them there first. Train and test parts are
   concatenated: cnnsearch makes its own train/val/test split (``search.trial.data.make_split``).
-- ``imagefolder:PATH``: one sub-folder of ``PATH`` per class, read through torchvision's
-  ``ImageFolder``. All-grayscale folders give 1 channel, anything else RGB; every image is
-  resized to ``image_size`` x ``image_size`` (default: the median side of the images,
-  clamped to [16, 64]). Only regular files inside ``PATH`` are read (symlinks are followed while
-  they stay inside and do not loop); images over ``$CNNSEARCH_MAX_IMAGE_PIXELS`` pixels (default
-  8192 x 8192) are skipped before decoding. Each kind of skipped file gets one warning.
+- ``imagefolder:PATH``: one sub-folder of ``PATH`` per class, found as torchvision's
+  ``ImageFolder`` finds them. All-grayscale folders give 1 channel, anything else RGB (palette,
+  RGBA, CMYK and 16-bit images converted); every image is resized to ``image_size`` x
+  ``image_size`` (default: the median side of the images, clamped to [32, 224]). Only regular
+  files inside ``PATH`` are read (symlinks are followed while they stay inside and do not loop);
+  images over ``$CNNSEARCH_MAX_IMAGE_PIXELS`` pixels (default 8192 x 8192) are skipped before
+  decoding, unreadable ones while decoding. Each kind of skipped file gets one warning.
+  ``train/`` and ``val/`` sub-folders (and ``test/``), each with class sub-folders, are the
+  data's given split (:attr:`ImageSet.parts`).
+- ``csv:FILE``: the images a CSV file lists, one ``path,label`` row each (paths relative to
+  the CSV's folder); read like an image folder.
+
+Image files are decoded once per host into the on-disk cache (:mod:`search.trial.cache`) that
+every worker memory-maps.
 
 ``image_size`` resizes the other sources too (antialiased, on the whole tensor).
 
@@ -23,7 +31,6 @@ Names (``dataset_names()``):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -31,13 +38,14 @@ import logging
 import os
 import pickle
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from search.trial.cache import MAX_SIDE, MIN_SIDE, Source, load_or_build, shown
 from search.trial.errors import DataError
 from search.trial.memory import available_host_memory, format_bytes
 
@@ -47,8 +55,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
-IMAGEFOLDER_MIN_SIDE = 16
-IMAGEFOLDER_MAX_SIDE = 64
+CSV_PREFIX = "csv:"
+CSV_COLUMNS = ("path", "label")
 MAX_IMAGE_PIXELS_ENV = "CNNSEARCH_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 """Image-folder images with more pixels are skipped before decoding (one such PNG decodes to 200 MB)."""
@@ -76,7 +84,10 @@ _DESCRIPTIONS: dict[str, str] = {
                 "(--download fetches about 161 MB)",
     IMAGEFOLDER_PREFIX + "PATH": "your own images, one sub-folder of PATH per class (PNG, JPEG, ...); "
                                  f"resized to image_size (default: median side clamped to "
-                                 f"{IMAGEFOLDER_MIN_SIDE}..{IMAGEFOLDER_MAX_SIDE}), gray if all are gray",
+                                 f"{MIN_SIDE}..{MAX_SIDE}), gray if all are gray; train/ and val/ (and test/) "
+                                 "sub-folders, each with class sub-folders, give the split",
+    CSV_PREFIX + "FILE": "your own images listed in a CSV file with the columns path,label (paths relative "
+                         "to the CSV's folder); sized like imagefolder",
 }
 
 # Errors torchvision's readers raise on truncated or malformed files (failed asserts in
@@ -91,14 +102,17 @@ _CORRUPT_FILE_ERRORS = (
 class ImageSet:
     """A whole labelled dataset in memory.
 
-    ``images``: uint8, N x C x H x W, on the CPU, contiguous. ``labels``: int64, N, each in
-    ``range(len(classes))``. ``classes``: class names, index = label.
+    ``images``: uint8, N x C x H x W, on the CPU, contiguous (memory-mapped from the cache for
+    decoded image files). ``labels``: int64, N, each in ``range(len(classes))``. ``classes``:
+    class names, index = label. ``parts``: for data that comes split (``train/`` and ``val/``
+    folders), how many images each part has, the images in the order train, val, test.
     """
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    parts: dict[str, int] | None = None
 
     def fingerprint(self) -> str:
         """16 hex digits identifying the content: every pixel, label and class name (equal iff the data is).
@@ -124,14 +138,21 @@ def describe_datasets() -> list[tuple[str, str]]:
 
 
 def absolute_dataset_name(name: str) -> str:
-    """``name`` with an ``imagefolder:`` path made absolute (from the working directory); other names as they are.
+    """``name`` with an ``imagefolder:`` or ``csv:`` path made absolute (from the working directory); other names
+    as they are.
 
     A study records its dataset by this name, so a worker, an export or ``train --config``
     started in another directory reads the same folder.
     """
-    if not name.startswith(IMAGEFOLDER_PREFIX) or not name[len(IMAGEFOLDER_PREFIX):]:
-        return name
-    return IMAGEFOLDER_PREFIX + os.path.abspath(os.path.expanduser(name[len(IMAGEFOLDER_PREFIX):]))
+    for prefix in (IMAGEFOLDER_PREFIX, CSV_PREFIX):
+        if name.startswith(prefix) and name[len(prefix):]:
+            return prefix + os.path.abspath(os.path.expanduser(name[len(prefix):]))
+    return name
+
+
+def is_decoded_from_files(name: str) -> bool:
+    """Whether dataset ``name`` is decoded from image files (so through the cache): ``imagefolder:`` and ``csv:``."""
+    return name.startswith((IMAGEFOLDER_PREFIX, CSV_PREFIX))
 
 
 def load_dataset(
@@ -139,19 +160,23 @@ def load_dataset(
     data_dir: str | Path | None = None,
     download: bool = False,
     image_size: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> ImageSet:
     """Load dataset ``name`` whole, as uint8 N x C x H x W images and int64 labels on the CPU.
 
     ``data_dir`` is where the torchvision datasets live (and where ``download=True`` puts
     them); the embedded datasets and ``imagefolder:PATH`` ignore it. ``image_size`` makes
-    every image ``image_size`` x ``image_size``. Raises :class:`DataError` with a one-line
+    every image ``image_size`` x ``image_size``. Image files are decoded once into the cache in
+    ``cache_dir`` (:mod:`search.trial.cache`) and memory-mapped from there. Raises :class:`DataError` with a one-line
     message for an unknown name, missing or corrupt files, or unusable image folders.
     """
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
                                    or image_size < 1):
         raise DataError(f"image_size={image_size!r} is not accepted; give a positive integer (pixels)")
     if name.startswith(IMAGEFOLDER_PREFIX):
-        return _load_image_folder(name, name[len(IMAGEFOLDER_PREFIX):], image_size)
+        return _load_image_folder(name, name[len(IMAGEFOLDER_PREFIX):], image_size, cache_dir)
+    if name.startswith(CSV_PREFIX):
+        return _decoded(_csv_source(name, name[len(CSV_PREFIX):]), image_size, cache_dir)
     if name == "mnist5k":
         images, labels, classes = _mnist5k()
     elif name == "digits":
@@ -305,69 +330,97 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
-_SHOWN_SKIPPED = 5
+GIVEN_PARTS = ("train", "val", "test")
+"""Sub-folders of an image folder that give its split (``train`` and ``val`` both present; ``test`` optional)."""
 
 
-def _load_image_folder(name: str, path: str, image_size: int | None) -> ImageSet:
-    import torch
-    from PIL import Image
-
+def _load_image_folder(name: str, path: str, image_size: int | None, cache_dir: str | Path | None) -> ImageSet:
     root = Path(path).expanduser()
     if not path or not root.is_dir():
         raise DataError(f"dataset {name!r}: {root} is not a folder; imagefolder:PATH needs a folder "
                         f"with one sub-folder of images per class")
-    max_pixels = max_image_pixels()
-    classes, samples = _list_image_folder(name, root)
-    _check_classes(name, root, classes, [label for _, label in samples], "images")
+    if not all(_holds_folders(root / part) for part in GIVEN_PARTS[:2]):
+        classes, samples = _list_image_folder(name, root)
+        _check_classes(name, root, classes, [label for _, label in samples], "images")
+        return _decoded(Source(name=absolute_dataset_name(name), root=root, classes=classes, samples=samples),
+                        image_size, cache_dir)
+    # Given parts: the classes are train's; val and test name theirs, so labels are mapped by name.
+    classes, samples = _list_image_folder(name, root / "train")
+    _check_classes(name, root / "train", classes, [label for _, label in samples], "images")
+    parts = {"train": len(samples)}
+    for part in GIVEN_PARTS[1:]:
+        if part == "test" and not _holds_folders(root / part):
+            continue
+        part_classes, part_samples = _list_image_folder(name, root / part)
+        unknown = sorted(set(part_classes) - set(classes))
+        if unknown:
+            raise DataError(f"dataset {name!r}: {root / part} has class folders {', '.join(unknown)} that "
+                            f"{root / 'train'} does not have; give every class of {part} images to train")
+        samples += [(file, classes.index(part_classes[label])) for file, label in part_samples]
+        parts[part] = len(part_samples)
+    source = Source(name=absolute_dataset_name(name), root=root, classes=classes, samples=samples, parts=parts)
+    return _decoded(source, image_size, cache_dir)
 
-    # Pass 1 reads headers only: modes and sizes decide the channels and the default size,
-    # and an image over the pixel limit is skipped before it is decoded.
-    headers: list[tuple[str, int, str, tuple[int, int]]] = []
-    skipped: list[str] = []
-    too_large: list[str] = []
-    with _pil_bomb_check_off():
-        for file, label in samples:
-            try:
-                with Image.open(file) as image:
-                    mode, size = image.mode, image.size
-            except (OSError, ValueError):
-                skipped.append(file)
-                continue
-            if size[0] * size[1] > max_pixels:
-                too_large.append(f"{Path(file).relative_to(root)} ({size[0]}x{size[1]})")
-            else:
-                headers.append((file, label, mode, size))
-        if too_large:
-            logger.warning("skipped %d images in %s over the limit of %s pixels (%s): %s", len(too_large), root,
-                           f"{max_pixels:,}", MAX_IMAGE_PIXELS_ENV, _shown(too_large))
-        gray = bool(headers) and all(mode in _GRAY_MODES for _, _, mode, _ in headers)
-        if image_size is None and headers:
-            sides = [side for _, _, _, size in headers for side in size]
-            image_size = int(np.clip(np.median(sides), IMAGEFOLDER_MIN_SIDE, IMAGEFOLDER_MAX_SIDE))
 
-        # Pass 2 decodes; truncated files only fail here.
-        channels = 1 if gray else 3
-        if image_size is not None:
-            _refuse_what_memory_cannot_hold(name, len(headers), channels, image_size)
-        pixels = np.empty((len(headers), image_size or 0, image_size or 0, channels), dtype=np.uint8)
-        labels = np.empty(len(headers), dtype=np.int64)
-        kept = 0
-        for file, label, _, _ in headers:
-            try:
-                pixels[kept] = _read_image(file, gray, image_size)
-            except (OSError, ValueError):
-                skipped.append(file)
-                continue
-            labels[kept] = label
-            kept += 1
-    if skipped:
-        logger.warning("skipped %d unreadable images in %s: %s", len(skipped), root,
-                       _shown([str(Path(file).relative_to(root)) for file in skipped]))
-    _check_classes(name, root, classes, labels[:kept].tolist(), "readable images")
-    images = torch.from_numpy(pixels[:kept]).permute(0, 3, 1, 2).contiguous()
-    return ImageSet(name=name, images=images, labels=torch.from_numpy(labels[:kept].copy()),
-                    classes=classes)
+def _csv_source(name: str, path: str) -> Source:
+    """The images a CSV file lists: a header ``path,label`` (either order), then one row per image.
+
+    Paths are relative to the CSV's folder (absolute ones are taken as they are); classes are the
+    labels, sorted. A missing column, another column, a missing or non-regular file, or fewer
+    than two labels is a :class:`DataError` naming the file and line.
+    """
+    import csv
+
+    file = Path(path).expanduser()
+    if not path or not file.is_file():
+        raise DataError(f"dataset {name!r}: {file} is not a file; csv:FILE needs a CSV file with the columns "
+                        f"{','.join(CSV_COLUMNS)}")
+    rows: list[tuple[str, str]] = []
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [column.strip() for column in next(reader, [])]
+            unknown = [column for column in header if column not in CSV_COLUMNS]
+            if unknown or sorted(header) != sorted(CSV_COLUMNS):
+                what = f"unknown column {unknown[0]!r}" if unknown else f"columns {header}"
+                raise DataError(f"dataset {name!r}: {file} line 1 has {what}; the header must name exactly the "
+                                f"columns {','.join(CSV_COLUMNS)}")
+            where = {column: header.index(column) for column in CSV_COLUMNS}
+            for line, row in enumerate(reader, start=2):
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"dataset {name!r}: {file} line {line} has {len(row)} fields, the header "
+                                    f"{len(header)}; give each image as path,label")
+                image = file.parent / row[where["path"]].strip()
+                if not _is_regular_file(str(image)):
+                    raise DataError(f"dataset {name!r}: {file} line {line}: {image} is not a file (paths are "
+                                    f"relative to {file.parent})")
+                rows.append((str(image), row[where["label"]].strip()))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"dataset {name!r}: cannot read {file} as a CSV file ({exc})") from exc
+    classes = sorted({label for _, label in rows})
+    index = {label: i for i, label in enumerate(classes)}
+    if len(classes) < 2:
+        raise DataError(f"dataset {name!r}: a classifier needs at least 2 classes, but {file} lists "
+                        f"{len(classes)} label(s) ({', '.join(classes)})")
+    samples = [(image, index[label]) for image, label in rows]
+    return Source(name=absolute_dataset_name(name), root=file.parent, classes=classes, samples=samples)
+
+
+def _holds_folders(path: Path) -> bool:
+    return path.is_dir() and any(entry.is_dir() for entry in path.iterdir())
+
+
+def _decoded(source: Source, image_size: int | None, cache_dir: str | Path | None) -> ImageSet:
+    """The images of ``source`` from the cache (decoded first when the cache lacks them)."""
+    import torch
+
+    cached = load_or_build(source, image_size, max_image_pixels(), cache_dir)
+    # No host-memory check: the set is a memory map, and what does not fit the device budget is streamed.
+    _check_classes(source.name, source.root, source.classes, cached.labels.tolist(), "readable images")
+    return ImageSet(name=source.name, images=torch.from_numpy(cached.images),
+                    labels=torch.from_numpy(cached.labels), classes=source.classes, parts=cached.header["parts"])
 
 
 def max_image_pixels(environ: Mapping[str, str] | None = None) -> int:
@@ -386,20 +439,6 @@ def max_image_pixels(environ: Mapping[str, str] | None = None) -> int:
         raise DataError(f"{MAX_IMAGE_PIXELS_ENV}={value!r} is not accepted; give the most pixels (width x height) "
                         f"an image may have as a positive integer, e.g. {DEFAULT_MAX_IMAGE_PIXELS}")
     return limit
-
-
-@contextlib.contextmanager
-def _pil_bomb_check_off() -> Iterator[None]:
-    """PIL's own decompression-bomb check off: it warns at 89 megapixels and refuses at twice that,
-    whatever :func:`max_image_pixels` says, and every header is checked against that limit here."""
-    from PIL import Image
-
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _list_image_folder(name: str, root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -481,13 +520,7 @@ def _warn_skipped_entries(root: Path, skipped: dict[str, list[str]]) -> None:
         ("leaving", "symlinks leaving it"), ("loops", "symlink loops"),
         ("special", "FIFO, socket, device or broken link")) if skipped[kind]]
     names = [os.path.relpath(entry, root) for entries in skipped.values() for entry in entries]
-    logger.warning("skipped %d entries in %s: %s (%s)", total, root, ", ".join(counts), _shown(names))
-
-
-def _shown(names: list[str]) -> str:
-    """The first few of ``names``, and how many more there are."""
-    more = f" and {len(names) - _SHOWN_SKIPPED} more" if len(names) > _SHOWN_SKIPPED else ""
-    return ", ".join(names[:_SHOWN_SKIPPED]) + more
+    logger.warning("skipped %d entries in %s: %s (%s)", total, root, ", ".join(counts), shown(names))
 
 
 def _check_classes(name: str, root: Path, classes: list[str], labels: list[int], what: str) -> None:
@@ -499,15 +532,3 @@ def _check_classes(name: str, root: Path, classes: list[str], labels: list[int],
     if empty:
         raise DataError(f"dataset {name!r}: class folder {', '.join(empty)} holds no {what} "
                         f"(give every class at least one PNG/JPEG/... image, or remove the folder)")
-
-
-def _read_image(file: str, gray: bool, size: int) -> np.ndarray:
-    """One image file as a uint8 size x size x channels array (1 channel when ``gray``)."""
-    from PIL import Image
-
-    with Image.open(file) as image:
-        image = image.convert("L" if gray else "RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.uint8)
-    return array[:, :, None] if gray else array

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.trial.augment import Augmenter
-from search.trial.data import TrialData, batches
+from search.trial.data import TrialData
 from search.trial.device import amp_dtype_for, resolve_device
 from search.trial.errors import TrialFailed
 from search.trial.measure import activation_bytes, count_flops, count_params, measure_latency_ms
@@ -250,9 +250,8 @@ def _train_epoch(run: _Run, data: TrialData, device: torch.device, epoch: int,
     run.model.train()
     loss_sum = torch.zeros((), device=device)
     autocast = torch.autocast(device.type, dtype=run.amp) if run.amp else nullcontext()
-    for step, idx in enumerate(batches(len(data.train_y), run.batch_size, run.generator, device), 1):
-        xb = _to_input(data, data.train_x[idx], run.augment)
-        yb = data.train_y[idx]
+    for step, (x_uint8, yb) in enumerate(data.train_batches(run.batch_size, run.generator), 1):
+        xb = _to_input(data, x_uint8, run.augment)
         with autocast:
             loss = run.loss_fn(run.model(xb), yb)
         run.optimizer.zero_grad(set_to_none=True)

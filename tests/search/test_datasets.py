@@ -254,8 +254,8 @@ def test_image_folder_mixed_sizes_and_modes_come_back_uniform_rgb(tmp_path, capl
     (tmp_path / "gray" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with caplog.at_level(logging.WARNING, logger="search.trial.datasets"):
         data = load_dataset(f"imagefolder:{tmp_path}")
-    # Median of the sides 40, 40, 20, 30, 24, 24, 32, 16 is 27.
-    assert_image_set(data, 4, (3, 27, 27))
+    # Median of the sides 40, 40, 20, 30, 24, 24, 32, 16 is 27, clamped to the smallest default, 32.
+    assert_image_set(data, 4, (3, 32, 32))
     assert data.classes == ["gray", "red"]
     assert data.labels.tolist() == [0, 0, 1, 1]
     gray, red = data.images[:2].int(), data.images[2:].int()
@@ -277,7 +277,7 @@ def test_image_folder_of_grayscale_images_has_one_channel(tmp_path):
 def test_image_folder_default_size_is_clamped(tmp_path):
     for label in ("a", "b"):
         save(tmp_path / label / "big.png", (0, 0, 0), (300, 200))
-    assert load_dataset(f"imagefolder:{tmp_path}").images.shape[-2:] == (64, 64)
+    assert load_dataset(f"imagefolder:{tmp_path}").images.shape[-2:] == (224, 224)
 
 
 def test_truncated_image_is_skipped_with_one_warning(tmp_path, caplog):
