@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"the --timeout of {args.timeout:g} s was spent before a trial could start (loading the data "
                   "and setting up the study count too); give a longer --timeout")
         return 0
-    print_best(best)
+    print_best(best, spec.objectives, spec.directions)
     # Quoted: the line is for pasting into a shell, and a study name may hold $(...) or quotes.
     print(f"\nreport: cnnsearch report --study {shlex.quote(args.study)}   "
           f"(writes cnnsearch-reports/{args.study}/)")

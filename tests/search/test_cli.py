@@ -331,3 +331,108 @@ def test_a_study_where_no_trial_meets_the_constraints_says_so(workdir: Path, cap
     assert json.loads(capsys.readouterr().out) == []
     assert main(["status", "--study", "lat", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["best_value"] is None
+
+
+# --- what `studies`, `best` and `status` show, on studies written here (no training) ------------------------
+
+def _made_study(workdir: Path, name: str, objectives: list[str]) -> optuna.Study:
+    """A study as cnnsearch records one, in the working directory's default storage."""
+    directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
+    study = optuna.create_study(storage=f"sqlite:///{workdir / 'cnnsearch.db'}", study_name=name,
+                                directions=directions)
+    for key, value in {"dataset": "digits", "space_name": "tiny", "objectives": objectives}.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def _made_trial(study: optuna.Study, values: list[float], depth: int = 2, built: int | None = None,
+                notes: tuple[str, ...] = ()) -> int:
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+             "depth": optuna.distributions.IntDistribution(1, 4)}
+    study.enqueue_trial({"depth": depth})
+    trial = study.ask(dists)
+    config = {"lr": trial.params["lr"], "depth": depth if built is None else built, "width": 16, "seed": 1}
+    attrs = {"config": config, "val_accuracy": values[0], "params": 12345, "latency_ms": 0.123456,
+             "train_seconds": 3.21, "notes": list(notes), "device": "cpu", "host": "box"}
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, values)
+    return trial.number
+
+
+def test_studies_names_the_pareto_front_and_counts_only_trials_that_ran(workdir: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    study = _made_study(workdir, "mo", ["accuracy", "latency"])
+    for values in ([0.9, 0.5], [0.8, 0.1], [0.7, 0.9]):  # the third is dominated
+        _made_trial(study, values)
+    for _ in range(4):
+        study.enqueue_trial({"lr": 0.01, "depth": 1})  # waiting, never ran
+    assert main(["studies"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front of 2 (accuracy max, latency min)" in out
+    assert "3 ran, 4 waiting" in out
+    assert "best 2" not in out and "7 trials" not in out
+    assert main(["studies", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["n_trials"] == 3 and listed["waiting"] == 4 and listed["pareto_front"] == 2
+    assert listed["objectives"] == ["accuracy", "latency"]
+    assert sorted(listed["best_value"]) == [[0.8, 0.1], [0.9, 0.5]]
+
+
+def test_best_top_is_a_compact_table_with_notes_and_full_config_on_request(workdir: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    study = _made_study(workdir, "b", ["accuracy"])
+    clamped = "depth 4 clamped to 2: the 8x8 input holds 2 downsampling stages"
+    for acc in (0.912345678, 0.95, 0.5):
+        _made_trial(study, [acc], depth=4, built=2, notes=(clamped,))
+    assert main(["best", "--study", "b", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) <= 10, out
+    header = next(line for line in lines if line.split()[:2] == ["rank", "trial"])
+    assert "accuracy" in header and "params" in header and "latency" in header
+    assert "0.95" in out and "0.9123" in out and "0.912345678" not in out  # rounded for people
+    assert "depth=2 (asked 4)" in out
+    assert clamped in out
+    assert "width:" not in out  # the config is not dumped
+    assert main(["best", "--study", "b", "--top", "1", "--full"]) == 0
+    full = capsys.readouterr().out
+    assert "width: 16" in full and "depth: 2" in full
+    assert main(["best", "--study", "b", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["value"] == 0.95  # exact
+
+
+def test_best_of_several_objectives_says_pareto_front_and_names_them(workdir: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    study = _made_study(workdir, "mb", ["accuracy", "latency"])
+    for values in ([0.9, 0.5], [0.8, 0.1], [0.7, 0.9]):
+        _made_trial(study, values)
+    assert main(["best", "--study", "mb"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front of 2 trials (accuracy max, latency min)" in out
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["rank", "trial"])
+    assert "accuracy" in header and "latency" in header
+
+
+def test_status_is_readable_text(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    study = _made_study(workdir, "s", ["accuracy", "latency"])
+    _made_trial(study, [0.9, 0.5])
+    _made_trial(study, [0.8, 0.1])
+    study.set_user_attr("budget", 5)
+    trial = study.ask()
+    for key, value in {"worker": "box:1", "host": "box", "device": "cpu"}.items():
+        trial.set_user_attr(key, value)
+    study.enqueue_trial({"lr": 0.01})
+    assert main(["status", "--study", "s"]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and "[" not in out, out  # no Python dicts or lists
+    assert "2 complete, 1 running, 1 waiting" in out
+    assert "Pareto front of 2 trials (accuracy max, latency min)" in out
+    assert "worker box:1 (cpu): 1 running" in out
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cnnsearch {version('cnnsearch')}"
