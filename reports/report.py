@@ -46,6 +46,7 @@ from storage.records import (
     FAIL_REASON,
     FAIL_REASONS,
     INPUT_SHAPE,
+    NOTES,
     SPLIT_SIZES,
     STUDY_BUDGET,
     STUDY_DATASET,
@@ -266,7 +267,7 @@ def _top_row(t: FrozenTrial) -> dict[str, Any]:
         "params": ua.get("params"), "flops": ua.get("flops"), "latency_ms": ua.get("latency_ms"),
         "train_seconds": ua.get("train_seconds"), "epochs": ua.get("epochs_run"),
         "searched": {name: _shown_param(value, t.params[name]) for name, value in built_params(t).items()},
-        "notes": list(ua.get("notes") or []),
+        "notes": list(ua.get(NOTES) or []),
         "config": json.dumps(ua.get(CONFIG) or {}, indent=1, sort_keys=True),
     }
 

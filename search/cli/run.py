@@ -188,6 +188,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ray = _ray_options(args, workers)
     if ray is None and workers > 1:
         return usage(f"--workers {workers} needs --backend ray; or start {workers} `cnnsearch worker` processes")
+    _warn_space_fit(resolve_storage_url(args.storage), args.study)
     with stop_on_sigterm():
         if ray is not None:
             return _ray_workers(args, ray, started)
@@ -196,6 +197,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
         summary = worker_loop(resolve_storage_url(args.storage), args.study, settings)
     print(f"worker {summary.worker} on {summary.device}: {summary.counts} ({summary.stopped_because})")
     return 0
+
+
+def _warn_space_fit(storage_url: str, study_name: str) -> None:
+    """Say once, before the workers start, when the study's space asks for more than its data holds.
+
+    From what the study recorded (its space, the input shape its first worker found); a study
+    that cannot be read yet is left to the worker loop, which says why or waits for the database.
+    """
+    import logging
+
+    from search.study.errors import user_errors
+    from search.study.spec import load_spec
+    from search.study.worker import STORAGE_LOST
+    from search.trial.models import space_fit_warning
+    from storage import open_storage
+    from storage.records import INPUT_SHAPE
+    from storage.studies import load_study
+
+    try:
+        study = load_study(open_storage(storage_url, heartbeat_interval=None), study_name)
+        shape, space = study.user_attrs.get(INPUT_SHAPE), load_spec(study).space
+    except (*user_errors(), *STORAGE_LOST):
+        return
+    if shape and (misfit := space_fit_warning(space, tuple(shape))) is not None:
+        logging.getLogger(__name__).warning(misfit)
 
 
 def _ray_workers(args: argparse.Namespace, ray: RayOptions, started: float) -> int:

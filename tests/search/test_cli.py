@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -436,3 +438,44 @@ def test_version_is_printed(capsys: pytest.CaptureFixture) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"cnnsearch {version('cnnsearch')}"
+
+
+DEEP_SPACE = """
+params:
+  depth: {type: categorical, choices: [2, 4]}
+  epochs: 1
+  width: 4
+  batch_size: 128
+"""
+
+
+def test_a_clamped_depth_is_warned_at_start_recorded_as_built_and_exported_with_its_note(
+        workdir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    (workdir / "deep.yaml").write_text(DEEP_SPACE)
+    with caplog.at_level(logging.WARNING):
+        assert _run("--study", "deep", "--space", "deep.yaml", "--sampler", "grid", "--pruner", "none") == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "depth" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "depth up to 4" in warned[0] and "8x8 input holds 2 downsampling stages" in warned[0]
+    (deep,) = [t for t in _study(workdir, "deep").get_trials() if t.params["depth"] == 4]
+    assert deep.user_attrs["config"]["depth"] == 2  # what was built
+    clamped = "depth 4 clamped to 2: the 8x8 input holds 2 downsampling stages"
+    assert clamped in deep.user_attrs["notes"]
+
+    capsys.readouterr()
+    assert main(["best", "--study", "deep", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "depth=2 (asked 4)" in out and f"note: {clamped}" in out
+
+    assert main(["export", "--study", "deep", "--trial", str(deep.number), "--out", "exported"]) == 0
+    recipe = yaml.safe_load((workdir / "exported" / "recipe.yaml").read_text())
+    assert recipe["config"]["depth"] == 2 and recipe["notes"] == [clamped]
+    assert clamped in (workdir / "exported" / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["train", "--config", "exported/recipe.yaml", "--out", "retrained"]) == 0
+    assert "(the trial's, exactly)" in capsys.readouterr().out  # the built config is the network trained
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["worker", "--study", "deep"]) == 0  # nothing left to run: it warns and ends
+    assert len([r for r in caplog.records if "depth up to 4" in r.getMessage()]) == 1
