@@ -479,3 +479,20 @@ def test_a_clamped_depth_is_warned_at_start_recorded_as_built_and_exported_with_
     with caplog.at_level(logging.WARNING):
         assert main(["worker", "--study", "deep"]) == 0  # nothing left to run: it warns and ends
     assert len([r for r in caplog.records if "depth up to 4" in r.getMessage()]) == 1
+
+
+def test_resuming_with_other_settings_prints_only_the_refusal(workdir: Path) -> None:
+    from search.study.spec import StudySpec, create_or_resume
+    from spaces import load_space
+    from storage import open_storage
+    from tests.support.cli import CLI, clean_env
+
+    create_or_resume(open_storage(f"sqlite:///{workdir / 'cnnsearch.db'}", heartbeat_interval=None), "other",
+                     StudySpec(space=load_space("tiny"), dataset="digits"))
+    proc = subprocess.run([*CLI, "run", "--study", "other", "--dataset", "digits", "--space", "quick.yaml",
+                           "--trials", "1", "--no-progress"], cwd=workdir, env=clean_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("cnnsearch: error: study 'other' exists with different settings"), err
+    assert len(err.splitlines()) == 1, err
