@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import time
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from search.trial.errors import CnnSearchError
 
 if TYPE_CHECKING:
     from search.study.ray_workers import RayOptions
+
+log = logging.getLogger(__name__)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> Command:
@@ -117,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sampler = resolve_sampler(args.sampler, space)
     if args.trials is None and args.timeout is None and sampler != "grid":
         return usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
+    for warning in space.start_warnings():
+        log.warning(warning)
     spec = StudySpec(
         space=space, dataset=args.dataset, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
         sampler=sampler, pruner=args.pruner or default_pruner(sampler), seed=args.seed,
@@ -205,8 +210,6 @@ def _warn_space_fit(storage_url: str, study_name: str) -> None:
     From what the study recorded (its space, the input shape its first worker found); a study
     that cannot be read yet is left to the worker loop, which says why or waits for the database.
     """
-    import logging
-
     from search.study.errors import user_errors
     from search.study.spec import load_spec
     from search.study.worker import STORAGE_LOST
@@ -221,7 +224,7 @@ def _warn_space_fit(storage_url: str, study_name: str) -> None:
     except (*user_errors(), *STORAGE_LOST):
         return
     if shape and (misfit := space_fit_warning(space, tuple(shape))) is not None:
-        logging.getLogger(__name__).warning(misfit)
+        log.warning(misfit)
 
 
 def _ray_workers(args: argparse.Namespace, ray: RayOptions, started: float) -> int:

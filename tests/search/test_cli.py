@@ -496,3 +496,30 @@ def test_resuming_with_other_settings_prints_only_the_refusal(workdir: Path) -> 
     err = proc.stderr.strip()
     assert err.startswith("cnnsearch: error: study 'other' exists with different settings"), err
     assert len(err.splitlines()) == 1, err
+
+
+START_SPACE = """
+params:
+  optimizer: {type: categorical, choices: [sgd, adam]}
+  momentum: {type: float, low: 0.5, high: 0.99, when: {optimizer: [sgd]}}
+  epochs: 1
+  depth: 1
+  width: 4
+  batch_size: 128
+start:
+  - {optimizer: adam, momentum: 0.9}
+"""
+
+
+def test_a_start_point_setting_a_disabled_parameter_is_warned(workdir: Path, capsys: pytest.CaptureFixture,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    (workdir / "start.yaml").write_text(START_SPACE)
+    ignored = "start[0]: momentum=0.9 is ignored: momentum is searched only when optimizer is sgd (the point has adam)"
+    assert main(["spaces", "validate", "start.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert "valid" in out and ignored in err
+    with caplog.at_level(logging.WARNING):
+        assert _run("--study", "sp", "--space", "start.yaml", "--trials", "1", "--pruner", "none") == 0
+    assert [r.getMessage() for r in caplog.records if ignored in r.getMessage()] != []
+    (first,) = _study(workdir, "sp").get_trials()
+    assert first.params == {"optimizer": "adam"}
