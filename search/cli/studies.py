@@ -94,9 +94,11 @@ def print_best(records: list[dict[str, Any]], objectives: list[str] | None = Non
     first = records[0]
     n = len(first["values"]) if "values" in first else 1
     objectives = objectives or (["value"] if n == 1 else [f"value {i}" for i in range(n)])
+    label = f" ({objectives_label(objectives, directions)})" if directions else ""
     if n > 1:
-        label = f" ({objectives_label(objectives, directions)})" if directions else ""
         print(f"Pareto front of {len(records)} trials{label}")
+    else:
+        print(f"{'best trial' if len(records) == 1 else f'top {len(records)} trials'}{label}")
     # A metric that is also an objective is shown once, under the objective's name.
     shown = [(key, label) for key, label, objective in METRIC_COLUMNS if objective not in objectives]
     rows = []
