@@ -71,15 +71,24 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _param(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _key_params(rec: dict[str, Any]) -> str:
     """The trial's searched params as ``name=value``; a value the model builder changed shows what was built."""
     config = rec.get("config") or {}
     out = []
     for name, asked in rec["params"].items():
         built = config.get(name, asked)
-        shown = _number(built) + ("" if built == asked else f" (asked {_number(asked)})")
+        shown = _param(built) + ("" if built == asked else f" (asked {_param(asked)})")
         out.append(f"{name}={shown}")
     return " ".join(out)
+
+
+def _aligned(cells: list[str], widths: list[int]) -> str:
+    """One table line: rank and trial left-aligned, the numbers right-aligned."""
+    return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
 
 def print_best(records: list[dict[str, Any]], objectives: list[str] | None = None,
@@ -94,11 +103,11 @@ def print_best(records: list[dict[str, Any]], objectives: list[str] | None = Non
     first = records[0]
     n = len(first["values"]) if "values" in first else 1
     objectives = objectives or (["value"] if n == 1 else [f"value {i}" for i in range(n)])
-    label = f" ({objectives_label(objectives, directions)})" if directions else ""
+    goal = f" ({objectives_label(objectives, directions)})" if directions else ""
     if n > 1:
-        print(f"Pareto front of {len(records)} trials{label}")
+        print(f"Pareto front of {len(records)} trials{goal}")
     else:
-        print(f"{'best trial' if len(records) == 1 else f'top {len(records)} trials'}{label}")
+        print(f"{'best trial' if len(records) == 1 else f'top {len(records)} trials'}{goal}")
     # A metric that is also an objective is shown once, under the objective's name.
     shown = [(key, label) for key, label, objective in METRIC_COLUMNS if objective not in objectives]
     rows = []
@@ -109,10 +118,10 @@ def print_best(records: list[dict[str, Any]], objectives: list[str] | None = Non
                      *(_number(m.get(key)) for key, _ in shown), _number(m.get("train_seconds"))])
     header = ["rank", "trial", *objectives, *(label for _, label in shown), "train_s"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print("  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))))
+    print(_aligned(header, widths))
     indent = " " * (widths[0] + 2)
     for row, rec in zip(rows, records, strict=True):
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        print(_aligned(row, widths))
         if rec["params"]:
             print(textwrap.fill(_key_params(rec), width=100, initial_indent=indent, subsequent_indent=indent + "  "))
         for note in rec["metrics"].get("notes") or []:
