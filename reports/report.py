@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from reports import plots
 from reports.ablation import ablation, trial_accuracy
-from reports.built import built_params, built_study, built_trials
+from reports.built import built_params, built_study
 from reports.errors import ReportError
 from reports.summary import format_value
 from storage.names import check_study_name
@@ -158,7 +158,10 @@ def report_context(study: optuna.Study, *, final_eval: dict[str, Any] | None = N
     top = best_trials(study, top_k) if done else []
     if len(study.directions) > 1:
         top.sort(key=lambda t: (-acc(t), t.number))  # the Pareto front, most accurate first
-    importances = _importances(study, done, acc)
+    # Figures about what a parameter does read the values the models were built with: a depth
+    # clamped to what the input holds is the same network as that depth, not a different point.
+    built = built_study(study)
+    importances = _importances(built, done, acc)
     context: dict[str, Any] = {
         "study": study.study_name,
         "storage": storage_label,
@@ -170,8 +173,8 @@ def report_context(study: optuna.Study, *, final_eval: dict[str, Any] | None = N
         "top": [_top_row(t) for t in top],
         "top_noise": _top_noise(top, n_val),
         "importances": importances,
-        "plots": _plots(study, done, top, acc, importances, objectives),
-        "ablation": ablation(built_trials(trials)),
+        "plots": _plots(study, built, done, top, acc, importances, objectives),
+        "ablation": ablation(built.get_trials(deepcopy=False)),
         "final": _final(final_eval, classes),
         "failures": _failures(trials),
         "warnings": _warnings(trials, done, n_val, classes),
@@ -297,17 +300,15 @@ def noise_margin(accuracy: float, n_val: int) -> float:
     return 2 * math.sqrt(2 * max(accuracy * (1 - accuracy), 1 / n_val) / n_val)
 
 
-def _importances(study: optuna.Study, done: list[FrozenTrial], acc: Accuracy) -> dict[str, Any]:
-    """Optuna's fANOVA importances for val accuracy (seeded) over the built params, or why there are none."""
+def _importances(built: optuna.Study, done: list[FrozenTrial], acc: Accuracy) -> dict[str, Any]:
+    """Optuna's fANOVA importances for val accuracy (seeded) on ``built`` (:func:`built_study`), or why none."""
     out: dict[str, Any] = {"values": {}, "evaluator": "fANOVA (optuna.importance, seed 0)", "note": ""}
     if len(done) < 2:
         out["note"] = f"needs at least 2 completed trials, the study has {len(done)}"
         return out
     try:
-        # On the values the models were built with: a depth clamped to what the input holds is
-        # the same network as that depth, and must not look important for a difference never built.
         values = optuna.importance.get_param_importances(
-            built_study(study), evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=acc)
+            built, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=acc)
     except (ValueError, RuntimeError) as exc:
         out["note"] = f"Optuna could not compute importances: {exc}"
         return out
@@ -317,7 +318,7 @@ def _importances(study: optuna.Study, done: list[FrozenTrial], acc: Accuracy) ->
     return out
 
 
-def _plots(study: optuna.Study, done: list[FrozenTrial], top: list[FrozenTrial], acc: Accuracy,
+def _plots(study: optuna.Study, built: optuna.Study, done: list[FrozenTrial], top: list[FrozenTrial], acc: Accuracy,
            importances: dict[str, Any], objectives: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {"history": None, "importances": None, "parallel": None, "curves": None,
                                   "pareto": None}
@@ -327,7 +328,7 @@ def _plots(study: optuna.Study, done: list[FrozenTrial], top: list[FrozenTrial],
     out["importances"] = plots.importance_plot(importances["values"], "fANOVA")
     ranked = list(importances["values"]) or sorted({p for t in done for p in t.params})
     if len(done) >= 2:
-        out["parallel"] = plots.parallel_plot(study, ranked[:PARALLEL_PARAMS], acc, "val accuracy")
+        out["parallel"] = plots.parallel_plot(built, ranked[:PARALLEL_PARAMS], acc, "val accuracy")
     out["curves"] = plots.curves_plot([
         (f"#{t.number} ({acc(t):.3f})", (t.user_attrs.get(CURVES) or {}).get("val_accuracy", []))
         for t in top[:CURVES_TOP]])
