@@ -219,7 +219,7 @@ def _warn_space_fit(storage_url: str, study_name: str) -> None:
     from storage.studies import load_study
 
     try:
-        study = load_study(open_storage(storage_url, heartbeat_interval=None), study_name)
+        study = load_study(open_storage(storage_url, heartbeat_interval=None, read_only=True), study_name)
         shape, space = study.user_attrs.get(INPUT_SHAPE), load_spec(study).space
     except (*user_errors(), *STORAGE_LOST):
         return
