@@ -212,16 +212,16 @@ def _warn_space_fit(storage_url: str, study_name: str) -> None:
     """
     from search.study.errors import user_errors
     from search.study.spec import load_spec
-    from search.study.worker import STORAGE_LOST
     from search.trial.models import space_fit_warning
     from storage import open_storage
+    from storage.engine import DATABASE_LOST
     from storage.records import INPUT_SHAPE
     from storage.studies import load_study
 
     try:
         study = load_study(open_storage(storage_url, heartbeat_interval=None, read_only=True), study_name)
         shape, space = study.user_attrs.get(INPUT_SHAPE), load_spec(study).space
-    except (*user_errors(), *STORAGE_LOST):
+    except (*user_errors(), *DATABASE_LOST):
         return
     if shape and (misfit := space_fit_warning(space, tuple(shape))) is not None:
         log.warning(misfit)
