@@ -92,6 +92,13 @@ def result_line(benchmark: str, summary: str) -> str:
     return f"RESULT {benchmark}: {summary}"
 
 
+def goal_verdict(met: bool, smoke: bool) -> str:
+    """``met`` or ``NOT met``; ``smoke: not judged`` for a ``--smoke`` run, whose sizes no goal is set for."""
+    if smoke:
+        return "smoke: not judged"
+    return "met" if met else "NOT met"
+
+
 def parser_with_modes(doc: str | None, quick: str, smoke: str) -> tuple[argparse.ArgumentParser, Any]:
     """A benchmark's argument parser with its two short modes, ``--quick`` (run_all's) and ``--smoke`` (tests').
 

@@ -2,9 +2,11 @@
 
 A recipe (``recipe.yaml`` or ``recipe.json``) holds:
 
-- ``config``: the complete config the trial trained from (``spaces.schema.CONFIG_KEYS``);
-  ``search.build_model(recipe["config"], recipe["input_shape"], recipe["num_classes"])``
-  builds the model, ``cnnsearch train --config recipe.yaml`` retrains it.
+- ``config``: the complete config the trial trained from (``spaces.schema.CONFIG_KEYS``), as
+  built: where the model builder fitted a value to the input (a depth the images cannot
+  hold), the value it used; ``search.build_model(recipe["config"], recipe["input_shape"],
+  recipe["num_classes"])`` builds the model, ``cnnsearch train --config recipe.yaml`` retrains it.
+- ``notes``: what the model builder or trainer adjusted and why (``depth 4 clamped to 2: ...``).
 - ``input_shape``, ``num_classes``, ``classes``: what the model takes and predicts.
 - ``preprocessing``: channels, how pixels become model input (``x / 255``, then
   ``(x - mean) / std`` per channel, with the training split's statistics), and the
@@ -51,6 +53,7 @@ from storage.records import (
     DATA_FINGERPRINT,
     DEVICE,
     INPUT_SHAPE,
+    NOTES,
     SEED,
     SPLIT_FINGERPRINT,
     SPLIT_SIZES,
@@ -122,6 +125,7 @@ def build_recipe(study: optuna.Study, trial: FrozenTrial, *, mean: list[float], 
     return {
         "format": RECIPE_FORMAT,
         "config": config,
+        "notes": list(trial.user_attrs.get(NOTES) or []),
         "input_shape": input_shape,
         "num_classes": len(classes),
         "classes": classes,
@@ -271,6 +275,7 @@ def readme(recipe: dict[str, Any], recipe_name: str) -> str:
         f"{recipe['num_classes']} classes, input {'x'.join(str(v) for v in recipe['input_shape'])}).",
         f"Exported {prov['exported']} from space `{prov['space']}` ({prov['space_fingerprint']}), "
         f"seed {prov['seed']}.",
+        *(f"Note: {note}." for note in recipe.get("notes") or []),
         "",
         "## Retrain",
         "",

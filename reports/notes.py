@@ -21,8 +21,9 @@ from collections.abc import Iterable
 import optuna
 from optuna.trial import FrozenTrial
 
+from reports.built import built_params
 from reports.summary import format_value
-from storage.records import PARAMS, STUDY_OBJECTIVES
+from storage.records import NOTES, PARAMS, STUDY_OBJECTIVES
 from storage.studies import best_trials
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def _single_objective(trial: FrozenTrial, objective: str, context: str) -> list[
     rows = [(label, f"{format_value(attrs[key])}{unit}") for key, label, unit in _METRICS if key in attrs]
     if "device" in attrs:
         rows.append(("device", f"{attrs['device']} on {attrs.get('host', '?')}"))
+    rows += [("note", note) for note in attrs.get(NOTES) or []]
     return [
         f"### Best so far: trial {trial.number}, {objective} {format_value(trial.value)}",
         context,
@@ -116,7 +118,12 @@ def _pareto_front(front: list[FrozenTrial], objectives: list[str], context: str)
 
 
 def _params(trial: FrozenTrial) -> list[tuple[str, str]]:
-    return [(name, format_value(value)) for name, value in sorted(trial.params.items())]
+    """The searched params as built: ``2 (asked 4)`` where the model builder fitted a value to the input."""
+    out = []
+    for name, built in sorted(built_params(trial).items()):
+        asked = trial.params[name]
+        out.append((name, format_value(built) + ("" if built == asked else f" (asked {format_value(asked)})")))
+    return out
 
 
 def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> str:

@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from reports import plots
 from reports.ablation import ablation, trial_accuracy
+from reports.built import built_params, built_study
 from reports.errors import ReportError
 from reports.summary import format_value
 from storage.names import check_study_name
@@ -45,6 +46,7 @@ from storage.records import (
     FAIL_REASON,
     FAIL_REASONS,
     INPUT_SHAPE,
+    NOTES,
     SPLIT_SIZES,
     STUDY_BUDGET,
     STUDY_DATASET,
@@ -156,7 +158,10 @@ def report_context(study: optuna.Study, *, final_eval: dict[str, Any] | None = N
     top = best_trials(study, top_k) if done else []
     if len(study.directions) > 1:
         top.sort(key=lambda t: (-acc(t), t.number))  # the Pareto front, most accurate first
-    importances = _importances(study, done, acc)
+    # Figures about what a parameter does read the values the models were built with: a depth
+    # clamped to what the input holds is the same network as that depth, not a different point.
+    built = built_study(study)
+    importances = _importances(built, done, acc)
     context: dict[str, Any] = {
         "study": study.study_name,
         "storage": storage_label,
@@ -168,8 +173,8 @@ def report_context(study: optuna.Study, *, final_eval: dict[str, Any] | None = N
         "top": [_top_row(t) for t in top],
         "top_noise": _top_noise(top, n_val),
         "importances": importances,
-        "plots": _plots(study, done, top, acc, importances, objectives),
-        "ablation": ablation(trials),
+        "plots": _plots(study, built, done, top, acc, importances, objectives),
+        "ablation": ablation(built.get_trials(deepcopy=False)),
         "final": _final(final_eval, classes),
         "failures": _failures(trials),
         "warnings": _warnings(trials, done, n_val, classes),
@@ -264,32 +269,46 @@ def _top_row(t: FrozenTrial) -> dict[str, Any]:
         "val_accuracy": trial_accuracy(t),
         "params": ua.get("params"), "flops": ua.get("flops"), "latency_ms": ua.get("latency_ms"),
         "train_seconds": ua.get("train_seconds"), "epochs": ua.get("epochs_run"),
-        "searched": t.params,
+        "searched": {name: _shown_param(value, t.params[name]) for name, value in built_params(t).items()},
+        "notes": list(ua.get(NOTES) or []),
         "config": json.dumps(ua.get(CONFIG) or {}, indent=1, sort_keys=True),
     }
 
 
+def _shown_param(built: Any, asked: Any) -> str:
+    """A searched param as built; ``2 (asked 4)`` where the model builder changed it to fit the input."""
+    shown = format_value(built)
+    return shown if built == asked else f"{shown} (asked {format_value(asked)})"
+
+
 def _top_noise(top: list[FrozenTrial], n_val: int | None) -> dict[str, Any] | None:
-    """Which top trials the val split cannot tell apart from the best (within 2 standard errors)."""
+    """The noise margin near the best, and which top trials the val split cannot tell apart from the best."""
     accs = [(t.number, trial_accuracy(t)) for t in top if trial_accuracy(t) is not None]
-    if not n_val or len(accs) < 2:
+    if not n_val or not accs:
         return None
     best = max(a for _, a in accs)
-    # Standard error of the difference of two accuracies near `best` measured on n_val images.
-    margin = 2 * math.sqrt(2 * max(best * (1 - best), 1 / n_val) / n_val)
+    margin = noise_margin(best, n_val)
     tied = [n for n, a in accs if best - a <= margin]
-    return {"margin": margin, "tied": tied, "n_val": n_val}
+    return {"margin": margin, "tied": tied, "n_val": n_val, "best": best}
 
 
-def _importances(study: optuna.Study, done: list[FrozenTrial], acc: Accuracy) -> dict[str, Any]:
-    """Optuna's fANOVA importances for val accuracy (seeded), or why there are none."""
+def noise_margin(accuracy: float, n_val: int) -> float:
+    """2 standard errors of the difference of two accuracies near ``accuracy``, each measured on ``n_val`` images.
+
+    The one noise threshold of the report: the top-trials table and the small-split warning both use it.
+    """
+    return 2 * math.sqrt(2 * max(accuracy * (1 - accuracy), 1 / n_val) / n_val)
+
+
+def _importances(built: optuna.Study, done: list[FrozenTrial], acc: Accuracy) -> dict[str, Any]:
+    """Optuna's fANOVA importances for val accuracy (seeded) on ``built`` (:func:`built_study`), or why none."""
     out: dict[str, Any] = {"values": {}, "evaluator": "fANOVA (optuna.importance, seed 0)", "note": ""}
     if len(done) < 2:
         out["note"] = f"needs at least 2 completed trials, the study has {len(done)}"
         return out
     try:
         values = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=acc)
+            built, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=acc)
     except (ValueError, RuntimeError) as exc:
         out["note"] = f"Optuna could not compute importances: {exc}"
         return out
@@ -299,7 +318,7 @@ def _importances(study: optuna.Study, done: list[FrozenTrial], acc: Accuracy) ->
     return out
 
 
-def _plots(study: optuna.Study, done: list[FrozenTrial], top: list[FrozenTrial], acc: Accuracy,
+def _plots(study: optuna.Study, built: optuna.Study, done: list[FrozenTrial], top: list[FrozenTrial], acc: Accuracy,
            importances: dict[str, Any], objectives: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {"history": None, "importances": None, "parallel": None, "curves": None,
                                   "pareto": None}
@@ -309,7 +328,7 @@ def _plots(study: optuna.Study, done: list[FrozenTrial], top: list[FrozenTrial],
     out["importances"] = plots.importance_plot(importances["values"], "fANOVA")
     ranked = list(importances["values"]) or sorted({p for t in done for p in t.params})
     if len(done) >= 2:
-        out["parallel"] = plots.parallel_plot(study, ranked[:PARALLEL_PARAMS], acc, "val accuracy")
+        out["parallel"] = plots.parallel_plot(built, ranked[:PARALLEL_PARAMS], acc, "val accuracy")
     out["curves"] = plots.curves_plot([
         (f"#{t.number} ({acc(t):.3f})", (t.user_attrs.get(CURVES) or {}).get("val_accuracy", []))
         for t in top[:CURVES_TOP]])
@@ -386,10 +405,10 @@ def _warnings(trials: list[FrozenTrial], done: list[FrozenTrial], n_val: int | N
             out.append(f"The best val accuracy ({max(accs):.4f}) is within 2 standard errors of chance "
                        f"(1/{len(classes)} = {chance:.4f}, {n_val} val images): no trial has learned the task; "
                        "train longer, widen the space, or check the data.")
-    if n_val and n_val < SMALL_VAL_SPLIT:
+    if n_val and n_val < SMALL_VAL_SPLIT and accs:
         out.append(f"The val split has only {n_val} images: one image is {1 / n_val:.2%} of accuracy, and "
-                   f"differences below about {2 * math.sqrt(2 * 0.25 / n_val):.1%} "
-                   "between two trials can be noise.")
+                   f"differences below the noise margin of {noise_margin(max(accs), n_val):.2%} "
+                   "between two trials near the best can be noise (see Top trials).")
     if len(done) < FEW_TRIALS:
         out.append(f"Only {len(done)} trial(s) completed: importances and the ablation rest on very few "
                    "trials; read them as hints.")

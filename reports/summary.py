@@ -27,6 +27,7 @@ from storage.records import (
     PID,
     STUDY_BUDGET,
     STUDY_DATASET,
+    STUDY_OBJECTIVES,
     STUDY_SPACE_NAME,
     WORKER,
 )
@@ -34,6 +35,14 @@ from storage.studies import best_trials, count_states
 
 SHOWN_METRICS = (*METRICS, DEVICE, HOST)
 """The ``metrics`` of a trial record: what it measured, and where it ran."""
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objectives in the user's words (``accuracy``, ``latency``...), one per direction."""
+    names = study.user_attrs.get(STUDY_OBJECTIVES) or []
+    if len(names) != len(study.directions):
+        names = ["value"] if len(study.directions) == 1 else [f"value {i}" for i in range(len(study.directions))]
+    return list(names)
 
 
 def trial_record(trial: FrozenTrial, n_objectives: int) -> dict[str, Any]:
@@ -65,10 +74,7 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = count_states(trials)
     best = best_trials(study, 1)
-    if len(study.directions) == 1:
-        best_value = best[0].value if best else None
-    else:
-        best_value = [t.values for t in best] if best else None
+    best_value = _best_value(study, best)
     running = [
         {"number": t.number, "host": t.user_attrs.get(HOST), "worker": t.user_attrs.get(WORKER),
          "pid": t.user_attrs.get(PID), "device": t.user_attrs.get(DEVICE),
@@ -84,10 +90,18 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
     else:
         last = dt.datetime.now() if running or not ends else max(ends)
         elapsed = max(0.0, (last - min(starts)).total_seconds())
-    return {"study": study.study_name, "counts": counts, "best_value": best_value, "running": running,
+    return {"study": study.study_name, "counts": counts, "best_value": best_value,
+            "best_trials": [t.number for t in best], "objectives": objective_names(study), "running": running,
             "elapsed_s": round(elapsed, 1), "directions": [d.name.lower() for d in study.directions],
             "dataset": study.user_attrs.get(STUDY_DATASET), "space": study.user_attrs.get(STUDY_SPACE_NAME),
             "budget": study.user_attrs.get(STUDY_BUDGET), "workers": worker_records(trials)}
+
+
+def _best_value(study: optuna.Study, best: list[FrozenTrial]) -> float | list[list[float]] | None:
+    """The best value, or for several objectives the values of the Pareto front (None before any)."""
+    if not best:
+        return None
+    return best[0].value if len(study.directions) == 1 else [t.values for t in best]
 
 
 def worker_records(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
@@ -122,19 +136,28 @@ def worker_records(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
 
 
 def studies_records(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
-    """``cnnsearch studies --json``: one record per study in the storage."""
+    """``cnnsearch studies --json``: one record per study in the storage.
+
+    ``n_trials`` counts the trials that ran or are running; ``waiting`` those enqueued that
+    no worker has started yet. For several objectives ``best_value`` holds the values of the
+    Pareto front and ``pareto_front`` its size.
+    """
     out = []
     for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         study = optuna.load_study(study_name=frozen.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
+        counts = count_states(trials)
         best = best_trials(study, 1)
-        best_value = (best[0].value if len(study.directions) == 1 else len(best)) if best else None
         out.append({
             "study": frozen.study_name,
             "directions": [d.name.lower() for d in frozen.directions],
-            "n_trials": len(trials),
-            "complete": sum(1 for t in trials if t.state == TrialState.COMPLETE),
-            "best_value": best_value,
+            "objectives": objective_names(study),
+            "n_trials": len(trials) - counts[TrialState.WAITING.name],
+            "waiting": counts[TrialState.WAITING.name],
+            "counts": counts,
+            "complete": counts[TrialState.COMPLETE.name],
+            "best_value": _best_value(study, best),
+            "pareto_front": len(best) if len(study.directions) > 1 else None,
             "dataset": frozen.user_attrs.get(STUDY_DATASET),
             "space": frozen.user_attrs.get(STUDY_SPACE_NAME),
             "created": _iso(min((t.datetime_start for t in trials if t.datetime_start), default=None)),

@@ -272,6 +272,26 @@ class Space:
                 return False
         return True
 
+    def start_warnings(self) -> list[str]:
+        """One line per value a ``start`` point sets that its parameter's condition switches off.
+
+        Such a value is accepted (the point is valid) but never used: the parameter is not
+        searched under the point's other values. Only conditions the point (or a fixed value)
+        decides are judged; a value the sampler fills in later is not known here.
+        """
+        out = []
+        for i, point in enumerate(self.start):
+            for name, value in point.items():
+                for ref, allowed in self.params[name].when.items():
+                    if ref not in point and ref not in self.fixed:
+                        continue  # the sampler decides it
+                    known = point[ref] if ref in point else self.fixed[ref]
+                    if not any(same_value(known, option) for option in allowed):
+                        wanted = " or ".join(str(a) for a in allowed)
+                        out.append(f"{self.source}: start[{i}]: {name}={value!r} is ignored: {name} is searched only "
+                                   f"when {ref} is {wanted} (the point has {known})")
+        return out
+
     # --- grid search --------------------------------------------------------------------
 
     def grid(self) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ def test_train_throughput_compares_train_with_both_plain_loops():
     assert "| config" in out and "train/raw" in out and "DataLoader/raw" in out
     assert "cores (nproc)" in out
     assert "RESULT train_throughput: worst train/raw" in out
+    assert "(goal >= 0.95: smoke: not judged)" in out and "NOT met" not in out  # smoke sizes meet no goal
 
 
 def test_overhead_reports_ms_per_trial_and_share_of_trial():
@@ -38,6 +39,7 @@ def test_overhead_reports_ms_per_trial_and_share_of_trial():
     assert "cnnsearch worker loop on a SQLite study" in out
     assert "train(measure=False) in a loop" in out
     assert "RESULT overhead:" in out and "% of a" in out
+    assert "smoke: not judged" in out and "NOT met" not in out
 
 
 def test_gpu_check_prints_its_table_and_says_when_there_is_no_gpu():

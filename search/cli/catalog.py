@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from search.cli.flags import Command
 
@@ -31,6 +32,8 @@ def cmd_spaces(args: argparse.Namespace) -> int:
             grid = ", no finite grid"
         print(f"{args.file}: valid; {len(space.params)} searched and {len(space.fixed)} fixed parameters"
               f"{grid}; fingerprint {space.fingerprint()}")
+        for warning in space.start_warnings():
+            print(f"cnnsearch: warning: {warning}", file=sys.stderr)
     else:
         for name, description in list_presets():
             print(f"{name:<16} {description}")

@@ -39,9 +39,19 @@ COMMANDS: dict[str, tuple[str, AddArgs]] = {
 """Command name -> (one-line help, the function that adds its arguments and returns its handler)."""
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("cnnsearch")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="cnnsearch", description="Hyperparameter and architecture search for CNN image classifiers, on Optuna.")
+    parser.add_argument("--version", action="version", version=f"cnnsearch {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_args) in COMMANDS.items():

@@ -33,7 +33,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_train_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--config", required=True, metavar="RECIPE", help="a recipe written by `cnnsearch export`")
     p.add_argument("--data-dir", help="where this machine keeps the recipe's torchvision dataset")
-    p.add_argument("--out", help="directory for weights.pt and metrics.json (default: cnnsearch-train/STUDY-trialN/)")
+    p.add_argument("--out", help="directory for weights.pt and metrics.json (default: cnnsearch-train/STUDY-trialN/, "
+                                 "with --final cnnsearch-train/STUDY-trialN-final/)")
     p.add_argument("--device", default="cpu",
                    help="cpu (default: replays a trial that ran on the CPU exactly; one that ran on a GPU only "
                         "approximately) | auto | cuda | cuda:N")
@@ -53,19 +54,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.config)
     prov = recipe.get("provenance") or {}
+    # A final retrain is another model than the trial's: it gets its own folder, so neither replaces the other.
     if args.out:
         out = Path(args.out)
     else:  # the recipe's study name becomes a folder name: refused if it would be a path
         study = check_study_name(str(prov.get("study", "recipe")))
-        out = Path("cnnsearch-train") / f"{study}-trial{prov.get('trial', '')}"
+        out = Path("cnnsearch-train") / f"{study}-trial{prov.get('trial', '')}{'-final' if args.final else ''}"
     device = resolve_device(args.device)
     if args.deterministic or prov.get("deterministic"):
         use_deterministic_kernels()
     stage = "final" if args.final else "search"
     model, metrics = train_recipe(recipe, data_dir=args.data_dir, device=device, stage=stage, threads=args.threads)
     # In the final stage the held-out part the trainer calls "val" is the test split.
-    evaluated_on = "test (trained on train+val)" if args.final else "val (trained on train)"
-    files = save_trained(model, metrics, out, evaluated_on=evaluated_on)
+    split, evaluated_on = ("test", "test (trained on train+val)") if args.final else ("val", "val (trained on train)")
+    files = save_trained(model, metrics, out, split=split, evaluated_on=evaluated_on)
     acc = metrics.val_accuracy
     if args.final:
         print(f"trained on train+val in {metrics.train_seconds:.1f} s on {device}: test accuracy {acc:.4f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import time
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from search.trial.errors import CnnSearchError
 
 if TYPE_CHECKING:
     from search.study.ray_workers import RayOptions
+
+log = logging.getLogger(__name__)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> Command:
@@ -117,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sampler = resolve_sampler(args.sampler, space)
     if args.trials is None and args.timeout is None and sampler != "grid":
         return usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
+    for warning in space.start_warnings():
+        log.warning(warning)
     spec = StudySpec(
         space=space, dataset=args.dataset, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
         sampler=sampler, pruner=args.pruner or default_pruner(sampler), seed=args.seed,
@@ -157,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"the --timeout of {args.timeout:g} s was spent before a trial could start (loading the data "
                   "and setting up the study count too); give a longer --timeout")
         return 0
-    print_best(best)
+    print_best(best, spec.objectives, spec.directions)
     # Quoted: the line is for pasting into a shell, and a study name may hold $(...) or quotes.
     print(f"\nreport: cnnsearch report --study {shlex.quote(args.study)}   "
           f"(writes cnnsearch-reports/{args.study}/)")
@@ -188,6 +193,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ray = _ray_options(args, workers)
     if ray is None and workers > 1:
         return usage(f"--workers {workers} needs --backend ray; or start {workers} `cnnsearch worker` processes")
+    _warn_space_fit(resolve_storage_url(args.storage), args.study)
     with stop_on_sigterm():
         if ray is not None:
             return _ray_workers(args, ray, started)
@@ -196,6 +202,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
         summary = worker_loop(resolve_storage_url(args.storage), args.study, settings)
     print(f"worker {summary.worker} on {summary.device}: {summary.counts} ({summary.stopped_because})")
     return 0
+
+
+def _warn_space_fit(storage_url: str, study_name: str) -> None:
+    """Say once, before the workers start, when the study's space asks for more than its data holds.
+
+    From what the study recorded (its space, the input shape its first worker found); a study
+    that cannot be read yet is left to the worker loop, which says why or waits for the database.
+    """
+    from search.study.errors import user_errors
+    from search.study.spec import load_spec
+    from search.trial.models import space_fit_warning
+    from storage import open_storage
+    from storage.engine import DATABASE_LOST
+    from storage.records import INPUT_SHAPE
+    from storage.studies import load_study
+
+    try:
+        study = load_study(open_storage(storage_url, heartbeat_interval=None, read_only=True), study_name)
+        shape, space = study.user_attrs.get(INPUT_SHAPE), load_spec(study).space
+    except (*user_errors(), *DATABASE_LOST):
+        return
+    if shape and (misfit := space_fit_warning(space, tuple(shape))) is not None:
+        log.warning(misfit)
 
 
 def _ray_workers(args: argparse.Namespace, ray: RayOptions, started: float) -> int:

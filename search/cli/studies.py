@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 from search.cli.flags import POSITIVE_INT, Command, print_json, storage_arg, study_arg
@@ -50,17 +51,83 @@ def no_best(study: optuna.Study) -> str:
     return "no trial completed yet"
 
 
-def print_best(records: list[dict[str, Any]]) -> None:
-    """The best trial record(s) as text: value, headline metrics, then the config as YAML."""
+METRIC_COLUMNS = (("params", "params", "params"), ("latency_ms", "latency_ms", "latency"))
+"""The metrics ``best`` shows beside the objectives: (metric, column, the objective that is the same number)."""
+
+
+def objectives_label(objectives: list[str], directions: list[str]) -> str:
+    """``accuracy max, latency min``: what a Pareto front trades off."""
+    return ", ".join(f"{name} {d[:3]}" for name, d in zip(objectives, directions, strict=True))
+
+
+def _number(value: Any) -> str:
+    """A value for people: floats to 4 significant digits, counts with thousands separators (exact in --json)."""
+    if isinstance(value, bool) or value is None:
+        return str(value) if value is not None else "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _param(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _key_params(rec: dict[str, Any]) -> str:
+    """The trial's searched params as ``name=value``; a value the model builder changed shows what was built."""
+    config = rec.get("config") or {}
+    out = []
+    for name, asked in rec["params"].items():
+        built = config.get(name, asked)
+        shown = _param(built) + ("" if built == asked else f" (asked {_param(asked)})")
+        out.append(f"{name}={shown}")
+    return " ".join(out)
+
+
+def _aligned(cells: list[str], widths: list[int]) -> str:
+    """One table line: rank and trial left-aligned, the numbers right-aligned."""
+    return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+
+def print_best(records: list[dict[str, Any]], objectives: list[str] | None = None,
+               directions: list[str] | None = None, *, full: bool = False) -> None:
+    """The best trial(s) as a table: rank, trial, objective value(s), params, latency; then key params and notes.
+
+    Several objectives: the records are the Pareto front, and the title says so. ``full``
+    adds each trial's whole config as YAML.
+    """
     import yaml
 
-    for rec in records:
-        value = rec.get("value", rec.get("values"))
+    first = records[0]
+    n = len(first["values"]) if "values" in first else 1
+    objectives = objectives or (["value"] if n == 1 else [f"value {i}" for i in range(n)])
+    goal = f" ({objectives_label(objectives, directions)})" if directions else ""
+    if n > 1:
+        print(f"Pareto front of {len(records)} trials{goal}")
+    else:
+        print(f"{'best trial' if len(records) == 1 else f'top {len(records)} trials'}{goal}")
+    # A metric that is also an objective is shown once, under the objective's name.
+    shown = [(key, label) for key, label, objective in METRIC_COLUMNS if objective not in objectives]
+    rows = []
+    for rank, rec in enumerate(records, 1):
         m = rec["metrics"]
-        print(f"\nbest trial #{rec['number']}: value {value}  (val_accuracy {m.get('val_accuracy')}, "
-              f"params {m.get('params')}, latency {m.get('latency_ms', 0):.3f} ms/image, "
-              f"trained {m.get('train_seconds', 0):.1f} s)")
-        print(yaml.safe_dump(rec["config"], sort_keys=True).rstrip())
+        values = rec["values"] if "values" in rec else [rec["value"]]
+        rows.append([str(rank), f"#{rec['number']}", *(_number(v) for v in values),
+                     *(_number(m.get(key)) for key, _ in shown), _number(m.get("train_seconds"))])
+    header = ["rank", "trial", *objectives, *(label for _, label in shown), "train_s"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(_aligned(header, widths))
+    indent = " " * (widths[0] + 2)
+    for row, rec in zip(rows, records, strict=True):
+        print(_aligned(row, widths))
+        if rec["params"]:
+            print(textwrap.fill(_key_params(rec), width=100, initial_indent=indent, subsequent_indent=indent + "  "))
+        for note in rec["metrics"].get("notes") or []:
+            print(f"{indent}note: {note}")
+        if full:
+            print(textwrap.indent(yaml.safe_dump(rec["config"], sort_keys=True).rstrip(), indent))
 
 
 def add_status_args(p: argparse.ArgumentParser) -> Command:
@@ -70,21 +137,41 @@ def add_status_args(p: argparse.ArgumentParser) -> Command:
     return cmd_status
 
 
+STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+"""Trial states in the order people read them: what is done, then what is to come."""
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``5 complete, 2 pruned, 1 running``: trials by state, the empty states left out."""
+    return ", ".join(f"{counts[s]} {s.lower()}" for s in STATE_ORDER if counts.get(s)) or "no trials"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from reports.summary import status_record
 
-    rec = status_record(_open_study(args))
+    study = _open_study(args)
+    rec = status_record(study)
     if args.json:
         print_json(rec)
         return 0
-    counts = ", ".join(f"{n} {s.lower()}" for s, n in rec["counts"].items() if n)
-    print(f"study {rec['study']} ({rec['dataset']}, space {rec['space']}): {counts or 'no trials'}; "
-          f"best {rec['best_value']}; elapsed {rec['elapsed_s']:.0f} s")
+    budget = f" (budget {rec['budget']})" if rec.get("budget") else ""
+    print(f"study {rec['study']} ({rec['dataset']}, space {rec['space']}): {_counts(rec['counts'])}{budget}; "
+          f"elapsed {rec['elapsed_s']:.0f} s")
+    best, objectives = rec["best_value"], rec["objectives"]
+    if best is None:
+        print(f"best: {no_best(study)}")
+    elif len(objectives) == 1:
+        print(f"best: {objectives[0]} {_number(best)} (trial #{rec['best_trials'][0]})")
+    else:
+        trials = ", ".join(f"#{n}" for n in rec["best_trials"])
+        print(f"best: Pareto front of {len(best)} trials ({objectives_label(objectives, rec['directions'])}): "
+              f"{trials}")
     for r in rec["running"]:
         print(f"  running #{r['number']} on {r['worker']} ({r['device']}), started {r['started']}, "
               f"{r['epochs_done']} epochs done")
     for w in rec.get("workers", []):
-        print(f"  worker {w['worker']} ({w['device']}): {w['trials']}, last heartbeat {w['last_heartbeat'] or '-'}")
+        print(f"  worker {w['worker']} ({w['device']}): {_counts(w['trials'])}, "
+              f"last heartbeat {w['last_heartbeat'] or '-'}")
     return 0
 
 
@@ -92,12 +179,13 @@ def add_best_args(p: argparse.ArgumentParser) -> Command:
     study_arg(p)
     storage_arg(p)
     p.add_argument("--top", type=POSITIVE_INT, default=1, help="how many (single objective; several: the Pareto front)")
-    p.add_argument("--json", action="store_true", help="machine-readable output (documented in README)")
+    p.add_argument("--full", action="store_true", help="each trial's whole config too")
+    p.add_argument("--json", action="store_true", help="machine-readable output, values exact (documented in README)")
     return cmd_best
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from reports.summary import best_records
+    from reports.summary import best_records, objective_names
 
     study = _open_study(args)
     records = best_records(study, args.top)
@@ -106,7 +194,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     elif not records:
         print(f"study {args.study!r}: {no_best(study)}")
     else:
-        print_best(records)
+        print_best(records, objective_names(study), [d.name.lower() for d in study.directions], full=args.full)
     return 0
 
 
@@ -128,6 +216,13 @@ def cmd_studies(args: argparse.Namespace) -> int:
     if not records:
         print("no studies in this storage")
     for r in records:
-        print(f"{r['study']:<24} {r['dataset'] or '-':<12} {r['space'] or '-':<14} {r['n_trials']:>5} trials  "
-              f"best {r['best_value']}")
+        if r["best_value"] is None:
+            best = "no completed trial" if not r["complete"] else "none meets the constraints"
+        elif r["pareto_front"] is not None:
+            best = f"Pareto front of {r['pareto_front']} ({objectives_label(r['objectives'], r['directions'])})"
+        else:
+            best = f"best {r['objectives'][0]} {_number(r['best_value'])}"
+        waiting = f", {r['waiting']} waiting" if r["waiting"] else ""
+        print(f"{r['study']:<24} {r['dataset'] or '-':<12} {r['space'] or '-':<14} "
+              f"{r['n_trials']:>4} ran{waiting}  {best}")
     return 0

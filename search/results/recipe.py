@@ -156,14 +156,16 @@ def train_recipe(recipe: dict[str, Any], *, data_dir: str | None = None, device:
     return fit(TrialConfig.from_dict(recipe["config"], where="recipe: config"), data, device, measure=False)
 
 
-def save_trained(model: nn.Module, metrics: TrialMetrics, out_dir: str | Path, *,
+def save_trained(model: nn.Module, metrics: TrialMetrics, out_dir: str | Path, *, split: str = "val",
                  evaluated_on: str | None = None) -> list[Path]:
     """Write ``weights.pt`` (a CPU ``state_dict``) and ``metrics.json`` into ``out_dir``, whole or not at all.
 
-    ``metrics.json`` is ``metrics.to_dict()``, plus ``evaluated_on`` (which split the
-    ``val_*`` metrics were measured on) when given.
+    ``metrics.json`` is ``metrics.to_dict()`` with the held-out metrics named after the
+    ``split`` they were measured on (``split="test"``: ``test_accuracy``, ``best_test_accuracy``,
+    curves ``test_accuracy``, ``test_loss``, where the trainer says ``val_*``), plus
+    ``evaluated_on`` (that split, in words) when given.
     """
-    record = metrics.to_dict()
+    record = _named_split(metrics.to_dict(), split)
     if evaluated_on is not None:
         record["evaluated_on"] = evaluated_on
     out = Path(out_dir)
@@ -176,6 +178,17 @@ def save_trained(model: nn.Module, metrics: TrialMetrics, out_dir: str | Path, *
         raise CnnSearchError(f"--out {out}: cannot write there: {exc.strerror or exc}; choose another --out") \
             from None
     return [out / name for name in staging.names]
+
+
+def _named_split(record: dict[str, Any], split: str) -> dict[str, Any]:
+    """``record`` with its ``val_*`` keys (also in ``curves``) renamed to ``{split}_*``."""
+    def rename(key: str) -> str:
+        return key.replace("val_", f"{split}_", 1) if key.startswith(("val_", "best_val_")) else key
+
+    named = {rename(k): v for k, v in record.items()}
+    if isinstance(named.get("curves"), dict):
+        named["curves"] = {rename(k): v for k, v in named["curves"].items()}
+    return named
 
 
 def export_recipe(storage_url: str, study_name: str, out_dir: str | Path, *, trial: int | None = None,

@@ -32,6 +32,7 @@ from search.study.spec import StudySpec, create_or_resume, fill_budget, warm_sta
 from search.study.worker import WorkerSettings, worker_loop, worker_summary
 from search.trial.data import prepare_data
 from search.trial.device import resolve_device
+from search.trial.models import space_fit_warning
 from storage import StorageError, open_storage, resolve_storage_url
 from storage.engine import DATABASE_LOST
 from storage.records import FAIL_MESSAGE, FAIL_REASON, HOST, PID
@@ -99,6 +100,8 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
     storage = open_storage(url)
     study = create_or_resume(storage, study_name, spec)
     record_or_check_split(study, spec, images, split)
+    if (misfit := space_fit_warning(spec.space, tuple(images.images.shape[1:]))) is not None:
+        log.warning(misfit)  # once here, not in every worker process
     warm = warm_start_params(storage, warm_start, spec.space) if warm_start else None
     added = fill_budget(study, spec, warm)
     log.info("study %r: %d trials enqueued", study_name, added)

@@ -29,7 +29,7 @@ from search.trial.errors import TrialFailed
 from search.trial.measure import count_params
 from search.trial.memory import format_bytes
 from search.trial.metrics import TrialMetrics
-from search.trial.models import build_model
+from search.trial.models import as_built, build_model
 from search.trial.train import fit, training_memory
 from spaces.schema import TrialConfig
 from storage.engine import DATABASE_LOST
@@ -88,7 +88,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         if "seed" not in spec.space.params and "seed" not in spec.space.fixed:
             # A distinct, reproducible seed per trial: the recipe records it.
             config = config.replace(seed=spec.seed * 100_000 + trial.number)
-        trial.set_user_attr(CONFIG, config.to_dict())
+        trial.set_user_attr(CONFIG, as_built(config, data.input_shape).to_dict())  # what is trained
         trial.set_user_attr(SEED, config.seed)
         # Until measured, a trial counts as feasible: the samplers need one value per constraint.
         _record_constraints(trial, spec, {})

@@ -188,8 +188,12 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: Stud
 
 def _create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: StudySpec) -> optuna.Study:
     wanted = spec.to_attrs()
-    study = optuna.create_study(study_name=check_study_name(name), storage=storage, directions=spec.directions,
-                                load_if_exists=True)
+    name = check_study_name(name)
+    try:  # loaded first: create_study(load_if_exists) would log Optuna's "Using an existing study" line
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # new; load_if_exists: another process may create it meanwhile
+        study = optuna.create_study(study_name=name, storage=storage, directions=spec.directions,
+                                    load_if_exists=True)
     recorded = study.user_attrs
     if recorded:
         if STUDY_SPACE_FINGERPRINT not in recorded:

@@ -33,6 +33,7 @@ from search.trial.backbones import build_backbone
 from search.trial.errors import ModelError
 from search.trial.hog import Hog
 from spaces.schema import TrialConfig
+from spaces.space import Space
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,42 @@ def plan_cnn(config: TrialConfig, input_shape: tuple[int, int, int]) -> CnnPlan:
     if wanted[-1] > MAX_CHANNELS:
         notes.append(f"channels {wanted} capped at {MAX_CHANNELS}")
     return CnnPlan(convs=convs, channels=channels, pooled=pooled, notes=tuple(notes))
+
+
+def as_built(config: TrialConfig, input_shape: tuple[int, int, int]) -> TrialConfig:
+    """``config`` with the values :func:`build_model` actually uses for ``input_shape`` (a clamped depth).
+
+    Building the result gives the same network, with the same initial weights, as building
+    ``config``: this is the config a trial records and a recipe exports, so what a user reads
+    is what was trained. The adjustment itself is in the model's ``notes``.
+    """
+    if config.model != "cnn":
+        return config
+    return config.replace(depth=len(plan_cnn(config, input_shape).convs))
+
+
+def space_fit_warning(space: Space, input_shape: tuple[int, ...]) -> str | None:
+    """One line when ``space`` asks for a deeper custom CNN than ``input_shape`` holds, else None.
+
+    Said once when a study's workers start: every trial asking for more is built at the
+    depth the input holds (and notes it), so those depths are one network under several names.
+    """
+    if not space.strict:
+        return None
+    model = space.params.get("model")
+    models = model.options() if model is not None else (space.fixed.get("model", TrialConfig().model),)
+    depth = space.params.get("depth")
+    if depth is None:
+        asked = space.fixed.get("depth", TrialConfig().depth)
+    else:
+        asked = max(depth.options()) if depth.type == "categorical" else depth.high
+    _, height, width = input_shape
+    capacity = max(1, downsampling_capacity(height, width))
+    if "cnn" not in models or asked <= capacity:
+        return None
+    return (f"space {space.name!r} asks for depth up to {asked}, but the {height}x{width} input holds {capacity} "
+            f"downsampling stage{'s' if capacity > 1 else ''}: deeper configs are built (and recorded) with depth "
+            f"{capacity}, the same network; widen the images (--image-size) or lower the space's depth")
 
 
 class SpatialAttention(nn.Module):

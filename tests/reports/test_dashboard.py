@@ -233,3 +233,16 @@ def test_a_note_that_cannot_be_written_only_warns(tmp_path: Path, monkeypatch: p
         assert refresh_study_note(study, number) is False
     assert "could not update the dashboard note of study 'n' after trial 0: server closed" in caplog.text
     assert study.trials[number].state == TrialState.COMPLETE
+
+
+def test_note_shows_the_built_values_and_the_builders_notes(tmp_path: Path) -> None:
+    study = _study(tmp_path, ["maximize"])
+    study.enqueue_trial({"depth": 4})
+    trial = study.ask({"depth": optuna.distributions.IntDistribution(1, 4)})
+    clamped = "depth 4 clamped to 2: the 8x8 input holds 2 downsampling stages"
+    for key, value in {"config": {"depth": 2}, "val_accuracy": 0.9, "notes": [clamped]}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, 0.9)
+    assert refresh_study_note(study, trial.number)
+    note = get_note(study)
+    assert "| depth | 2 (asked 4) |" in note and clamped in note

@@ -271,6 +271,49 @@ def test_final_evaluation_section_shows_the_handed_in_results(tmp_path: Path) ->
     assert "0.8500 ± 0.0707" in (out / "summary.md").read_text()
 
 
+# --- adjustments and noise, on a study written here ------------------------------------------------
+
+CLAMPED = "depth 4 clamped to 2: the 8x8 input holds 2 downsampling stages"
+
+
+def _clamped_study(tmp_path: Path) -> optuna.Study:
+    """Trials that asked depth 2 or 4 on 8x8 images (all built depth 2); by chance the depth-4 ones scored higher."""
+    _, study = _empty_study(tmp_path, "built")
+    study.set_user_attr("split_sizes", {"seed": 0, "sizes": {"train": 1437, "val": 180, "test": 180}})
+    dists = {"depth": optuna.distributions.IntDistribution(1, 4),
+             "lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}
+    for i in range(12):
+        asked = 4 if i % 2 else 2
+        lr = 10 ** (-3 + 2 * i / 11)
+        acc = 0.93 + (0.04 if asked == 4 else 0.0) + 0.001 * (i % 3)
+        study.add_trial(optuna.trial.create_trial(
+            params={"depth": asked, "lr": lr}, distributions=dists, value=acc,
+            user_attrs={"config": {"depth": 2, "lr": lr, "seed": i}, "val_accuracy": acc,
+                        "notes": [CLAMPED] if asked == 4 else []}))
+    return study
+
+
+def test_notes_and_built_values_are_shown_and_importances_use_what_was_built(tmp_path: Path) -> None:
+    out = write_report(_clamped_study(tmp_path), tmp_path / "report")
+    summary = (out / "summary.md").read_text()
+    html = (out / "index.html").read_text()
+    for text in (summary, html):
+        assert CLAMPED in text
+        assert "depth=2 (asked 4)" in text
+    importances = dict(re.findall(r"^- (\w+): ([0-9.]+)$", summary, re.M))
+    assert importances, summary
+    assert float(importances["depth"]) == 0.0, importances  # depth 2 and 4 built the same network
+    assert max(importances, key=lambda k: float(importances[k])) == "lr"
+
+
+def test_the_report_gives_one_noise_margin(tmp_path: Path) -> None:
+    out = write_report(_clamped_study(tmp_path), tmp_path / "report")
+    for text in ((out / "summary.md").read_text(), (out / "index.html").read_text()):
+        margins = set(re.findall(r"noise margin of ([0-9.]+ ?%)", text))
+        assert len(margins) == 1, margins
+        assert text.count("2 standard errors") == 1
+
+
 # --- in a browser ---------------------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"

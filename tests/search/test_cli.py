@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -331,3 +333,193 @@ def test_a_study_where_no_trial_meets_the_constraints_says_so(workdir: Path, cap
     assert json.loads(capsys.readouterr().out) == []
     assert main(["status", "--study", "lat", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["best_value"] is None
+
+
+# --- what `studies`, `best` and `status` show, on studies written here (no training) ------------------------
+
+def _made_study(workdir: Path, name: str, objectives: list[str]) -> optuna.Study:
+    """A study as cnnsearch records one, in the working directory's default storage."""
+    directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
+    study = optuna.create_study(storage=f"sqlite:///{workdir / 'cnnsearch.db'}", study_name=name,
+                                directions=directions)
+    for key, value in {"dataset": "digits", "space_name": "tiny", "objectives": objectives}.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def _made_trial(study: optuna.Study, values: list[float], depth: int = 2, built: int | None = None,
+                notes: tuple[str, ...] = ()) -> int:
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+             "depth": optuna.distributions.IntDistribution(1, 4)}
+    study.enqueue_trial({"depth": depth})
+    trial = study.ask(dists)
+    config = {"lr": trial.params["lr"], "depth": depth if built is None else built, "width": 16, "seed": 1}
+    attrs = {"config": config, "val_accuracy": values[0], "params": 12345, "latency_ms": 0.123456,
+             "train_seconds": 3.21, "notes": list(notes), "device": "cpu", "host": "box"}
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, values)
+    return trial.number
+
+
+def test_studies_names_the_pareto_front_and_counts_only_trials_that_ran(workdir: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    study = _made_study(workdir, "mo", ["accuracy", "latency"])
+    for values in ([0.9, 0.5], [0.8, 0.1], [0.7, 0.9]):  # the third is dominated
+        _made_trial(study, values)
+    for _ in range(4):
+        study.enqueue_trial({"lr": 0.01, "depth": 1})  # waiting, never ran
+    assert main(["studies"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front of 2 (accuracy max, latency min)" in out
+    assert "3 ran, 4 waiting" in out
+    assert "best 2" not in out and "7 trials" not in out
+    assert main(["studies", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["n_trials"] == 3 and listed["waiting"] == 4 and listed["pareto_front"] == 2
+    assert listed["objectives"] == ["accuracy", "latency"]
+    assert sorted(listed["best_value"]) == [[0.8, 0.1], [0.9, 0.5]]
+
+
+def test_best_top_is_a_compact_table_with_notes_and_full_config_on_request(workdir: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    study = _made_study(workdir, "b", ["accuracy"])
+    clamped = "depth 4 clamped to 2: the 8x8 input holds 2 downsampling stages"
+    for acc in (0.912345678, 0.95, 0.5):
+        _made_trial(study, [acc], depth=4, built=2, notes=(clamped,))
+    assert main(["best", "--study", "b", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) <= 10, out
+    header = next(line for line in lines if line.split()[:2] == ["rank", "trial"])
+    assert "accuracy" in header and "params" in header and "latency" in header
+    assert "0.95" in out and "0.9123" in out and "0.912345678" not in out  # rounded for people
+    assert "depth=2 (asked 4)" in out
+    assert clamped in out
+    assert "width:" not in out  # the config is not dumped
+    assert main(["best", "--study", "b", "--top", "1", "--full"]) == 0
+    full = capsys.readouterr().out
+    assert "width: 16" in full and "depth: 2" in full
+    assert main(["best", "--study", "b", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["value"] == 0.95  # exact
+
+
+def test_best_of_several_objectives_says_pareto_front_and_names_them(workdir: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    study = _made_study(workdir, "mb", ["accuracy", "latency"])
+    for values in ([0.9, 0.5], [0.8, 0.1], [0.7, 0.9]):
+        _made_trial(study, values)
+    assert main(["best", "--study", "mb"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front of 2 trials (accuracy max, latency min)" in out
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["rank", "trial"])
+    assert "accuracy" in header and "latency" in header
+
+
+def test_status_is_readable_text(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    study = _made_study(workdir, "s", ["accuracy", "latency"])
+    _made_trial(study, [0.9, 0.5])
+    _made_trial(study, [0.8, 0.1])
+    study.set_user_attr("budget", 5)
+    trial = study.ask()
+    for key, value in {"worker": "box:1", "host": "box", "device": "cpu"}.items():
+        trial.set_user_attr(key, value)
+    study.enqueue_trial({"lr": 0.01})
+    assert main(["status", "--study", "s"]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and "[" not in out, out  # no Python dicts or lists
+    assert "2 complete, 1 running, 1 waiting" in out
+    assert "Pareto front of 2 trials (accuracy max, latency min)" in out
+    assert "worker box:1 (cpu): 1 running" in out
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cnnsearch {version('cnnsearch')}"
+
+
+DEEP_SPACE = """
+params:
+  depth: {type: categorical, choices: [2, 4]}
+  epochs: 1
+  width: 4
+  batch_size: 128
+"""
+
+
+def test_a_clamped_depth_is_warned_at_start_recorded_as_built_and_exported_with_its_note(
+        workdir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    (workdir / "deep.yaml").write_text(DEEP_SPACE)
+    with caplog.at_level(logging.WARNING):
+        assert _run("--study", "deep", "--space", "deep.yaml", "--sampler", "grid", "--pruner", "none") == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "depth" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "depth up to 4" in warned[0] and "8x8 input holds 2 downsampling stages" in warned[0]
+    (deep,) = [t for t in _study(workdir, "deep").get_trials() if t.params["depth"] == 4]
+    assert deep.user_attrs["config"]["depth"] == 2  # what was built
+    clamped = "depth 4 clamped to 2: the 8x8 input holds 2 downsampling stages"
+    assert clamped in deep.user_attrs["notes"]
+
+    capsys.readouterr()
+    assert main(["best", "--study", "deep", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "depth=2 (asked 4)" in out and f"note: {clamped}" in out
+
+    assert main(["export", "--study", "deep", "--trial", str(deep.number), "--out", "exported"]) == 0
+    recipe = yaml.safe_load((workdir / "exported" / "recipe.yaml").read_text())
+    assert recipe["config"]["depth"] == 2 and recipe["notes"] == [clamped]
+    assert clamped in (workdir / "exported" / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["train", "--config", "exported/recipe.yaml", "--out", "retrained"]) == 0
+    assert "(the trial's, exactly)" in capsys.readouterr().out  # the built config is the network trained
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["worker", "--study", "deep"]) == 0  # nothing left to run: it warns and ends
+    assert len([r for r in caplog.records if "depth up to 4" in r.getMessage()]) == 1
+
+
+def test_resuming_with_other_settings_prints_only_the_refusal(workdir: Path) -> None:
+    from search.study.spec import StudySpec, create_or_resume
+    from spaces import load_space
+    from storage import open_storage
+    from tests.support.cli import CLI, clean_env
+
+    create_or_resume(open_storage(f"sqlite:///{workdir / 'cnnsearch.db'}", heartbeat_interval=None), "other",
+                     StudySpec(space=load_space("tiny"), dataset="digits"))
+    proc = subprocess.run([*CLI, "run", "--study", "other", "--dataset", "digits", "--space", "quick.yaml",
+                           "--trials", "1", "--no-progress"], cwd=workdir, env=clean_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("cnnsearch: error: study 'other' exists with different settings"), err
+    assert len(err.splitlines()) == 1, err
+
+
+START_SPACE = """
+params:
+  optimizer: {type: categorical, choices: [sgd, adam]}
+  momentum: {type: float, low: 0.5, high: 0.99, when: {optimizer: [sgd]}}
+  epochs: 1
+  depth: 1
+  width: 4
+  batch_size: 128
+start:
+  - {optimizer: adam, momentum: 0.9}
+"""
+
+
+def test_a_start_point_setting_a_disabled_parameter_is_warned(workdir: Path, capsys: pytest.CaptureFixture,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    (workdir / "start.yaml").write_text(START_SPACE)
+    ignored = "start[0]: momentum=0.9 is ignored: momentum is searched only when optimizer is sgd (the point has adam)"
+    assert main(["spaces", "validate", "start.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert "valid" in out and ignored in err
+    with caplog.at_level(logging.WARNING):
+        assert _run("--study", "sp", "--space", "start.yaml", "--trials", "1", "--pruner", "none") == 0
+    assert [r.getMessage() for r in caplog.records if ignored in r.getMessage()] != []
+    (first,) = _study(workdir, "sp").get_trials()
+    assert first.params == {"optimizer": "adam"}

@@ -81,7 +81,24 @@ def test_export_then_train_in_a_fresh_process_reproduces_the_trial(study_url: st
     # --final: the same recipe trained on train+val and scored on the test split.
     assert main(["train", "--config", str(out / "recipe.yaml"), "--out", str(tmp_path / "final"), "--final"]) == 0
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())
-    assert final["evaluated_on"].startswith("test") and 0.0 <= final["val_accuracy"] <= 1.0
+    assert final["evaluated_on"].startswith("test") and 0.0 <= final["test_accuracy"] <= 1.0
+
+
+def test_train_then_train_final_keep_both_folders_and_name_the_split(study_url: str, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", "--study", STUDY, "--storage", study_url, "--out", "exported", "--no-weights"]) == 0
+    best = _best(study_url)
+    assert main(["train", "--config", "exported/recipe.yaml"]) == 0
+    assert main(["train", "--config", "exported/recipe.yaml", "--final"]) == 0
+    out = capsys.readouterr().out
+    runs = sorted(p.name for p in (tmp_path / "cnnsearch-train").iterdir())
+    assert runs == [f"{STUDY}-trial{best.number}", f"{STUDY}-trial{best.number}-final"]
+    search, final = (json.loads((tmp_path / "cnnsearch-train" / r / "metrics.json").read_text()) for r in runs)
+    assert search["val_accuracy"] == best.user_attrs["val_accuracy"]
+    assert "test_accuracy" not in search
+    assert "val_accuracy" not in final and "val_loss" not in final and "val_accuracy" not in final["curves"]
+    assert 0.0 <= final["test_accuracy"] <= 1.0 and len(final["curves"]["test_accuracy"]) == final["epochs_run"]
+    assert f"test accuracy {final['test_accuracy']:.4f}" in out
 
 
 def test_export_a_chosen_trial_as_json_next_to_the_users_readme(study_url: str, tmp_path: Path) -> None:
