@@ -2,7 +2,9 @@
 
 The split is made once per study, deterministically (seeded, stratified), and recorded in
 the study by :meth:`Split.describe`; search trials only ever see ``val``, the final
-evaluation alone touches ``test``. A worker copies the uint8 images to its device once
+evaluation alone touches ``test``. With ``--cv K`` the split also holds K stratified folds of
+train + val (:attr:`Split.folds`): a trial then trains once per fold (:meth:`TrialData.fold`),
+and ``test`` is still untouched. A worker copies the uint8 images to its device once
 (:func:`prepare_data`); batches are then index slices (:func:`batches`) and no
 DataLoader or per-sample Python runs in the training loop.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,15 +35,26 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    folds: tuple[np.ndarray, ...] = ()
+    """With ``cv=K``: each fold's val indices (sorted); the K of them partition train + val."""
 
     def fingerprint(self) -> str:
-        """16 hex digits identifying the three index arrays (equal iff the split is the same)."""
-        digest = hashlib.sha256()
-        for part in (self.train, self.val, self.test):
-            # The length keeps (train=[0, 1], val=[2]) apart from (train=[0], val=[1, 2]).
-            digest.update(len(part).to_bytes(8, "little"))
-            digest.update(np.ascontiguousarray(part, dtype="<i8").tobytes())
-        return digest.hexdigest()[:16]
+        """16 hex digits identifying the three index arrays (equal iff the split is the same).
+
+        The folds are not part of it: a recipe retrains on the same train + val with or without them.
+        """
+        return _fingerprint((self.train, self.val, self.test))
+
+    def fold_fingerprint(self) -> str | None:
+        """16 hex digits identifying the folds (equal iff they are the same), or None without folds."""
+        return _fingerprint(self.folds) if self.folds else None
+
+    def describe_folds(self) -> dict[str, Any] | None:
+        """JSON-able summary of the folds recorded in a ``--cv`` study: K, seed, val sizes, fingerprint."""
+        if not self.folds:
+            return None
+        return {"k": len(self.folds), "seed": self.seed, "sizes": [len(f) for f in self.folds],
+                "fingerprint": self.fold_fingerprint()}
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary recorded in the study: seed, fractions, sizes and fingerprint."""
@@ -55,14 +68,16 @@ class Split:
 
 
 def make_split(
-    labels: torch.Tensor, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1
+    labels: torch.Tensor, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
+    cv: int | None = None,
 ) -> Split:
     """Split ``len(labels)`` samples into train/val/test, stratified by label.
 
     Deterministic in ``seed`` (the same indices in any process). Every class present in
     ``labels`` appears in each of the three parts; when there are too few samples for
     that, :class:`DataError` says so with the class counts. Fractions must each lie in
-    (0, 1) and sum to less than 1.
+    (0, 1) and sum to less than 1. With ``cv=K`` train + val is also divided into K
+    stratified folds (:func:`_make_folds`); train, val and test are the same as without.
     """
     for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
@@ -99,7 +114,34 @@ def make_split(
             raise DataError(f"the {part_name} part of the split ({len(part)} images) has no images of "
                             f"classes {missing} (images per class: {counts}); "
                             f"use larger fractions or more images")
-    return split
+    if cv is None:
+        return split
+    return replace(split, folds=_make_folds(y, np.sort(np.concatenate([split.train, split.val])), cv, seed))
+
+
+def _make_folds(y: np.ndarray, pooled: np.ndarray, cv: int, seed: int) -> tuple[np.ndarray, ...]:
+    """``cv`` stratified, seeded folds of the indices ``pooled``: each fold's val indices, sorted."""
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+        raise DataError(f"--cv {cv!r}: give at least 2 folds (or leave --cv out for one train/val split)")
+    values, counts = np.unique(y[pooled], return_counts=True)
+    if counts.min() < cv:
+        # StratifiedKFold only warns then, and leaves that class out of some folds' val parts.
+        raise DataError(f"--cv {cv} needs at least {cv} images of every class in train + val; class "
+                        f"{values[counts.argmin()]} has {counts.min()} (images per class in train + val: "
+                        f"{_class_counts(y[pooled])}); use fewer folds")
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed).split(pooled, y[pooled])
+    return tuple(np.sort(pooled[val]) for _, val in folds)
+
+
+def _fingerprint(parts: tuple[np.ndarray, ...]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        # The length keeps (train=[0, 1], val=[2]) apart from (train=[0], val=[1, 2]).
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(np.ascontiguousarray(part, dtype="<i8").tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _class_counts(y: np.ndarray) -> str:
@@ -114,6 +156,8 @@ class TrialData:
     In the ``search`` stage ``train_*`` is the split's train part and ``val_*`` its val
     part; in the ``final`` stage ``train_*`` is train + val and ``val_*`` is the test part.
     ``mean`` and ``std`` are per-channel statistics of ``train_x / 255``, shape (1, C, 1, 1).
+    ``folds`` (``--cv K``, search stage only) holds each fold's val positions in ``train_x``
+    followed by ``val_x``: :meth:`fold` gathers a fold's data from these tensors on the device.
     """
 
     train_x: torch.Tensor
@@ -125,6 +169,7 @@ class TrialData:
     classes: list[str]
     input_shape: tuple[int, int, int]
     num_classes: int
+    folds: tuple[torch.Tensor, ...] = ()
 
     def normalize(self, x_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``(x / 255 - mean) / std`` in ``dtype``.
@@ -137,14 +182,36 @@ class TrialData:
             x = x / 255
         return (x - self.mean.to(dtype)) / self.std.to(dtype)
 
+    def fold(self, i: int) -> TrialData:
+        """Fold ``i`` of ``--cv K``: trains on train + val but the fold, validates on the fold.
+
+        Its ``mean``/``std`` are its own train part's, as a single split's are. The copy lives
+        while the fold trains, so a worker holds train + val once plus one fold at a time.
+        """
+        n = len(self.train_y)
+        held = torch.zeros(n + len(self.val_y), dtype=torch.bool, device=self.train_y.device)
+        held[self.folds[i]] = True
+
+        def take(train: torch.Tensor, val: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return torch.cat([train[mask[:n]], val[mask[n:]]])
+
+        train_x = take(self.train_x, self.val_x, ~held)
+        mean, std = _channel_stats(train_x)
+        return TrialData(
+            train_x=train_x, train_y=take(self.train_y, self.val_y, ~held),
+            val_x=take(self.train_x, self.val_x, held), val_y=take(self.train_y, self.val_y, held),
+            mean=mean, std=std, classes=self.classes, input_shape=self.input_shape, num_classes=self.num_classes,
+        )
+
 
 def prepare_data(
     images: ImageSet, split: Split, device: torch.device | str, stage: str = "search"
 ) -> TrialData:
     """Copy the parts of ``images`` that ``stage`` needs to ``device``, once.
 
-    ``stage="search"`` trains on ``split.train`` and validates on ``split.val``;
-    ``stage="final"`` trains on train + val and evaluates on ``split.test``. Raises
+    ``stage="search"`` trains on ``split.train`` and validates on ``split.val`` (and carries
+    the split's folds, if any); ``stage="final"`` trains on train + val and evaluates on
+    ``split.test``. Raises
     :class:`DataError` when ``split`` was not made for ``images``.
     """
     if stage not in STAGES:
@@ -169,10 +236,15 @@ def prepare_data(
     n_fit = len(fit)
     train_x = x[:n_fit]
     mean, std = _channel_stats(train_x)
+    folds: tuple[torch.Tensor, ...] = ()
+    if stage == "search" and split.folds:
+        position = np.empty(len(images.labels), dtype=np.int64)
+        position[index.numpy()] = np.arange(len(index))
+        folds = tuple(torch.from_numpy(position[f]).to(device) for f in split.folds)
     return TrialData(
         train_x=train_x, train_y=y[:n_fit], val_x=x[n_fit:], val_y=y[n_fit:],
         mean=mean, std=std, classes=list(images.classes),
-        input_shape=tuple(images.images.shape[1:]), num_classes=len(images.classes),
+        input_shape=tuple(images.images.shape[1:]), num_classes=len(images.classes), folds=folds,
     )
 
 
