@@ -21,7 +21,7 @@ SPACE = """
 params:
   lr: {type: float, low: 3.0e-3, high: 3.0e-2, log: true}
   width: {type: categorical, choices: [4, 8]}
-  epochs: 1
+  epochs: 2
   depth: 1
 """
 
@@ -37,7 +37,7 @@ def _fails(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def cv_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A study of 2 trials run with ``--cv 3`` on digits (one epoch per fold), in its own directory."""
+    """A study of 2 trials run with ``--cv 3`` on digits (two epochs per fold), in its own directory."""
     root = tmp_path_factory.mktemp("cv")
     (root / "small.yaml").write_text(SPACE)
     with contextlib.chdir(root), pytest.MonkeyPatch.context() as patch:
@@ -59,6 +59,8 @@ def test_cv_3_records_three_fold_values_per_trial_and_the_value_is_their_mean(cv
         assert t.value == pytest.approx(statistics.fmean(folds))
         assert t.user_attrs["val_accuracy"] == pytest.approx(t.value)
         assert t.user_attrs[FOLD_VAL_ACCURACY_STD] == pytest.approx(statistics.pstdev(folds))
+        # The pruner sees the first fold's curve only; the trial trained 3 folds x 2 epochs.
+        assert sorted(t.intermediate_values) == [1, 2] and t.user_attrs["epochs_run"] == 6
     # The folds the trials ran are the ones make_split gives for the study's seed: recorded like the split.
     images = load_dataset("digits")
     split = make_split(images.labels, seed=0, cv=3)
@@ -93,14 +95,15 @@ def test_a_worker_whose_folds_differ_from_the_studys_is_refused(cv_study: Path, 
     assert "folds" in line and "0123456789abcdef" in line, line
 
 
-@pytest.mark.parametrize(("cv", "message"), [
-    ("1", "--cv 1: give at least 2 folds"),
-    ("200", "--cv 200 needs at least 200 images of every class in train + val"),
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--cv", "1"], "--cv 1: give at least 2 folds"),
+    (["--cv", "200"], "--cv 200 needs at least 200 images of every class in train + val"),
+    (["--cv", "3", "--keep-checkpoints"], "--keep-checkpoints with --cv 3"),
 ])
 def test_a_bad_number_of_folds_is_refused_in_one_line_before_the_study_exists(
-        workdir: Path, capsys: pytest.CaptureFixture, cv: str, message: str) -> None:
+        workdir: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str) -> None:
     line = _fails(capsys, ["run", "--study", "bad", "--dataset", "digits", "--space", "tiny", "--trials", "2",
-                           "--cv", cv, "--no-progress"])
+                           *flags, "--no-progress"])
     assert message in line, line
     assert not (workdir / "cnnsearch.db").exists() or "bad" not in optuna.get_all_study_names(
         "sqlite:///cnnsearch.db")
