@@ -144,3 +144,15 @@ def test_folds_are_disjoint_cover_train_and_val_and_never_hold_a_test_image() ->
     again = make_split(images.labels, seed=4, cv=3)
     assert all(np.array_equal(a, b) for a, b in zip(split.folds, again.folds, strict=True))
     assert split.fingerprint() == make_split(images.labels, seed=4).fingerprint()  # the split itself unchanged
+
+
+@pytest.mark.slow
+def test_the_report_shows_each_top_trials_mean_and_spread_over_folds(cv_study: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{cv_study / 'cnnsearch.db'}"
+    assert main(["report", "--study", "cv", "--storage", url, "--out", str(tmp_path / "r")]) == 0
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    html = (tmp_path / "r" / "index.html").read_text()
+    for t in optuna.load_study(study_name="cv", storage=url).get_trials():
+        spread = f"{t.value:.4f} ± {t.user_attrs[FOLD_VAL_ACCURACY_STD]:.4f}"
+        assert f"| #{t.number} | {spread} (3 folds) |" in summary, summary
+        assert spread in html
