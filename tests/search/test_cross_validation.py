@@ -156,3 +156,16 @@ def test_the_report_shows_each_top_trials_mean_and_spread_over_folds(cv_study: P
         spread = f"{t.value:.4f} ± {t.user_attrs[FOLD_VAL_ACCURACY_STD]:.4f}"
         assert f"| #{t.number} | {spread} (3 folds) |" in summary, summary
         assert spread in html
+
+
+@pytest.mark.slow
+def test_worker_processes_run_each_trial_over_every_fold(workdir: Path) -> None:
+    (workdir / "small.yaml").write_text(SPACE.replace("epochs: 2", "epochs: 1"))
+    assert main(["run", "--study", "jobs", "--dataset", "digits", "--space", "small.yaml", "--sampler", "tpe",
+                 "--trials", "2", "--cv", "2", "--jobs", "2", "--no-progress"]) == 0
+    trials = optuna.load_study(study_name="jobs", storage="sqlite:///cnnsearch.db").get_trials()
+    assert len(trials) == 2  # each ran in a worker process, which read K and the folds from the study
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert len(t.user_attrs[FOLD_VAL_ACCURACY]) == 2
+        assert t.value == pytest.approx(statistics.fmean(t.user_attrs[FOLD_VAL_ACCURACY]))
