@@ -117,3 +117,11 @@ def test_ab_runs_one_benchmark_on_the_base_commit_and_the_working_tree():
     assert len(rows) == 2 and all("slowest suggestion window" in row for row in rows)
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "cnnsearch-ab-" not in worktrees  # the base's worktree is removed again
+
+
+def test_cv_selection_judges_both_searches_on_the_test_split():
+    out = run_script("cv_selection", "--smoke")
+    assert "| dataset" in out and "Spearman" in out and "picked config: test acc" in out
+    rows = [line for line in out.splitlines() if line.startswith("| digits")]
+    assert len(rows) == 2 and "val split" in rows[0] and "--cv 2" in rows[1], out
+    assert "RESULT cv_selection: picked config's test accuracy, --cv 2 minus val split" in out
