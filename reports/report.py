@@ -45,6 +45,9 @@ from storage.records import (
     FAIL_MESSAGE,
     FAIL_REASON,
     FAIL_REASONS,
+    FOLD_VAL_ACCURACY,
+    FOLD_VAL_ACCURACY_STD,
+    FOLDS,
     INPUT_SHAPE,
     NOTES,
     SPLIT_SIZES,
@@ -154,6 +157,8 @@ def report_context(study: optuna.Study, *, final_eval: dict[str, Any] | None = N
     acc = _accuracy_target(objectives)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     n_val = (attrs.get(SPLIT_SIZES) or {}).get("sizes", {}).get("val")
+    if attrs.get(FOLDS):  # --cv: every train + val image is validated on once per trial
+        n_val = sum(attrs[FOLDS]["sizes"])
     classes = attrs.get(CLASSES) or []
     top = best_trials(study, top_k) if done else []
     if len(study.directions) > 1:
@@ -267,6 +272,7 @@ def _top_row(t: FrozenTrial) -> dict[str, Any]:
     return {
         "number": t.number,
         "val_accuracy": trial_accuracy(t),
+        "folds": _fold_spread(ua),
         "params": ua.get("params"), "flops": ua.get("flops"), "latency_ms": ua.get("latency_ms"),
         "train_seconds": ua.get("train_seconds"), "epochs": ua.get("epochs_run"),
         "searched": {name: _shown_param(value, t.params[name]) for name, value in built_params(t).items()},
@@ -279,6 +285,14 @@ def _shown_param(built: Any, asked: Any) -> str:
     """A searched param as built; ``2 (asked 4)`` where the model builder changed it to fit the input."""
     shown = format_value(built)
     return shown if built == asked else f"{shown} (asked {format_value(asked)})"
+
+
+def _fold_spread(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """A ``--cv`` trial's mean and spread over its folds (None for a trial of one val split)."""
+    folds = attrs.get(FOLD_VAL_ACCURACY)
+    if not folds or attrs.get(FOLD_VAL_ACCURACY_STD) is None:
+        return None
+    return {"mean": float(np.mean(folds)), "std": attrs[FOLD_VAL_ACCURACY_STD], "n": len(folds)}
 
 
 def _top_noise(top: list[FrozenTrial], n_val: int | None) -> dict[str, Any] | None:

@@ -125,3 +125,11 @@ def test_data_pipeline_compares_stream_device_and_dataloader():
     out = run_script("data_pipeline", "--smoke")
     assert "| stream " in out and "| device " in out and "| dataloader " in out and "| build the cache " in out
     assert "RESULT data_pipeline: stream/device" in out
+
+
+def test_cv_selection_judges_both_searches_on_the_test_split():
+    out = run_script("cv_selection", "--smoke")
+    assert "| dataset" in out and "Spearman" in out and "picked config: test acc" in out
+    rows = [line for line in out.splitlines() if line.startswith("| digits")]
+    assert len(rows) == 2 and "val split" in rows[0] and "--cv 2" in rows[1], out
+    assert "RESULT cv_selection: picked config's test accuracy, --cv 2 minus val split" in out

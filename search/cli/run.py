@@ -54,6 +54,9 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--max-params", type=POSITIVE_INT, help="constraint: at most this many parameters")
     p.add_argument("--max-latency-ms", type=POSITIVE_FLOAT, help="constraint: at most this latency (ms/image)")
     p.add_argument("--max-failures", type=POSITIVE_INT, default=5, help="stop after this many failed trials in a row")
+    p.add_argument("--cv", type=POSITIVE_INT, metavar="K",
+                   help="k-fold cross-validation: each trial trains K times, once per stratified fold of train + val, "
+                        "and its value is the mean val accuracy (the test split stays untouched)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each completed trial's weights and learning curve in the artifact store "
                         "(`cnnsearch export` then ships the weights with the recipe)")
@@ -128,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         image_size=args.image_size, split_seed=args.split_seed, data_dir=args.data_dir,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial_timeout=args.trial_timeout,
         max_failures=args.max_failures, budget=args.trials, keep_checkpoints=args.keep_checkpoints,
-        deterministic=args.deterministic,
+        deterministic=args.deterministic, cv=args.cv,
     )
     if spec.sampler == "grid":
         space.grid()  # refuses a space without a finite grid before anything is created

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
+from torch import nn
 
 from search.study.checkpoints import keep_checkpoint
 from search.study.errors import WorkerStopped
@@ -42,6 +44,8 @@ from storage.records import (
     EPOCHS_RUN,
     FAIL_MESSAGE,
     FAIL_REASON,
+    FOLD_VAL_ACCURACY,
+    FOLD_VAL_ACCURACY_STD,
     HOST,
     LIVE_CURVE,
     ORIGIN,
@@ -96,7 +100,10 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
         progress = _Progress()
         report = _reporter(trial, spec, progress, prune=origin is None, last_epoch=config.epochs)
-        model, metrics = fit(config, data, device, report=report, deadline=deadline)
+        if data.folds:
+            model, metrics = _cross_validate(trial, config, data, device, report, progress, deadline)
+        else:
+            model, metrics = fit(config, data, device, report=report, deadline=deadline)
         _record_metrics(trial, metrics)
         if spec.keep_checkpoints:
             # Before tell(): Optuna records an artifact only on a trial that is still running.
@@ -173,6 +180,39 @@ def _reporter(trial: optuna.Trial, spec: StudySpec, progress: _Progress, *, prun
             if prune and epoch < last_epoch and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {spec.pruner} at epoch {epoch} "
                                          f"(val_accuracy {val_accuracy:.4f})")
+
+    return report
+
+
+def _cross_validate(trial: optuna.Trial, config: TrialConfig, data: TrialData, device: torch.device, report,
+                    progress: _Progress, deadline: float | None) -> tuple[nn.Module, TrialMetrics]:
+    """``--cv K``: train once per fold; the metrics are the first fold's with val accuracy and loss averaged.
+
+    Only the first fold reports to the pruner (``report``): the intermediate values the pruners
+    compare are then all the same fold's curve, and a pruned config costs at most one fold. Each
+    fold's val accuracy is recorded as it finishes (``fold_val_accuracy``), their spread at the
+    end. ``train_seconds`` and ``epochs_run`` add the folds up (the compute the trial spent);
+    ``curves`` are the first fold's; latency and throughput are measured on the first fold's
+    model only (every fold trains the same architecture). One worker runs all K folds.
+    """
+    runs: list[TrialMetrics] = []
+    for i in range(len(data.folds)):
+        fold_report = report if i == 0 else _epoch_counter(progress, progress.epochs)
+        model, metrics = fit(config, data.fold(i), device, report=fold_report, measure=i == 0, deadline=deadline)
+        runs.append(metrics)
+        trial.set_user_attr(FOLD_VAL_ACCURACY, [m.val_accuracy for m in runs])
+    accuracies = [m.val_accuracy for m in runs]
+    trial.set_user_attr(FOLD_VAL_ACCURACY_STD, statistics.pstdev(accuracies))
+    return model, replace(runs[0], val_accuracy=statistics.fmean(accuracies),
+                          val_loss=statistics.fmean(m.val_loss for m in runs),
+                          best_val_accuracy=statistics.fmean(m.best_val_accuracy for m in runs),
+                          train_seconds=sum(m.train_seconds for m in runs), epochs_run=sum(m.epochs_run for m in runs))
+
+
+def _epoch_counter(progress: _Progress, done: int):
+    """A later fold's report: counts its epochs after the ``done`` of earlier folds; never prunes."""
+    def report(epoch: int, val_accuracy: float, val_loss: float) -> None:
+        progress.epochs = done + epoch
 
     return report
 

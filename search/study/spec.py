@@ -40,6 +40,7 @@ from storage.names import check_study_name
 from storage.records import (
     FIXED_PARAMS,
     ORIGIN,
+    STUDY_CV,
     STUDY_DATASET,
     STUDY_IMAGE_SIZE,
     STUDY_OBJECTIVES,
@@ -59,7 +60,7 @@ OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize
 
 METRIC_OF = {"accuracy": "val_accuracy", "latency": "latency_ms", "params": "params", "flops": "flops"}
 
-IDENTITY = (STUDY_SPACE_FINGERPRINT, STUDY_DATASET, STUDY_IMAGE_SIZE, STUDY_SPLIT, STUDY_OBJECTIVES)
+IDENTITY = (STUDY_SPACE_FINGERPRINT, STUDY_DATASET, STUDY_IMAGE_SIZE, STUDY_SPLIT, STUDY_OBJECTIVES, STUDY_CV)
 """The attributes a study may never change once created: joining with others is refused."""
 
 
@@ -85,6 +86,8 @@ class StudySpec:
     budget: int | None = None
     keep_checkpoints: bool = False
     deterministic: bool = False
+    cv: int | None = None
+    """``--cv K``: each trial trains once per fold of train + val; its value is the mean val accuracy."""
 
     def __post_init__(self) -> None:
         # Absolute, so workers, exports and retrains started in other directories read the same files
@@ -106,6 +109,13 @@ class StudySpec:
             raise StudyError(f"--trials must be at least 1, got {self.budget}")
         if self.max_failures < 1:
             raise StudyError(f"--max-failures must be at least 1, got {self.max_failures}")
+        if self.cv is not None:
+            if isinstance(self.cv, bool) or not isinstance(self.cv, int) or self.cv < 2:
+                raise StudyError(f"--cv {self.cv!r}: give at least 2 folds (or leave --cv out for one "
+                                 "train/val split)")
+            if self.keep_checkpoints:
+                raise StudyError(f"--keep-checkpoints with --cv {self.cv}: a trial trains {self.cv} models, "
+                                 "none of them on the data its recipe retrains on; drop one of the two flags")
 
     @property
     def directions(self) -> list[str]:
@@ -170,6 +180,8 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
             if key == STUDY_SPACE_FINGERPRINT:
                 old = f"{recorded.get(STUDY_SPACE_NAME)} ({old})"
                 new = f"{wanted.get(STUDY_SPACE_NAME)} ({new})"
+            if key == STUDY_CV:
+                old, new = old or "none", new or "none"
             out.append(f"{shown}: study has {old}, asked for {new}")
     return out
 

@@ -2,7 +2,9 @@
 
 The split is made once per study, deterministically (seeded, stratified), and recorded in
 the study by :meth:`Split.describe`; search trials only ever see ``val``, the final
-evaluation alone touches ``test``. When the parts a trial uses fit the data-memory budget
+evaluation alone touches ``test``. With ``--cv K`` the split also holds K stratified folds of
+train + val (:attr:`Split.folds`): a trial then trains once per fold (:meth:`TrialData.fold`),
+and ``test`` is still untouched. When the parts a trial uses fit the data-memory budget
 (:func:`data_memory_budget`), a worker copies the uint8 images to its device once
 (:func:`prepare_data`) and batches are index slices (:func:`batches`); when they do not,
 they stay in the host's (memory-mapped) set and :class:`StreamedImages` gathers each batch
@@ -19,7 +21,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,15 +51,26 @@ class Split:
     test: np.ndarray
     given: tuple[str, ...] = ()
     """The parts the data came split into (``train``/``val``/``test`` folders); empty when all were drawn here."""
+    folds: tuple[np.ndarray, ...] = ()
+    """With ``cv=K``: each fold's val indices (sorted); the K of them partition train + val."""
 
     def fingerprint(self) -> str:
-        """16 hex digits identifying the three index arrays (equal iff the split is the same)."""
-        digest = hashlib.sha256()
-        for part in (self.train, self.val, self.test):
-            # The length keeps (train=[0, 1], val=[2]) apart from (train=[0], val=[1, 2]).
-            digest.update(len(part).to_bytes(8, "little"))
-            digest.update(np.ascontiguousarray(part, dtype="<i8").tobytes())
-        return digest.hexdigest()[:16]
+        """16 hex digits identifying the three index arrays (equal iff the split is the same).
+
+        The folds are not part of it: a recipe retrains on the same train + val with or without them.
+        """
+        return _fingerprint((self.train, self.val, self.test))
+
+    def fold_fingerprint(self) -> str | None:
+        """16 hex digits identifying the folds (equal iff they are the same), or None without folds."""
+        return _fingerprint(self.folds) if self.folds else None
+
+    def describe_folds(self) -> dict[str, Any] | None:
+        """JSON-able summary of the folds recorded in a ``--cv`` study: K, seed, val sizes, fingerprint."""
+        if not self.folds:
+            return None
+        return {"k": len(self.folds), "seed": self.seed, "sizes": [len(f) for f in self.folds],
+                "fingerprint": self.fold_fingerprint()}
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary recorded in the study: seed, fractions, sizes and fingerprint."""
@@ -73,7 +86,7 @@ class Split:
 
 def make_split(
     labels: torch.Tensor, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
-    parts: dict[str, int] | None = None,
+    parts: dict[str, int] | None = None, cv: int | None = None,
 ) -> Split:
     """Split ``len(labels)`` samples into train/val/test, stratified by label.
 
@@ -84,7 +97,8 @@ def make_split(
     Deterministic in ``seed`` (the same indices in any process). Every class present in
     ``labels`` appears in each of the three parts; when there are too few samples for
     that, :class:`DataError` says so with the class counts. Fractions must each lie in
-    (0, 1) and sum to less than 1.
+    (0, 1) and sum to less than 1. With ``cv=K`` train + val is also divided into K
+    stratified folds (:func:`_make_folds`); train, val and test are the same as without.
     """
     for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
@@ -100,7 +114,8 @@ def make_split(
     y = torch.as_tensor(labels).cpu().numpy().astype(np.int64)
     counts = _class_counts(y)
     if parts is not None:
-        return _check_parts(_given_split(y, parts, seed, val_fraction, test_fraction), y, counts)
+        return _with_folds(_check_parts(_given_split(y, parts, seed, val_fraction, test_fraction), y, counts),
+                           y, cv)
     everything = np.arange(len(y), dtype=np.int64)
     # Two stratified cuts: the held-out part, then held-out -> val + test. Each cut keeps
     # every class within one sample of its proportion.
@@ -115,7 +130,39 @@ def make_split(
                         f"(images per class: {counts}): {exc}; use larger fractions or more images") from exc
     split = Split(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                   train=np.sort(train), val=np.sort(val), test=np.sort(test))
-    return _check_parts(split, y, counts)
+    return _with_folds(_check_parts(split, y, counts), y, cv)
+
+
+def _with_folds(split: Split, y: np.ndarray, cv: int | None) -> Split:
+    """``split`` with ``cv`` folds of its train + val (as it is without ``cv``)."""
+    if cv is None:
+        return split
+    return replace(split, folds=_make_folds(y, np.sort(np.concatenate([split.train, split.val])), cv, split.seed))
+
+
+def _make_folds(y: np.ndarray, pooled: np.ndarray, cv: int, seed: int) -> tuple[np.ndarray, ...]:
+    """``cv`` stratified, seeded folds of the indices ``pooled``: each fold's val indices, sorted."""
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+        raise DataError(f"--cv {cv!r}: give at least 2 folds (or leave --cv out for one train/val split)")
+    values, counts = np.unique(y[pooled], return_counts=True)
+    if counts.min() < cv:
+        # StratifiedKFold only warns then, and leaves that class out of some folds' val parts.
+        raise DataError(f"--cv {cv} needs at least {cv} images of every class in train + val; class "
+                        f"{values[counts.argmin()]} has {counts.min()} (images per class in train + val: "
+                        f"{_class_counts(y[pooled])}); use fewer folds")
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed).split(pooled, y[pooled])
+    return tuple(np.sort(pooled[val]) for _, val in folds)
+
+
+def _fingerprint(parts: tuple[np.ndarray, ...]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        # The length keeps (train=[0, 1], val=[2]) apart from (train=[0], val=[1, 2]).
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(np.ascontiguousarray(part, dtype="<i8").tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _given_split(y: np.ndarray, parts: dict[str, int], seed: int, val_fraction: float,
@@ -166,6 +213,8 @@ class TrialData:
     ``mean`` and ``std`` are per-channel statistics of ``train_x / 255``, shape (1, C, 1, 1).
     ``train_x`` and ``val_x`` are tensors on the device, or :class:`StreamedImages` (indexed
     the same way) when they did not fit the budget; ``feed`` says which and why.
+    ``folds`` (``--cv K``, search stage only) holds each fold's val positions in ``train_x``
+    followed by ``val_x``: :meth:`fold` gathers a fold's data from these.
     """
 
     train_x: torch.Tensor | StreamedImages
@@ -178,6 +227,7 @@ class TrialData:
     input_shape: tuple[int, int, int]
     num_classes: int
     feed: dict[str, Any] = field(default_factory=lambda: {"mode": "device"})
+    folds: tuple[torch.Tensor, ...] = ()
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled ``(uint8 images, labels)`` batches on the device (see :func:`batches`).
@@ -192,6 +242,34 @@ class TrialData:
             return
         for idx in order:
             yield self.train_x[idx], self.train_y[idx]
+
+    def fold(self, i: int) -> TrialData:
+        """Fold ``i`` of ``--cv K``: trains on train + val but the fold, validates on the fold.
+
+        Its ``mean``/``std`` are its own train part's, as a single split's are. On the device
+        the copy lives while the fold trains, so a worker holds train + val once plus one fold
+        at a time; streamed data stays streamed (only the row lists are new).
+        """
+        n = len(self.train_y)
+        held = torch.zeros(n + len(self.val_y), dtype=torch.bool, device=self.train_y.device)
+        held[self.folds[i]] = True
+
+        def take(train: torch.Tensor, val: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return torch.cat([train[mask[:n]], val[mask[n:]]])
+
+        train_y, val_y = take(self.train_y, self.val_y, ~held), take(self.train_y, self.val_y, held)
+        if isinstance(self.train_x, StreamedImages) and isinstance(self.val_x, StreamedImages):
+            rows, mask = torch.cat([self.train_x.rows, self.val_x.rows]), held.cpu()
+            source, device = self.train_x.source, self.train_x.device
+            train_x = StreamedImages(source, rows[~mask].numpy(), device)
+            val_x = StreamedImages(source, rows[mask].numpy(), device)
+            mean, std = (t.to(device) for t in _channel_stats_in_chunks(train_x))
+        else:
+            train_x, val_x = take(self.train_x, self.val_x, ~held), take(self.train_x, self.val_x, held)
+            mean, std = _channel_stats(train_x)
+        return TrialData(train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, mean=mean, std=std,
+                         classes=self.classes, input_shape=self.input_shape, num_classes=self.num_classes,
+                         feed=self.feed)
 
     def normalize(self, x_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``(x / 255 - mean) / std`` in ``dtype``.
@@ -212,8 +290,8 @@ def prepare_data(
     """The parts of ``images`` that ``stage`` needs, on ``device`` when they fit ``data_memory`` bytes
     (default: :func:`data_memory_budget`), else streamed from ``images`` (:class:`StreamedImages`).
 
-    ``stage="search"`` trains on ``split.train`` and validates on ``split.val``;
-    ``stage="final"`` trains on train + val and evaluates on ``split.test``. Raises
+    ``stage="search"`` trains on ``split.train`` and validates on ``split.val`` (and carries
+    the split's folds, if any); ``stage="final"`` trains on train + val and evaluates on ``split.test``. Raises
     :class:`DataError` when ``split`` was not made for ``images``.
     """
     if stage not in STAGES:
@@ -232,8 +310,13 @@ def prepare_data(
     n_fit = len(fit)
     needed = len(index) * int(np.prod(images.images.shape[1:]))
     budget, where = (data_memory, "the data-memory budget") if data_memory is not None else data_memory_budget(device)
+    folds: tuple[torch.Tensor, ...] = ()
+    if stage == "search" and split.folds:
+        position = np.empty(len(images.labels), dtype=np.int64)
+        position[index.numpy()] = np.arange(len(index))
+        folds = tuple(torch.from_numpy(position[f]).to(device) for f in split.folds)
     common = {"classes": list(images.classes), "input_shape": tuple(images.images.shape[1:]),
-              "num_classes": len(images.classes), "train_y": y[:n_fit], "val_y": y[n_fit:]}
+              "num_classes": len(images.classes), "train_y": y[:n_fit], "val_y": y[n_fit:], "folds": folds}
     if budget is not None and needed > budget:
         train_x = StreamedImages(images.images, fit, device)
         mean, std = _channel_stats_in_chunks(train_x)
