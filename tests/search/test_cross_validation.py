@@ -169,3 +169,15 @@ def test_worker_processes_run_each_trial_over_every_fold(workdir: Path) -> None:
         assert t.state == optuna.trial.TrialState.COMPLETE
         assert len(t.user_attrs[FOLD_VAL_ACCURACY]) == 2
         assert t.value == pytest.approx(statistics.fmean(t.user_attrs[FOLD_VAL_ACCURACY]))
+
+
+def test_a_streamed_fold_holds_the_same_images_as_the_fold_on_the_device() -> None:
+    images = load_dataset("digits")
+    split = make_split(images.labels, seed=0, cv=3)
+    on_device = prepare_data(images, split, "cpu")
+    streamed = prepare_data(images, split, "cpu", data_memory=1)  # one byte: every image streams
+    assert streamed.feed["mode"] == "stream" and on_device.feed["mode"] == "device"
+    for i in range(3):
+        a, b = on_device.fold(i), streamed.fold(i)
+        assert torch.equal(a.train_x, b.train_x[0:len(b.train_x)]) and torch.equal(a.val_x, b.val_x[0:len(b.val_x)])
+        assert torch.equal(a.train_y, b.train_y) and torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
