@@ -97,7 +97,8 @@ class TrialConfig(Mapping):
 
     # --- model family ---
     model: str = key("cnn", "the custom CNN family, or a torchvision backbone", choices=("cnn", *BACKBONES))
-    pretrained: bool = key(False, "backbones: start from ImageNet weights (local file or torch hub cache only)")
+    pretrained: bool = key(False, "backbones: start from ImageNet weights (weights_path, else the torch hub cache, "
+                                  "downloaded into it only with --download-weights)")
     weights_path: str | None = key(None, "backbones: a local weights file to start from")
     # --- fine-tuning (mostly for pretrained backbones) ---
     freeze: str = key("none", "parameters that do not train: none, every layer but the output layer (body), or the "

@@ -20,14 +20,17 @@ for (28 padded = the paper's 32 unpadded). Resizing inside the model, rather tha
 data pipeline, keeps the stored dataset small and lets the same recipe run on the
 original images.
 
-Pretrained weights come from ``config.weights_path`` or the torch hub cache, and a missing
-file is a :class:`ModelError` that says how to provide it. The custom family's keys
+Pretrained weights come from ``config.weights_path`` or the torch hub cache (downloaded
+into it only with ``--download-weights``), and a missing file is a :class:`ModelError`
+that says which file to place where. The custom family's keys
 (depth, width, ...) are ignored. :attr:`Backbone.stages` lists the body's stages from the
 input, for ``freeze: stages`` (:mod:`search.trial.finetune`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 from urllib.parse import urlparse
 
@@ -38,6 +41,8 @@ from torch import nn
 
 from search.trial.errors import ModelError
 from spaces.schema import TrialConfig
+
+log = logging.getLogger(__name__)
 
 MIN_INPUT_SIZE = {"alexnet": 63, "lenet5": 28}
 DEFAULT_MIN_INPUT_SIZE = 32
@@ -233,18 +238,55 @@ def hub_cache_path(name: str) -> str:
 def find_weights(name: str, weights_path: str | None) -> str:
     """The local file holding ``name``'s ImageNet weights: ``weights_path``, else the hub cache copy.
 
-    Raises :class:`ModelError` (saying where it looked and how to provide the file) when
-    it does not exist; nothing is ever downloaded.
+    When neither exists and ``$CNNSEARCH_DOWNLOAD_WEIGHTS`` is 1 (``--download-weights``), the
+    hub cache copy is downloaded first (:func:`download_weights`). Raises :class:`ModelError`
+    (saying which file to place where) when there is no file.
     """
     path = weights_path if weights_path is not None else hub_cache_path(name)
     if not os.path.isfile(path):
         filename = os.path.basename(hub_cache_path(name))
         if weights_path is not None:
             raise ModelError(f"config: weights_path={weights_path!r} does not exist; point it at a local "
-                             f"copy of the {name} ImageNet weights ({filename}); cnnsearch never downloads")
-        raise ModelError(f"{name} pretrained weights not found: looked for {path} (torch hub cache); set "
-                         f"weights_path in the config to a local copy of {filename}, or put the file at that "
-                         "path; cnnsearch never downloads")
+                             f"copy of the {name} weights ({filename} for ImageNet's)")
+        if os.environ.get(DOWNLOAD_WEIGHTS_ENV) == "1":
+            return download_weights(name)
+        raise ModelError(f"{name} pretrained weights not found: looked for {path} (torch hub cache); put "
+                         f"{filename} there, or set weights_path in the config to a local copy, or allow the "
+                         "download with --download-weights")
+    return path
+
+
+DOWNLOAD_WEIGHTS_ENV = "CNNSEARCH_DOWNLOAD_WEIGHTS"
+"""Set to 1 (by ``--download-weights``) to let :func:`find_weights` download missing hub cache weights."""
+
+
+def download_weights(name: str) -> str:
+    """Download ``name``'s default ImageNet weights into the torch hub cache, once per host; returns the path.
+
+    Workers on one host share the cache: the first takes a file lock beside the file and
+    downloads, the others wait on the lock and then find the file. The download is
+    torch hub's (a temporary file moved into place only when its SHA-256 matches the
+    prefix in torchvision's file name). Raises :class:`ModelError` when it fails.
+    """
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    path = hub_cache_path(name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.path.isfile(path):  # another worker downloaded it while this one waited
+                return path
+            match = torch.hub.HASH_REGEX.search(os.path.basename(path))
+            log.info("downloading %s pretrained weights from %s to %s", name, url, path)
+            try:
+                torch.hub.download_url_to_file(url, path, match.group(1) if match else None, progress=False)
+            except Exception as err:  # offline, refused, a checksum mismatch: all end the same way
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise ModelError(f"{name} pretrained weights: downloading {url} failed ({reason}); put "
+                                 f"{os.path.basename(path)} at {path}, or set weights_path in the config to a "
+                                 "local copy") from err
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return path
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import time
+import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -128,6 +132,16 @@ def test_pretrained_input_is_renormalised_for_the_weights_and_resized_to_the_nat
     assert any("224x224" in note for note in model.notes)
 
 
+def _pretrained_recipe(tmp_path: Path, model: str, **keys) -> Path:
+    """A recipe file fine-tuning ``model`` from pretrained weights on the digits."""
+    recipe = {"format": "cnnsearch-recipe/1", "input_shape": [1, 8, 8], "num_classes": 10,
+              "classes": [str(i) for i in range(10)], "data": {"dataset": "digits"},
+              "config": {"model": model, "pretrained": True, "epochs": 1, **keys}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
 def test_pretrained_training_offline_without_weights_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
 
@@ -135,12 +149,46 @@ def test_pretrained_training_offline_without_weights_is_one_line_and_exit_2(tmp_
         raise AssertionError("tried to open a network connection")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    recipe = {"format": "cnnsearch-recipe/1", "input_shape": [1, 8, 8], "num_classes": 10,
-              "classes": [str(i) for i in range(10)], "data": {"dataset": "digits"},
-              "config": {"model": "alexnet", "pretrained": True, "epochs": 1}}
-    path = Path(tmp_path / "recipe.yaml")
-    path.write_text(yaml.safe_dump(recipe))
+    path = _pretrained_recipe(tmp_path, "alexnet")
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "alexnet-owt-7be5be79.pth" in err and str(tmp_path / "empty-hub") in err and "weights_path" in err
+
+
+def test_concurrent_loaders_download_the_weights_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub-home"))
+    monkeypatch.setenv("CNNSEARCH_DOWNLOAD_WEIGHTS", "1")
+    torch.manual_seed(2)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    fetches = []
+
+    def fetch(url, dst, hash_prefix=None, progress=True):  # the network, and only it, is mocked
+        fetches.append((url, hash_prefix))
+        time.sleep(0.5)  # a slow download: the other loaders arrive while it runs
+        torch.save(state, dst + ".partial")
+        os.replace(dst + ".partial", dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fetch)
+    config = TrialConfig.from_dict({"model": "resnet18", "pretrained": True, "input_size": 32})
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: build_model(config, (3, 32, 32), 10), range(4)))
+    assert fetches == [("https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd")]
+    assert (tmp_path / "hub-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").is_file()
+    assert all(torch.equal(m.net.layer1[0].conv1.weight, state["layer1.0.conv1.weight"]) for m in models)
+
+
+def test_a_failed_download_is_one_line_saying_which_file_to_place_where(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub-home"))
+    monkeypatch.delenv("CNNSEARCH_DOWNLOAD_WEIGHTS", raising=False)  # --download-weights sets it; restored after
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    path = _pretrained_recipe(tmp_path, "alexnet")
+    assert main(["train", "--config", str(path), "--download-weights"]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = tmp_path / "hub-home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    assert len(err.splitlines()) == 1 and "name resolution" in err and str(expected) in err
+    assert not expected.exists()
