@@ -246,8 +246,9 @@ def find_weights(name: str, weights_path: str | None) -> str:
     if not os.path.isfile(path):
         filename = os.path.basename(hub_cache_path(name))
         if weights_path is not None:
-            raise ModelError(f"config: weights_path={weights_path!r} does not exist; point it at a local "
-                             f"copy of the {name} weights ({filename} for ImageNet's)")
+            raise ModelError(f"config: weights_path={weights_path!r} does not exist on this machine; the "
+                             f"config fine-tunes from that file: copy it there, or point weights_path at a "
+                             f"local copy of the {name} weights ({filename} for ImageNet's)")
         if os.environ.get(DOWNLOAD_WEIGHTS_ENV) == "1":
             return download_weights(name)
         raise ModelError(f"{name} pretrained weights not found: looked for {path} (torch hub cache); put "
