@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -192,3 +193,38 @@ def test_a_failed_download_is_one_line_saying_which_file_to_place_where(tmp_path
     expected = tmp_path / "hub-home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     assert len(err.splitlines()) == 1 and "name resolution" in err and str(expected) in err
     assert not expected.exists()
+
+
+@pytest.mark.slow
+def test_the_seed_studys_alexnet_recipe_fine_tunes_end_to_end(workdir, capsys, monkeypatch):
+    """AlexNet from a local weights file, fine-tuned on the digits resized to 63 px; exported, retrained."""
+    monkeypatch.setenv("TORCH_HOME", str(workdir / "empty-hub"))
+    torch.manual_seed(4)
+    weights = workdir / "alexnet-local.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
+    space = workdir / "alexnet.yaml"
+    space.write_text(yaml.safe_dump({"description": "AlexNet fine-tuning", "params": {
+        "model": "alexnet", "pretrained": True, "weights_path": str(weights), "input_size": 63,
+        "freeze": "body",
+        "body_lr_mult": 0.1, "optimizer": "sgd", "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "batch_size": 16, "epochs": 1}}))  # batch 16: the memory estimate refuses AlexNet at 128 on 20 GB
+    assert main(["run", "--study", "alex", "--dataset", "digits", "--space", str(space), "--trials", "1",
+                 "--pruner", "none", "--no-progress"]) == 0
+    assert main(["export", "--study", "alex", "--out", "recipe"]) == 0
+    recipe = yaml.safe_load((workdir / "recipe" / "recipe.yaml").read_text())
+    config = recipe["config"]
+    assert (config["model"], config["pretrained"], config["input_size"]) == ("alexnet", True, 63)
+    assert config["freeze"] == "body" and config["body_lr_mult"] == 0.1
+    assert config["weights_path"] == str(weights)
+    capsys.readouterr()
+
+    assert main(["train", "--config", "recipe/recipe.yaml", "--out", "retrained"]) == 0
+    metrics = json.loads((workdir / "retrained" / "metrics.json").read_text())
+    assert metrics["val_accuracy"] == recipe["metrics"]["val_accuracy"]
+    assert any("63x63" in note for note in metrics["notes"])
+
+    weights.rename(workdir / "elsewhere.pth")  # another machine, without the file
+    capsys.readouterr()
+    assert main(["train", "--config", "recipe/recipe.yaml", "--out", "again"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(weights) in err and "fine-tunes from that file" in err
