@@ -117,3 +117,9 @@ def test_ab_runs_one_benchmark_on_the_base_commit_and_the_working_tree():
     assert len(rows) == 2 and all("slowest suggestion window" in row for row in rows)
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "cnnsearch-ab-" not in worktrees  # the base's worktree is removed again
+
+
+def test_transfer_compares_fine_tuning_with_scratch_on_a_disjoint_target():
+    out = run_script("transfer", "--smoke")
+    assert "| seed" in out and "fine-tuned test acc" in out and "| median" in out
+    assert "RESULT transfer: fine-tuned" in out and "vs scratch" in out
