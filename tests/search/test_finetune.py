@@ -228,3 +228,8 @@ def test_the_seed_studys_alexnet_recipe_fine_tunes_end_to_end(workdir, capsys, m
     assert main(["train", "--config", "recipe/recipe.yaml", "--out", "again"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(weights) in err and "fine-tunes from that file" in err
+
+
+def test_input_size_on_the_custom_family_is_noted_as_ignored():
+    model = build_model(TrialConfig.from_dict({"input_size": 64, "depth": 1, "width": 4}), (1, 8, 8), 10)
+    assert "input_size 64 ignored: model 'cnn' is built for the data's size" in model.notes
