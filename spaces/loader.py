@@ -3,6 +3,7 @@
 A space file is a mapping::
 
     description: one line shown by `cnnsearch spaces`       # optional
+    full_grid: true      # optional: meant to run every grid point (`--sampler auto` runs the grid)
     params:
       lr: {type: float, low: 1.0e-4, high: 0.1, log: true}  # optional step (not with log)
       batch_size: {type: categorical, choices: [32, 64, 128]}
@@ -35,7 +36,7 @@ from spaces.errors import SpaceError
 from spaces.schema import CONFIG_KEYS, check_value, unknown_key_message
 from spaces.space import Param, Space, dependency_order, same_value, step_count
 
-TOP_KEYS = ("description", "params", "start")
+TOP_KEYS = ("description", "params", "start", "full_grid")
 SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "float": ("type", "low", "high", "log", "step", "when"),
     "int": ("type", "low", "high", "log", "step", "when"),
@@ -120,6 +121,10 @@ def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = Tr
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise SpaceError(f"{source}: description={_preview(description)} is not text; give one line of text")
+    full_grid = data.get("full_grid", False)
+    if not isinstance(full_grid, bool):
+        raise SpaceError(f"{source}: full_grid={_preview(full_grid)} is not true or false; give full_grid: true "
+                         "for a space meant to run every point of its grid")
 
     params: dict[str, Param] = {}
     fixed: dict[str, Any] = {}
@@ -147,8 +152,11 @@ def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = Tr
                          ) from None
     ordered = {n: params[n] for n in dependency_order(list(params), deps)}
     start = _parse_start(source, data.get("start"), ordered)
-    return Space(name=name, source=source, description=" ".join(description.split()), params=ordered,
-                 fixed=fixed, strict=strict, start=start)
+    space = Space(name=name, source=source, description=" ".join(description.split()), params=ordered,
+                  fixed=fixed, strict=strict, start=start, full_grid=full_grid)
+    if full_grid:
+        space.grid_size()  # a full grid needs a finite one: refused here, named, before any study
+    return space
 
 
 def _parse_start(source: str, raw: Any, params: Mapping[str, Param]) -> list[dict[str, Any]]:

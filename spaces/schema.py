@@ -130,6 +130,12 @@ class TrialConfig(Mapping):
     fc_units: int = key(0, "hidden units of an extra fully connected layer in the head (0: none)", low=0, high=8192)
     dropout: float = key(0.0, "dropout before the classifier", low=0.0, high=1.0, high_open=True)
     init: str = key("default", "weight initialisation", choices=("default", "kaiming", "xavier"))
+    # --- HOG feature fusion (custom CNN; computed on the device, as skimage.feature.hog) ---
+    hog: bool = key(False, "fuse HOG features of the input with the CNN's pooled features before the head")
+    hog_cell: int = key(4, "HOG: pixels per cell side", low=1, high=64)
+    hog_orientations: int = key(9, "HOG: orientation bins over 0-180 degrees", low=2, high=36)
+    hog_block: int = key(2, "HOG: cells per block side (blocks overlap by all but one cell)", low=1, high=8)
+    hog_norm: str = key("l2_hys", "HOG: block normalisation", choices=("l1", "l1_sqrt", "l2", "l2_hys"))
     # --- optimisation ---
     optimizer: str = key("adam", "optimizer", choices=("sgd", "adam", "adamw"))
     lr: float = key(1e-3, "peak learning rate", low=1e-7, high=10.0)

@@ -182,13 +182,14 @@ class Space:
     every parameter its ``when`` names); ``fixed`` are values every trial uses. With
     ``strict`` (the default) a config is a :class:`spaces.schema.TrialConfig` (keys the space
     leaves out take their defaults); otherwise it is a plain dict of the space's own keys
-    (benchmark spaces whose names are not CNN config keys). Two spaces are equal when their
-    fingerprints are.
+    (benchmark spaces whose names are not CNN config keys). ``full_grid`` says the space is
+    meant to run every point of its grid (a full factorial table): ``--sampler auto`` then runs
+    the grid. Two spaces are equal when their fingerprints are.
     """
 
     def __init__(self, name: str, source: str, description: str, params: Mapping[str, Param],
                  fixed: Mapping[str, Any], strict: bool = True,
-                 start: list[dict[str, Any]] | None = None) -> None:
+                 start: list[dict[str, Any]] | None = None, full_grid: bool = False) -> None:
         self.name = name
         self.source = source
         self.description = description
@@ -196,6 +197,7 @@ class Space:
         self.fixed: dict[str, Any] = dict(fixed)
         self.strict = strict
         self.start: list[dict[str, Any]] = [dict(p) for p in start or []]
+        self.full_grid = full_grid
 
     def __repr__(self) -> str:
         return (f"Space(name={self.name!r}, params={list(self.params)}, fixed={list(self.fixed)}, "
@@ -337,6 +339,8 @@ class Space:
         data: dict[str, Any] = {}
         if self.description:
             data["description"] = self.description
+        if self.full_grid:
+            data["full_grid"] = True
         data["params"] = params
         if self.start:
             data["start"] = [dict(p) for p in self.start]
@@ -346,6 +350,7 @@ class Space:
         """:meth:`to_dict` as YAML in the space's own order, one line per parameter."""
         data = self.to_dict()
         lines = [f"description: {_flow_yaml(data['description'])}"] if "description" in data else []
+        lines += ["full_grid: true"] if self.full_grid else []
         lines.append("params:" if data["params"] else "params: {}")
         lines += [f"  {_flow_yaml(name)}: {_flow_yaml(spec)}" for name, spec in data["params"].items()]
         if self.start:
@@ -354,7 +359,7 @@ class Space:
         return "\n".join(lines) + "\n"
 
     def fingerprint(self) -> str:
-        """16 hex characters naming the definition (description and start points excluded).
+        """16 hex characters naming the definition (description, start points and full_grid excluded).
 
         Stable across processes and key order; any change of a range, choice, condition or
         fixed value changes it.

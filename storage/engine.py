@@ -51,6 +51,10 @@ logger = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_S = 60
 """How long a SQLite writer waits for another process's write lock before giving up."""
 
+DATABASE_LOST = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+                 sqlalchemy.exc.InterfaceError)
+"""What a database call raises when the server is down, the connection broke or the file is locked."""
+
 _REASON_MAX_CHARS = 300
 _OPEN_ATTEMPTS = 4
 
@@ -77,6 +81,8 @@ def open_storage(
     grace_period: int | None = None,
     max_retry: int = 2,
     connect_timeout: int = 10,
+    *,
+    read_only: bool = False,
 ) -> optuna.storages.RDBStorage:
     """Open (creating the tables if needed) the study database at ``url``.
 
@@ -90,6 +96,9 @@ def open_storage(
             default three heartbeat intervals. Must be longer than ``heartbeat_interval``.
         max_retry: how many times a trial killed with its worker is queued again.
         connect_timeout: seconds to wait for a PostgreSQL server to answer (not used for SQLite).
+        read_only: the caller only reads studies (``status``, ``report``...): a SQLite file must exist
+            (a typo creates no empty database) and need not be writable. Otherwise a SQLite file must
+            be writable and not locked by another process, checked here rather than at the first write.
 
     Returns:
         An ``RDBStorage`` whose connection has been tested. It pickles to a handle that opens its
@@ -97,15 +106,15 @@ def open_storage(
 
     Raises:
         StorageError: one line with the URL (password masked) and the reason: an unknown scheme,
-            a missing directory, an unreachable server, a wrong password, a missing database, or a
-            database written by an incompatible Optuna.
+            a missing directory or file, a read-only or locked file, an unreachable server, a wrong
+            password, a missing database, or a database written by an incompatible Optuna.
     """
     url = normalize_scheme(url.strip())
     shown = mask_url(url)
     parsed = parse_storage_url(url)
 
     if parsed.drivername == "sqlite":
-        url, engine_kwargs = _sqlite_settings(parsed, shown)
+        url, engine_kwargs = _sqlite_settings(parsed, shown, read_only)
     elif parsed.drivername == POSTGRES_SCHEME:
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": connect_timeout}}
     else:
@@ -117,7 +126,7 @@ def open_storage(
     try:
         storage = _create_rdb_storage(url, engine_kwargs, heartbeat_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-        reason = _short_reason(error, parsed.password)
+        reason = short_reason(error, parsed.password)
         raise StorageError(f"cannot open storage {shown}: {reason}") from error
     except ImportError as error:
         raise StorageError(
@@ -166,8 +175,8 @@ def _is_table_creation_race(error: sqlalchemy.exc.SQLAlchemyError) -> bool:
     return "already exists" in str(getattr(error, "orig", error))
 
 
-def _sqlite_settings(parsed: URL, shown: str) -> tuple[str, dict[str, Any]]:
-    """The absolute-path URL and engine settings for a SQLite file; checks its directory exists."""
+def _sqlite_settings(parsed: URL, shown: str, read_only: bool) -> tuple[str, dict[str, Any]]:
+    """The absolute-path URL and engine settings for a SQLite file; checks it can be used as asked."""
     database = parsed.database
     if not database or database == ":memory:":
         raise StorageError(f"storage URL {shown!r} names no file; expected {ACCEPTED_URLS}")
@@ -176,8 +185,47 @@ def _sqlite_settings(parsed: URL, shown: str) -> tuple[str, dict[str, Any]]:
         raise StorageError(
             f"storage URL {shown!r}: directory {path.parent} does not exist; create it or choose another path"
         )
+    if read_only and not path.is_file():
+        raise StorageError(f"no such database file: {path} (storage URL {shown!r}); check --storage or "
+                           "$CNNSEARCH_STORAGE (`cnnsearch run` creates the database)")
+    if not read_only:
+        _check_writable(path, shown)
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "factory": _WalConnection}}
     return parsed.set(database=str(path)).render_as_string(hide_password=False), engine_kwargs
+
+
+def _check_writable(path: Path, shown: str) -> None:
+    """Refuse a SQLite file that cannot be written or is locked, with the cause, before any write fails.
+
+    SQLite reports these late and vaguely: an immutable file or a read-only mount fails the first
+    write ("attempt to write a readonly database", "unable to open database file", which Optuna
+    wraps as "invalid data ... exceeding max length"), and a lock held by another process is
+    waited for at every write. The directory must be writable too: the journal (``-wal``,
+    ``-shm``) and the claim lock live beside the file.
+    """
+    for target in (path, path.parent):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise StorageError(f"storage {shown}: {target} is read-only; cnnsearch writes the study there "
+                               f"(and its journal beside it): make it writable or choose another --storage")
+    probe = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")  # the write lock: waits up to the busy timeout for other writers
+        probe.execute("ROLLBACK")
+    except sqlite3.DatabaseError as error:
+        raise StorageError(f"cannot open storage {shown}: {_sqlite_cause(error)}") from None
+    finally:
+        probe.close()
+
+
+def _sqlite_cause(error: BaseException) -> str:
+    """A SQLite error in the user's terms: what holds the file, or what it is."""
+    text = _one_line(str(error))
+    if "locked" in text or "busy" in text:
+        return (f"database is locked by another process (waited {SQLITE_BUSY_TIMEOUT_S} s); "
+                "stop the process holding it (e.g. an open `sqlite3` shell) or choose another --storage")
+    if "readonly" in text:
+        return "database is read-only; make the file and its directory writable or choose another --storage"
+    return text
 
 
 def _heartbeat_settings(heartbeat_interval: int | None, grace_period: int | None, max_retry: int) -> dict[str, Any]:
@@ -208,14 +256,22 @@ def _heartbeat_settings(heartbeat_interval: int | None, grace_period: int | None
     return {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period, callback_argument: callback}
 
 
-def _short_reason(error: BaseException, password: str | None) -> str:
-    """The driver's own message for ``error`` on one line, without the password."""
+def short_reason(error: BaseException, password: str | None = None) -> str:
+    """The driver's own message for a database error on one line, without ``password``.
+
+    Optuna wraps every failed commit in a ``StorageInternalError`` whose own message blames
+    "invalid data ... e.g. exceeding max length", whatever happened: the real cause is the
+    driver's error underneath (server gone, file locked).
+    """
     cause: BaseException = error
     if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
         cause = error.__cause__
     # SQLAlchemy wraps the driver's exception in .orig; its own str() adds the SQL and a web link.
     driver_error = getattr(cause, "orig", None) or cause
-    reason = _one_line(str(driver_error)) or type(driver_error).__name__
+    if isinstance(driver_error, sqlite3.Error):
+        reason = _sqlite_cause(driver_error)
+    else:
+        reason = _one_line(str(driver_error)) or type(driver_error).__name__
     if password:
         reason = reason.replace(password, "***")
     if len(reason) > _REASON_MAX_CHARS:

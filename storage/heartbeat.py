@@ -8,16 +8,19 @@ to read its heartbeat table back.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 from collections.abc import Mapping
 
 import optuna
+from optuna.trial import TrialState
 
+from storage.engine import short_reason
 from storage.errors import StorageError
 from storage.periodic import Periodic
-from storage.records import LAST_HEARTBEAT
+from storage.records import FAIL_MESSAGE, FAIL_REASON, LAST_HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,15 @@ def heartbeat_settings(environ: Mapping[str, str] | None = None) -> dict[str, in
     flags. Unset means the defaults (10 s, grace three intervals); ``0`` turns heartbeats off.
 
     Raises:
-        StorageError: a value that is not a whole number of seconds.
+        StorageError: a value that is not a whole number of seconds, or a grace period not longer
+            than the interval (checked here, so a command refuses it before it creates anything).
     """
     env = os.environ if environ is None else environ
     interval = _seconds(env, INTERVAL_ENV, DEFAULT_INTERVAL)
     grace = _seconds(env, GRACE_ENV, None)
+    if interval and grace is not None and grace <= interval:
+        raise StorageError(f"${GRACE_ENV}={grace} must be longer than the heartbeat interval ({interval} s, "
+                           f"${INTERVAL_ENV}); use e.g. {3 * interval}")
     return {"heartbeat_interval": interval or None, "grace_period": grace}
 
 
@@ -93,6 +100,49 @@ class Heartbeat:
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
         except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the trial
-            log.warning("heartbeat for trial id %d not recorded: %s", self._trial_id,
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("heartbeat for trial id %d not recorded: %s", self._trial_id, short_reason(exc))
         return True
+
+
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int) -> None:
+    """Fail the running trials whose worker stopped beating, each with its reason, and queue their retries.
+
+    What Optuna's ``fail_stale_trials`` does, plus the reason (``interrupted``): a trial's user attrs
+    cannot be written once it has ended, so the reason is written first. The stale trials are read
+    as Optuna reads them (``_get_stale_trial_ids``, the heartbeat storages' own query). Another worker
+    failing the same trial at the same moment is no error: one of the two does it.
+    """
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        return
+    for trial_id in storage._get_stale_trial_ids(study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, "interrupted")
+            storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, "no heartbeat within the grace period: its worker "
+                                                                "was killed or lost the database")
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        queue_retry(study, storage, trial_id)
+        log.warning("trial %d failed: its worker stopped sending heartbeats; queued for a retry",
+                    storage.get_trial(trial_id).number)
+
+
+def queue_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """Queue the failed trial ``trial_id`` again, with its params, as Optuna's retry callback does.
+
+    The retry links the failed trial (system attr ``failed_trial``) and does not count against
+    the budget. Nothing is queued with heartbeats off (no retry callback), for a trial
+    retried ``max_retry`` times already, or for one that has not been marked FAIL.
+    """
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
+    retry = callback()
+    if retry is None:
+        return
+    failed = copy.deepcopy(storage.get_trial(trial_id))
+    if failed.state != TrialState.FAIL:  # stopped before it was marked: the stale-trial check retries it
+        return
+    # The retry inherits the user attrs; the failure reason belongs to the failed attempt only.
+    failed.user_attrs = {k: v for k, v in failed.user_attrs.items() if k not in (FAIL_REASON, FAIL_MESSAGE)}
+    retry(study, failed)

@@ -67,6 +67,7 @@ FAIL_REASONS = {
     "timeout": "over --trial-timeout",
     "error": "crashed (exception)",
     "interrupted": "worker interrupted or killed",
+    "storage": "lost its database mid-trial",
     "constraint": "over --max-params before training",
     "memory": "too big for the worker's memory before training",
 }

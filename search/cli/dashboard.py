@@ -80,7 +80,7 @@ def dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080
     from storage import artifact_store_for, open_storage
 
     # Heartbeats are for workers running trials; the dashboard only reads (and lets people tell).
-    storage = open_storage(storage_url, heartbeat_interval=None)
+    storage = open_storage(storage_url, heartbeat_interval=None, read_only=True)
     app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store_for(storage_url, artifacts))
     try:
         server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)

@@ -28,7 +28,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from storage.studies import load_study
 
     url = resolve_storage_url(args.storage)
-    study = load_study(open_storage(url, heartbeat_interval=None), args.study)
+    study = load_study(open_storage(url, heartbeat_interval=None, read_only=True), args.study)
     out = check_out_dir(args.out or default_out_dir(args.study), args.study)
     final = None
     if args.final_eval:

@@ -103,18 +103,21 @@ def _ray_options(args: argparse.Namespace, workers: int) -> RayOptions | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER
+    from search.study.samplers import default_pruner, resolve_sampler
     from search.study.spec import StudySpec
     from spaces import load_space
+    from storage.heartbeat import heartbeat_settings
 
+    heartbeat_settings()  # the workers read it when they start: refused now, before the study is created
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
-    if args.trials is None and args.timeout is None and args.sampler != "grid":
-        return usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
     space = load_space(args.space)
+    sampler = resolve_sampler(args.sampler, space)
+    if args.trials is None and args.timeout is None and sampler != "grid":
+        return usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
     spec = StudySpec(
         space=space, dataset=args.dataset, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
-        sampler=args.sampler or DEFAULT_SAMPLER, pruner=args.pruner or DEFAULT_PRUNER, seed=args.seed,
+        sampler=sampler, pruner=args.pruner or default_pruner(sampler), seed=args.seed,
         image_size=args.image_size, split_seed=args.split_seed, data_dir=args.data_dir,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial_timeout=args.trial_timeout,
         max_failures=args.max_failures, budget=args.trials, keep_checkpoints=args.keep_checkpoints,
@@ -122,6 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if spec.sampler == "grid":
         space.grid()  # refuses a space without a finite grid before anything is created
+        if args.trials is not None and args.trials > (size := space.grid_size()):
+            print(f"--trials {args.trials} is more than the grid's {size} points: each point runs once, "
+                  f"{size} trials")
     from search.study.local import run_study
     from search.study.signals import stop_on_sigterm
 

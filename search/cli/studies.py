@@ -15,7 +15,8 @@ def _open_study(args: argparse.Namespace):
     from storage import open_storage, resolve_storage_url
     from storage.studies import load_study
 
-    return load_study(open_storage(resolve_storage_url(args.storage), heartbeat_interval=None), args.study)
+    storage = open_storage(resolve_storage_url(args.storage), heartbeat_interval=None, read_only=True)
+    return load_study(storage, args.study)
 
 
 def no_best(study: optuna.Study) -> str:
@@ -119,7 +120,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
     from reports.summary import studies_records
     from storage import open_storage, resolve_storage_url
 
-    records = studies_records(open_storage(resolve_storage_url(args.storage), heartbeat_interval=None))
+    storage = open_storage(resolve_storage_url(args.storage), heartbeat_interval=None, read_only=True)
+    records = studies_records(storage)
     if args.json:
         print_json(records)
         return 0

@@ -193,7 +193,7 @@ def export_recipe(storage_url: str, study_name: str, out_dir: str | Path, *, tri
 
     if fmt not in FORMATS:
         raise CnnSearchError(f"--format {fmt!r} is not accepted; choose yaml or json")
-    study = load_study(open_storage(storage_url, heartbeat_interval=None), study_name)
+    study = load_study(open_storage(storage_url, heartbeat_interval=None, read_only=True), study_name)
     chosen = pick_trial(study, trial)
     spec = load_spec(study)
     images, split = load_study_data(spec, data_dir)

@@ -23,6 +23,7 @@ from search.study.dataset import load_study_data, record_or_check_split
 from search.study.errors import WorkerStopped
 from search.study.progress import StudyProgress
 from search.study.records import INTERRUPTED, WorkerSummary, raise_worker_errors
+from search.study.samplers import grid_budget
 from search.study.signals import stop_on_sigterm
 from search.study.spec import StudySpec, create_or_resume, fill_budget, warm_start_params
 from search.study.worker import WorkerSettings, worker_loop, worker_summary
@@ -82,7 +83,7 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
     warm = warm_start_params(storage, warm_start, spec.space) if warm_start else None
     added = fill_budget(study, spec, warm)
     log.info("study %r: %d trials enqueued", study_name, added)
-    total = spec.budget if spec.sampler != "grid" or spec.budget else len(study.get_trials(deepcopy=False))
+    total = grid_budget(spec.space, spec.budget) if spec.sampler == "grid" else spec.budget
     workers: list[WorkerSummary] = []
     with StudyProgress(study, total=total, enabled=progress):
         if ray is not None:

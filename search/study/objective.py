@@ -32,6 +32,7 @@ from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
 from search.trial.train import fit, training_memory
 from spaces.schema import TrialConfig
+from storage.engine import DATABASE_LOST
 from storage.records import (
     CONFIG,
     CONSTRAINTS,
@@ -120,6 +121,8 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         _record_training(trial, progress)
         _fail(study, trial, INTERRUPTED, f"worker stopped by {type(exc).__name__}")
         raise
+    except DATABASE_LOST:
+        raise  # not the trial's failure: the worker waits for the database and queues the trial again
     except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the study goes on
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
         log.warning("trial %d failed: %s", trial.number, message, exc_info=True)

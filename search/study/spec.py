@@ -5,10 +5,14 @@ written into the study's user attrs when it is created, and every worker (local,
 ``cnnsearch worker`` on another machine) reads it back from there instead of from flags.
 Resuming or joining with a different space, dataset, split or objectives is refused.
 
-The trial budget is study-wide and exact: ``--trials N`` enqueues N WAITING trials (grid
-points, warm-start configs, or empty placeholders the sampler fills in), and workers only
-claim waiting trials (:func:`storage.claims.claim_waiting_trial`), so N workers finish exactly N trials.
+The trial budget is study-wide and exact: ``--trials N`` is recorded in the study; the
+points known in advance (warm-start configs, the space's start points, grid points) are
+enqueued as WAITING trials, and a worker that finds none waiting creates a trial for the
+sampler while the study holds fewer than N (:meth:`search.study.worker.Worker.claim`), so
+N workers finish exactly N trials, and a budget of 100,000 costs nothing up front.
 A study without a budget (``--timeout`` only) lets workers create trials on demand.
+Creating a study and enqueueing its points hold :func:`storage.claims.study_lock`: runs
+started at the same moment make one study with one budget.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import platform
 import random
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from typing import Any
@@ -26,10 +31,11 @@ import optuna
 from optuna.trial import TrialState
 
 from search.study.errors import StudyError
-from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler
+from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler, grid_budget
 from search.trial.datasets import absolute_dataset_name
 from spaces import Space, parse_space
 from spaces.schema import DEFAULT_CONFIG
+from storage.claims import study_lock
 from storage.names import check_study_name
 from storage.records import (
     FIXED_PARAMS,
@@ -173,7 +179,14 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: Stud
 
     Settings that are not part of the study's identity (sampler, pruner, budget, timeouts)
     are updated to ``spec``'s on resume, so a user can e.g. switch from random to TPE.
+    Processes that call this at the same moment take turns (:func:`storage.claims.study_lock`):
+    one creates the study and records its spec, the others then join it.
     """
+    with _locked(getattr(storage, "url", None), name):
+        return _create_or_resume(storage, name, spec)
+
+
+def _create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: StudySpec) -> optuna.Study:
     wanted = spec.to_attrs()
     study = optuna.create_study(study_name=check_study_name(name), storage=storage, directions=spec.directions,
                                 load_if_exists=True)
@@ -204,14 +217,20 @@ def load_spec(study: optuna.Study) -> StudySpec:
 
 
 def fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str, Any]] | None = None) -> int:
-    """Enqueue WAITING trials until the study holds ``spec.budget`` trials; return how many were added.
+    """Enqueue the points known in advance, within ``spec.budget``; return how many were added.
 
     Order: warm-start params first, then the space's ``start`` points, then grid points
-    (shuffled with the study seed, so a partial grid still spreads over the space), then
-    empty placeholders for the sampler. A point some trial already ran is not enqueued again.
-    Warm-start and start trials carry user attr ``origin`` (``warm_start`` / ``start``):
-    :func:`search.study.objective.run_trial` never prunes them (see there).
+    (shuffled with the study seed, so a partial grid still spreads over the space). A point
+    some trial already ran is not enqueued again. The rest of the budget is left to the
+    workers, which create the sampler's trials as they need them. Warm-start and start trials
+    carry user attr ``origin`` (``warm_start`` / ``start``): :func:`search.study.objective.run_trial`
+    never prunes them (see there). Processes filling one study at once take turns.
     """
+    with _locked(_storage_url(study), study.study_name):
+        return _fill_budget(study, spec, warm_start)
+
+
+def _fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str, Any]] | None) -> int:
     trials = study.get_trials(deepcopy=False)
     counted = sum(1 for t in trials if is_original(t))
     seen = {_key(t.params) for t in trials} | {_key(t.system_attrs.get(FIXED_PARAMS, {})) for t in trials}
@@ -225,17 +244,26 @@ def fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str,
         points = spec.space.grid()
         random.Random(spec.seed).shuffle(points)
         queue += [(p, None) for p in points if _key(p) not in seen]
-        budget = counted + len(queue) if spec.budget is None else spec.budget
+        budget = min(grid_budget(spec.space, spec.budget), counted + len(queue))  # each point once
     else:
         budget = spec.budget
     if budget is None:
         budget = counted + len(queue)
-    added = 0
-    while counted + added < budget:
-        params, origin = queue[added] if added < len(queue) else ({}, None)
+    queue = queue[:max(0, budget - counted)]
+    for params, origin in queue:
         study.enqueue_trial(params, user_attrs={ORIGIN: origin} if origin else None)
-        added += 1
-    return added
+    return len(queue)
+
+
+def _locked(url: str | None, study_name: str) -> AbstractContextManager[None]:
+    return study_lock(url, study_name) if url else nullcontext()
+
+
+def _storage_url(study: optuna.Study) -> str | None:
+    """The URL of the SQL database ``study`` lives in; None for an in-memory study."""
+    # Optuna keeps a study's storage private (wrapped in its trial cache); the URL names the lock.
+    storage = getattr(study._storage, "_backend", study._storage)
+    return getattr(storage, "url", None)
 
 
 def _key(params: dict[str, Any]) -> tuple:

@@ -10,34 +10,32 @@ trial (:meth:`Worker.claim`), run it (:meth:`Worker.run`), record its outcome
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-import sqlalchemy.exc
 import torch
-from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from reports.notes import refresh_study_note
 from search.study.dataset import load_study_data, record_or_check_split
-from search.study.errors import StudyError, TooManyFailures, user_errors
+from search.study.errors import StudyError, TooManyFailures, WorkerStopped, user_errors
 from search.study.objective import run_trial, worker_identity
 from search.study.records import TrialOutcome, WorkerSummary
-from search.study.samplers import make_pruner, make_sampler
+from search.study.samplers import make_pruner, make_study_sampler
 from search.study.spec import StudySpec, load_spec
 from search.trial.data import TrialData, prepare_data
 from search.trial.device import resolve_device, use_deterministic_kernels
 from storage import StorageError, mask_url, open_storage
-from storage.claims import claim_lock, claim_waiting_trial
-from storage.heartbeat import Heartbeat, heartbeat_settings
-from storage.records import FAIL_MESSAGE, FAIL_REASON, GPU_IDS
+from storage.claims import claim_waiting_trial, study_lock
+from storage.engine import DATABASE_LOST, short_reason
+from storage.heartbeat import Heartbeat, fail_stale_trials, heartbeat_settings, queue_retry
+from storage.records import FAIL_MESSAGE, FAIL_REASON, GPU_IDS, STUDY_BUDGET
+from storage.studies import is_original
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +44,12 @@ IDLE_POLL_SECONDS = 2.0
 STORAGE_OUTAGE_SECONDS = 600.0
 """How long a worker keeps retrying a database that went away before it gives up."""
 
-STORAGE_LOST = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
-                sqlalchemy.exc.InterfaceError)
-"""What a database call raises when the server is down or the connection broke."""
-
 
 @dataclass(frozen=True)
 class WorkerSettings:
     """How one worker runs: on which device, for how long, under which name.
 
-    ``worker_index`` picks the GPU for ``device="auto"`` and offsets the sampler's seed;
+    ``worker_index`` picks the GPU for ``device="auto"`` (the sampler's seed does not depend on it);
     ``max_trials`` and ``timeout`` (seconds; no new trial starts later, the running one
     finishes) bound this worker alone; ``parallel`` tells the sampler that other workers
     sample at the same time; ``attrs`` are recorded on each of its trials besides host,
@@ -97,10 +91,11 @@ def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | No
                 time.sleep(IDLE_POLL_SECONDS)  # others are running: wait to pick up a retry if one dies
                 continue
             outcome = worker.run(trial_id)
-        except STORAGE_LOST as exc:
-            # The database went away (a restart, a network cut). A trial it broke mid-way stays
-            # RUNNING without heartbeats: once the database is back, the next fail_stale_trials
-            # (here or in another worker) fails it and queues its retry.
+        except DATABASE_LOST as exc:
+            # The database went away (a restart, a network cut). A trial it broke mid-way was failed
+            # and queued again by Worker.run if the database was back by then; if not, it stays
+            # RUNNING without heartbeats, and the next fail_stale_trials (here or in another worker)
+            # fails it with its reason and queues its retry.
             outage.wait(exc)
             continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -145,7 +140,7 @@ def _join(storage_url: str, study_name: str, settings: WorkerSettings, data: Tri
     while True:
         try:
             worker = Worker(storage_url, study_name, settings, data)
-        except STORAGE_LOST as exc:
+        except DATABASE_LOST as exc:
             outage.wait(exc)
             continue
         outage.reset()
@@ -165,7 +160,9 @@ class Worker:
         # Optuna wraps an RDBStorage in its trial cache inside every Study; claiming trials through
         # that same wrapper keeps the cache coherent (a trial claimed on the bare storage is unknown
         # to the Study's cache). get_storage is how Optuna itself builds that wrapper.
-        self.storage = optuna.storages.get_storage(open_storage(storage_url, **heartbeat_settings()))
+        rdb = open_storage(storage_url, **heartbeat_settings())
+        self.lock_url = rdb.url  # absolute: the lock of a worker started in another directory is the same
+        self.storage = optuna.storages.get_storage(rdb)
         try:
             self.study_id = self.storage.get_study_id_from_name(study_name)
         except KeyError:
@@ -202,42 +199,81 @@ class Worker:
     def claim(self) -> int | None:
         """Fail the trials of dead workers (queueing their retries), then claim a waiting trial.
 
-        Without a budget a new trial is made when none waits; None means nothing to claim.
+        When none waits, a new trial is made for the sampler while the study is under its budget
+        (or has none); None means nothing to claim. Both under the study's lock, so workers
+        finishing together never make one trial too many.
         """
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            fail_stale_trials(self.study)  # experimental since Optuna 2.9 and unchanged since
-        with claim_lock(self.storage_url):
+        fail_stale_trials(self.study, self.storage, self.study_id)
+        with study_lock(self.lock_url, self.study.study_name):
             trial_id = claim_waiting_trial(self.storage, self.study_id)
-        if trial_id is None and self.spec.budget is None and self.spec.sampler != "grid":
-            trial_id = self.storage.create_new_trial(self.study_id)
+            if trial_id is None and self._under_budget():
+                trial_id = self.storage.create_new_trial(self.study_id)
         return trial_id
+
+    def _under_budget(self) -> bool:
+        """Whether the study may have one more trial (retries of lost trials do not count).
+
+        The budget is read from the study each time: a resumed ``run --trials`` may have raised
+        it since this worker joined. Without a budget: always. A grid: never, its points within
+        the budget are all enqueued (each runs once).
+        """
+        if self.spec.sampler == "grid":
+            return False
+        budget = self.storage.get_study_user_attrs(self.study_id).get(STUDY_BUDGET)
+        if budget is None:
+            return True
+        trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
+        return sum(1 for t in trials if is_original(t)) < budget
 
     def nothing_running(self) -> bool:
         """Whether no trial of the study runs anywhere: with none to claim, the budget is spent."""
         return not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
     def run(self, trial_id: int) -> TrialOutcome:
-        """Run the claimed trial under a heartbeat; a trial the database broke is queued again."""
-        with Heartbeat(self.storage, trial_id):
-            outcome = run_trial(self.study, trial_id, self.spec, self.data, self.device, self.identity)
+        """Run the claimed trial under a heartbeat.
+
+        A trial the database broke, or one this worker was stopped in (SIGTERM, Ctrl-C; marked
+        FAIL ``interrupted`` by run_trial), is queued again: it does not use the budget, as
+        the trial of a killed worker does not. The error propagates.
+        """
+        try:
+            with Heartbeat(self.storage, trial_id):
+                outcome = run_trial(self.study, trial_id, self.spec, self.data, self.device, self.identity)
+        except DATABASE_LOST:
+            self._fail_lost(trial_id)
+            raise
+        except (KeyboardInterrupt, WorkerStopped):
+            queue_retry(self.study, self.storage, trial_id)
+            raise
         if self.device.type == "cuda":
             # The trial's cached blocks back to the driver: a worker cannot tell whether others share
             # its GPU (--gpus-per-trial 0.5, more jobs than GPUs, compose replicas), and without this
             # each would keep the peak of its largest trial reserved for ever. No gc.collect here
             # (~0.2-1 s with a worker's heap): the finished trial's tensors are freed by refcount.
             torch.cuda.empty_cache()
-        if _lost_to_storage(outcome):
-            _queue_retry(self.study, self.storage, trial_id)
         return outcome
+
+    def _fail_lost(self, trial_id: int) -> None:
+        """Fail a trial the database broke, with its reason, and queue it again, if the database is back.
+
+        If it is not, the trial stays RUNNING without heartbeats, and the stale-trial check fails
+        and retries it once the database is back.
+        """
+        try:
+            self.storage.set_trial_user_attr(trial_id, FAIL_REASON, "storage")
+            self.storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, "its worker lost the database mid-trial")
+            if self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                queue_retry(self.study, self.storage, trial_id)
+                log.warning("trial id %d lost the database mid-trial; queued again", trial_id)
+        except (*DATABASE_LOST, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # still gone, or another worker failed it already
 
     def record(self, outcome: TrialOutcome) -> None:
         """Count the outcome; refresh the dashboard's note; stop the study after too many failures in a row."""
         if outcome.state == TrialState.COMPLETE:
             refresh_study_note(self.study, outcome.number)  # the dashboard's note: best config so far; never raises
         self.summary.outcomes.append(outcome)
-        if not _lost_to_storage(outcome):  # the database's failure, not the trial's
-            self.failures_in_a_row = self.failures_in_a_row + 1 if outcome.state == TrialState.FAIL else 0
+        self.failures_in_a_row = self.failures_in_a_row + 1 if outcome.state == TrialState.FAIL else 0
         if self.failures_in_a_row >= self.spec.max_failures:
             raise TooManyFailures(f"study {self.study.study_name!r} stopped: {self.failures_in_a_row} trials failed "
                                   f"in a row (--max-failures {self.spec.max_failures}); last reason: {outcome.reason}")
@@ -245,38 +281,14 @@ class Worker:
 
 def _open_study(storage: optuna.storages.BaseStorage, study_name: str, spec: StudySpec,
                 settings: WorkerSettings) -> optuna.Study:
-    """The study with this worker's sampler (seed offset by its index) and the study's pruner."""
-    sampler_seed = None if spec.seed is None else spec.seed + 7919 * settings.worker_index
+    """The study with the study's sampler (seeded per trial, never repeating a config) and pruner."""
     return optuna.load_study(
         study_name=study_name, storage=storage,
-        sampler=make_sampler(spec.sampler, sampler_seed, n_objectives=len(spec.objectives),
-                             parallel=settings.parallel, constraints=bool(spec.max_params or spec.max_latency_ms),
-                             n_params=len(spec.space.params)),
+        sampler=make_study_sampler(spec.sampler, spec.seed, spec.space, n_objectives=len(spec.objectives),
+                                   parallel=settings.parallel,
+                                   constraints=bool(spec.max_params or spec.max_latency_ms)),
         pruner=make_pruner(spec.pruner, spec.max_epochs, len(spec.objectives)),
     )
-
-
-def _lost_to_storage(outcome: TrialOutcome) -> bool:
-    """Whether a trial failed because a database call failed (run_trial records it as an error)."""
-    names = {error.__name__ for error in STORAGE_LOST}
-    return outcome.state == TrialState.FAIL and (outcome.reason or "").split(":", 1)[0] in names
-
-
-def _queue_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
-    """Queue a trial the database broke again, as Optuna's retry callback does for a dead worker's.
-
-    The retry links the failed trial (system attr ``failed_trial``) and does not count against
-    the budget; without heartbeats (no retry callback) the trial stays failed.
-    """
-    callback = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
-    retry = callback()
-    if retry is None:
-        return
-    failed = copy.deepcopy(storage.get_trial(trial_id))
-    # The retry inherits the user attrs; the failure reason belongs to the failed attempt only.
-    failed.user_attrs = {k: v for k, v in failed.user_attrs.items() if k not in (FAIL_REASON, FAIL_MESSAGE)}
-    retry(study, failed)
-    log.warning("trial %d failed because the database went away; queued again", failed.number)
 
 
 class _Outage:
@@ -291,16 +303,20 @@ class _Outage:
         """Sleep before the next try, or raise StorageError when the database has been gone too long."""
         now = time.monotonic()
         self._since = now if self._since is None else self._since
-        cause = getattr(error.__cause__, "orig", None) or error.__cause__ or error
-        reason = " ".join(str(cause).split()) or type(cause).__name__
+        reason = short_reason(error)
         if now - self._since > STORAGE_OUTAGE_SECONDS:
             raise StorageError(f"storage {self._shown_url} unreachable for {now - self._since:.0f} s "
                                f"(last error: {reason})") from error
         delay = min(30.0, 2.0 ** self._attempt) * random.uniform(0.75, 1.25)  # jitter: workers do not retry in step
+        # One warning per outage, not per try: a restart is a handful of tries, a long outage dozens.
+        level = logging.WARNING if self._attempt == 0 else logging.DEBUG
+        log.log(level, "storage %s: %s; trying again for up to %.0f s", self._shown_url, reason,
+                STORAGE_OUTAGE_SECONDS)
         self._attempt += 1
-        log.warning("storage %s: %s; trying again in %.1f s", self._shown_url, reason, delay)
         time.sleep(delay)
 
     def reset(self) -> None:
+        if self._since is not None:
+            log.warning("storage %s is back after %.0f s", self._shown_url, time.monotonic() - self._since)
         self._since = None
         self._attempt = 0

@@ -12,6 +12,8 @@ What the custom family builds (config keys are documented in ``spaces/schema.py`
                         (residual: wrapped as act(body(x) + shortcut(x)))
                         -> [attention] -> pool 2x2
     head:               gap | flatten -> [Linear(fc_units) -> act] -> Dropout -> Linear(classes)
+    hog: true:          gap | flatten, concatenated with the input's HOG features
+                        (search/trial/hog.py), then the head's Linear layers
 
 Where the input cannot hold what the config asks for (``depth: 6`` on 8x8 digits) the
 architecture is adjusted rather than refused, and every adjustment is written in the
@@ -29,6 +31,7 @@ from torchvision.ops.misc import SqueezeExcitation
 
 from search.trial.backbones import build_backbone
 from search.trial.errors import ModelError
+from search.trial.hog import Hog
 from spaces.schema import TrialConfig
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,9 @@ def build_model(config: TrialConfig, input_shape: tuple[int, int, int], num_clas
             model: nn.Module = Cnn(config, input_shape, num_classes)
         else:
             model = build_backbone(config, input_shape, num_classes)
+            if config.hog:
+                model.notes.append(f"hog ignored: HOG fusion is a choice of the custom CNN (model 'cnn'), "
+                                   f"not of {config.model!r}")
     for note in model.notes:
         logger.info("%s: %s", config.model, note)
     return model
@@ -219,6 +225,10 @@ class Cnn(nn.Module):
     """The custom CNN family: ``features`` (one :class:`Stage` per stage), then ``head``.
 
     ``plan`` is the fitted architecture (:func:`plan_cnn`) and ``notes`` its adjustments.
+    With ``hog: true``, ``hog`` (:class:`search.trial.hog.Hog`) computes the input's HOG
+    features and ``readout`` (gap or flatten) comes out of ``head``, so that the two can be
+    concatenated in between; otherwise both are ``None`` and ``head`` holds the readout,
+    as it always has (the state_dict keys of weights exported before HOG existed still fit).
     """
 
     def __init__(self, config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int) -> None:
@@ -247,6 +257,13 @@ class Cnn(nn.Module):
             head, features = [nn.AdaptiveAvgPool2d(1), nn.Flatten()], channels
         else:
             head, features = [nn.Flatten()], channels * height * width
+        self.hog: Hog | None = None
+        self.readout: nn.Module | None = None
+        if config.hog:
+            self.hog = Hog(input_shape, config.hog_cell, config.hog_orientations, config.hog_block, config.hog_norm)
+            self.notes += self.hog.notes
+            self.readout, head = nn.Sequential(*head), []
+            features += self.hog.size
         if config.fc_units > 0:
             head += [nn.Linear(features, config.fc_units), ACTIVATIONS[config.activation]()]
             features = config.fc_units
@@ -255,7 +272,10 @@ class Cnn(nn.Module):
         initialise(self, config.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        out = self.features(x)
+        if self.hog is not None and self.readout is not None:
+            out = torch.cat([self.readout(out), self.hog(x).to(out.dtype)], dim=1)
+        return self.head(out)
 
 
 def initialise(model: nn.Module, scheme: str) -> None:

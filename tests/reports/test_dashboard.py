@@ -131,6 +131,7 @@ def test_dashboard_on_postgres_from_env_never_prints_the_password(tmp_path: Path
 def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
+    open_storage(f"sqlite:///{tmp_path / 's.db'}")  # the dashboard only opens a database a run created
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -151,6 +152,7 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.M
                                            message: str) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CNNSEARCH_STORAGE", raising=False)
+    open_storage(f"sqlite:///{tmp_path / 'cnnsearch.db'}")  # the default database, as a run leaves it
     assert main(["dashboard", "--port", "0", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"cnnsearch: error: {message}") and err.count("\n") == 1

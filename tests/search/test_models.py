@@ -14,7 +14,7 @@ from torch import nn
 
 import search
 from search.trial.errors import ModelError
-from search.trial.measure import count_params
+from search.trial.measure import activation_bytes, count_flops, count_params
 from search.trial.models import build_model
 from spaces import load_space
 from spaces.schema import DEFAULT_CONFIG, TrialConfig
@@ -205,6 +205,72 @@ def test_a_partial_config_builds_the_architecture_of_the_full_default_config():
 def test_pretrained_custom_cnn_is_refused():
     with pytest.raises(ModelError, match="pretrained=true.*'cnn'"):
         build_model(TrialConfig.from_dict({"pretrained": True}), (1, 8, 8), 10)
+
+
+# --- HOG feature fusion ---
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("head,fc_units", [("gap", 0), ("flatten", 0), ("gap", 5), ("flatten", 5)])
+def test_hog_features_join_the_pooled_features_before_the_head_and_train(shape, head, fc_units):
+    base = {"width": 4, "depth": 2, "head": head, "fc_units": fc_units}
+    plain = build_model(TrialConfig.from_dict(base), shape, 3)
+    fused = build_model(TrialConfig.from_dict({**base, "hog": True}), shape, 3)
+    first_plain = next(m for m in plain.head if isinstance(m, nn.Linear))
+    first_fused = next(m for m in fused.head if isinstance(m, nn.Linear))
+    assert first_fused.in_features == first_plain.in_features + fused.hog.size
+    assert fused.notes == plain.notes
+    sgd_step(fused, shape)
+
+
+def test_hog_size_on_mnist_is_the_textbook_one():
+    model = build_model(TrialConfig.from_dict({"width": 4, "depth": 2, "head": "gap", "hog": True}), (1, 28, 28), 10)
+    # 4x4-pixel cells: 7x7 cells, 6x6 overlapping blocks of 2x2 cells, 9 bins each; plus 8 pooled channels.
+    assert model.hog.size == 6 * 6 * 2 * 2 * 9
+    assert model.head[-1].in_features == 8 + 1296
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=lambda s: "x".join(map(str, s)))
+def test_flops_count_the_hog_gradient_convs_and_the_wider_head(shape):
+    base = {"width": 4, "depth": 2, "head": "gap", "hog_orientations": 12}
+    plain = count_flops(build_model(TrialConfig.from_dict(base), shape, 10), shape)
+    model = build_model(TrialConfig.from_dict({**base, "hog": True}), shape, 10)
+    channels, height, width = shape
+    gradients = 2 * (2 * 9 * channels * height * width)  # one 3x3 conv, two outputs (d/d row, d/d column)
+    assert count_flops(model, shape) - plain == gradients + 2 * model.hog.size * 10
+
+
+def test_hog_larger_than_the_input_is_shrunk_with_a_note():
+    config = TrialConfig.from_dict({"depth": 1, "hog": True, "hog_cell": 16, "hog_block": 3})
+    model = build_model(config, (1, 8, 8), 10)
+    assert model.notes == ["hog_cell 16 shrunk to 8: the 8x8 input holds no larger cell",
+                           "hog_block 3 shrunk to 1: 8x8 pixels hold 1x1 cells of 8x8"]
+    sgd_step(model, (1, 8, 8))
+
+
+def test_hog_keeps_the_weights_of_the_plain_network():
+    """HOG adds no weights of its own: a plain model's state_dict keys stay what they were (exported
+    weights still load), and a fused one differs only in the wider first Linear of the head."""
+    plain = build_model(TrialConfig.from_dict({"head": "flatten"}), (1, 28, 28), 10)
+    assert [k for k in plain.state_dict() if k.startswith("head.")] == ["head.2.weight", "head.2.bias"]
+    fused = build_model(TrialConfig.from_dict({"head": "flatten", "hog": True}), (1, 28, 28), 10)
+    assert count_params(fused) - count_params(plain) == fused.hog.size * 10
+
+
+def test_hog_runs_under_mixed_precision_and_on_the_meta_device():
+    config = TrialConfig.from_dict({"width": 4, "hog": True})
+    model = build_model(config, (3, 32, 32), 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    with torch.device("meta"):
+        shadow = build_model(config, (3, 32, 32), 10)
+    assert activation_bytes(shadow, (3, 32, 32))[0] > 0
+
+
+def test_hog_on_a_backbone_is_ignored_with_a_note():
+    model = build_model(TrialConfig.from_dict({"model": "lenet5", "hog": True}), (1, 28, 28), 10)
+    assert "hog ignored: HOG fusion is a choice of the custom CNN (model 'cnn'), not of 'lenet5'" in model.notes
 
 
 # --- backbones ---

@@ -34,6 +34,7 @@ def test_start_points_are_never_pruned_and_sampled_trials_are(digits) -> None:
     # A pruner that prunes every trial at its first report.
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
     fill_budget(study, spec)
+    study.enqueue_trial({})  # the sampler's trial of the budget, which a worker makes when none waits
     identity = worker_identity(torch.device("cpu"))
     outcomes = []
     for trial in study.get_trials(deepcopy=False):

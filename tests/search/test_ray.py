@@ -148,6 +148,7 @@ def test_ray_tasks_and_a_hand_started_worker_share_one_postgres_study(
 
     trials = trials_of(url, name)
     assert len(trials) == 9 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 9  # no worker repeats another's config
     ray_trials = [t for t in trials if t.user_attrs.get("backend") == "ray"]
     gpus_of = {t.user_attrs["pid"]: t.user_attrs["gpu_ids"] for t in ray_trials}
     assert len(gpus_of) == 2

@@ -1,11 +1,21 @@
-"""The default sampler `auto`: GP for one objective over a small space, TPE otherwise, and the hand-over."""
+"""The default sampler `auto` (GP for one objective over a small space, TPE otherwise, and the hand-over), and the
+sampler every worker runs: seeded per trial, never repeating a config the study holds."""
 
 from __future__ import annotations
+
+import logging
 
 import optuna
 import pytest
 
-from search.study.samplers import AUTO_GP_MAX_PARAMS, AUTO_GP_TRIALS, SwitchingSampler, make_sampler
+from search.study.samplers import (
+    AUTO_GP_MAX_PARAMS,
+    AUTO_GP_TRIALS,
+    SwitchingSampler,
+    make_sampler,
+    make_study_sampler,
+)
+from spaces import parse_space
 
 
 @pytest.mark.parametrize("n_params, n_objectives, expected", [
@@ -47,3 +57,44 @@ def test_switching_sampler_hands_over_after_the_finished_trials_it_was_given() -
         else:
             study.tell(trial, 0.5)
     assert first.trials == [0, 1, 2] and then.trials == [3, 4]
+
+
+SMALL_SPACE = {"params": {"lr": {"type": "categorical", "choices": [0.003, 0.03]},
+                          "width": {"type": "int", "low": 4, "high": 6}, "epochs": 1}}
+
+
+def _run_trials(workers: list[optuna.Study], space, n: int) -> list[dict]:
+    """``n`` trials, the workers taking turns; returns each trial's params in trial order."""
+    for i in range(n):
+        study = workers[i % len(workers)]
+        trial = study.ask()
+        config = space.suggest(trial)
+        study.tell(trial, config.lr * config.width)
+    return [t.params for t in workers[0].get_trials()]
+
+
+def _workers(n: int, sampler: str, space, seed: int = 0) -> list[optuna.Study]:
+    """``n`` workers on one study, each with the sampler a worker builds (the same seed for all, as in a study)."""
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    return [optuna.load_study(study_name="s", storage=storage, sampler=make_study_sampler(sampler, seed, space))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("sampler", ["auto", "tpe", "random", "qmc", "nsga2"])
+def test_a_seeded_study_samples_the_same_configs_however_many_workers_share_it(sampler: str) -> None:
+    space = parse_space({"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                                    "width": {"type": "int", "low": 4, "high": 64}, "epochs": 1}})
+    alone = _run_trials(_workers(1, sampler, space), space, 6)
+    shared = _run_trials(_workers(3, sampler, space), space, 6)
+    assert shared == alone
+    assert len({tuple(sorted(p.items())) for p in alone}) == 6
+
+
+def test_a_small_space_runs_every_config_once_before_repeating_one_and_says_so(caplog) -> None:
+    space = parse_space(SMALL_SPACE)
+    with caplog.at_level(logging.WARNING, logger="search.study.samplers"):
+        params = _run_trials(_workers(2, "tpe", space), space, 7)
+    assert len({tuple(sorted(p.items())) for p in params[:6]}) == 6  # all 2 x 3 configs first
+    assert params[6] in params[:6]
+    assert caplog.messages == ["trial 6 repeats a config: the study's trials hold all 6 configs of the space"]

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from search.study.spec import StudySpec
+import multiprocessing
+import uuid
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.study.spec import StudySpec, create_or_resume, fill_budget
 from spaces import load_space
-from storage import records
+from storage import open_storage, records
 
 
 def test_every_study_attr_readers_look_up_is_one_the_spec_writes() -> None:
@@ -19,3 +27,28 @@ def test_spec_round_trips_through_its_study_attrs() -> None:
     back = StudySpec.from_attrs(spec.to_attrs(), "s")
     assert back.to_attrs() | {records.STUDY_VERSIONS: None} == spec.to_attrs() | {records.STUDY_VERSIONS: None}
     assert back.space == spec.space
+
+
+def _create_when_all_are_ready(url: str, name: str, ready: Barrier) -> None:
+    spec = StudySpec(space=load_space("tiny"), dataset="digits", budget=4)
+    storage = open_storage(url, heartbeat_interval=None)
+    ready.wait()
+    fill_budget(create_or_resume(storage, name, spec), spec)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_processes_creating_one_study_at_once_all_join_it(tmp_path: Path, request: pytest.FixtureRequest,
+                                                          backend: str) -> None:
+    url = f"sqlite:///{tmp_path / 'at-once.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    name = f"at-once-{uuid.uuid4().hex[:8]}"
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(4)
+    procs = [context.Process(target=_create_when_all_are_ready, args=(url, name, ready)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0] * 4
+    study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=None))
+    assert study.user_attrs["budget"] == 4
+    assert len(study.trials) <= 4  # the start points of the space at most: never one set per process

@@ -200,6 +200,11 @@ BAD_SPACES = {
                              ["param 'lr' choices", "lr='1e-3'", "1.0e-4"]),
     "description_not_text": ("description: [a, b]\nparams: {}\n",
                              ["description=['a', 'b']", "one line of text"]),
+    "full_grid_not_bool": ("full_grid: yes please\nparams: {}\n",
+                           ["full_grid='yes please'", "not true or false", "full_grid: true"]),
+    "full_grid_of_a_continuous_space": (
+        "full_grid: true\nparams:\n  lr: {type: float, low: 0.001, high: 0.1}\n",
+        ["grid search needs a finite set of values", "'lr' is a continuous float", "add `step:`"]),
 }
 
 

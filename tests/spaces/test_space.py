@@ -34,7 +34,7 @@ SGD_PARAMS = {"lr": 1e-3, "batch_size": 32, "optimizer": "sgd", "momentum": 0.95
               "width": 16, "growth": 1.5, "kernel": 3, "head": "flatten", "dropout": 0.1, "batch_norm": True,
               "residual": False,
               "attention": "channel", "init": "kaiming", "aug_translate": 2, "aug_rotate": 5.0,
-              "aug_jitter": 0.1, "aug_noise": 0.05}
+              "aug_jitter": 0.1, "aug_noise": 0.05, "hog": False}
 
 
 def assert_trainable(config: TrialConfig) -> None:

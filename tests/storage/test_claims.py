@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from storage import open_storage
-from storage.claims import claim_lock, claim_waiting_trial
+from storage.claims import claim_waiting_trial, study_lock
 
 
 def _claim_all(url: str, out: multiprocessing.Queue) -> None:
@@ -17,7 +17,7 @@ def _claim_all(url: str, out: multiprocessing.Queue) -> None:
     study_id = storage.get_study_id_from_name("c")
     claimed = []
     while True:
-        with claim_lock(url):
+        with study_lock(url, "c"):
             trial_id = claim_waiting_trial(storage, study_id)
         if trial_id is None:
             break
