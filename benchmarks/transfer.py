@@ -85,11 +85,15 @@ def pretrain(source_train, source_val, epochs: int, path: Path) -> float:
     from search.trial.train import fit
     from spaces.schema import TrialConfig
 
-    config = TrialConfig.from_dict({"model": "resnet18", "epochs": epochs, "lr": 0.01, "optimizer": "sgd",
+    # Trained as a pretrained backbone from an untrained one: the source model then sees its input
+    # exactly as the fine-tuned one will (renormalised with ImageNet's statistics, at 32x32).
+    published = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(published, path)
+    config = TrialConfig.from_dict({"model": "resnet18", "pretrained": True, "weights_path": str(path),
+                                    "input_size": 32, "epochs": epochs, "lr": 0.01, "optimizer": "sgd",
                                     "batch_size": 64, "seed": 0})
     model, metrics = fit(config, _data(source_train, source_val, 5), "cpu", measure=False)
     state = model.net.state_dict()
-    published = torchvision.models.resnet18(weights=None).state_dict()
     # The first conv back to 3 channels, each a third of the grey filter: averaging them (as loading
     # for grey input does, scaled by 3) gives the trained filter back. The output layer is replaced
     # when the weights are loaded: any 1000-class one will do.
