@@ -19,7 +19,7 @@ from typing import Any, get_args, get_type_hints
 
 from spaces.errors import SpaceError
 
-BACKBONES = ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "vgg11_bn", "alexnet", "lenet5")
+BACKBONES = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "vgg11_bn", "alexnet", "lenet5")
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,21 @@ class TrialConfig(Mapping):
 
     # --- model family ---
     model: str = key("cnn", "the custom CNN family, or a torchvision backbone", choices=("cnn", *BACKBONES))
-    pretrained: bool = key(False, "backbones: start from ImageNet weights (local file or torch hub cache only)")
+    pretrained: bool = key(False, "backbones: start from ImageNet weights (weights_path, else the torch hub cache, "
+                                  "downloaded into it only with --download-weights)")
     weights_path: str | None = key(None, "backbones: a local weights file to start from")
+    # --- fine-tuning (mostly for pretrained backbones) ---
+    freeze: str = key("none", "parameters that do not train: none, every layer but the output layer (body), or the "
+                      "first freeze_stages stages from the input (stages)", choices=("none", "body", "stages"))
+    freeze_stages: int = key(1, "with freeze: stages, how many stages from the input are frozen", low=1, high=16)
+    unfreeze_epoch: int | None = key(None, "epoch from which the frozen parameters train too (gradual "
+                                     "unfreezing); null: they stay frozen", low=1, high=1000)
+    body_lr_mult: float = key(1.0, "learning rate of every layer but the output layer, as a multiple of lr",
+                              low=0.0, high=10.0)
+    input_size: int | None = key(None, "backbones: side the images are resized to on the device; null: the "
+                                 "backbone's native size when pretrained, the data's size otherwise", low=8, high=1024)
+    gray_to_rgb: str = key("average", "pretrained backbones on grayscale images: average the first conv's RGB "
+                           "filters, or replicate the grey channel three times", choices=("average", "replicate"))
     # --- custom CNN architecture ---
     depth: int = key(2, "number of conv stages; each stage halves the feature map", low=1, high=8)
     layers: int | None = key(None, "total conv layers spread over the stages (default: one per stage)",

@@ -133,3 +133,9 @@ def test_cv_selection_judges_both_searches_on_the_test_split():
     rows = [line for line in out.splitlines() if line.startswith("| digits")]
     assert len(rows) == 2 and "val split" in rows[0] and "--cv 2" in rows[1], out
     assert "RESULT cv_selection: picked config's test accuracy, --cv 2 minus val split" in out
+
+
+def test_transfer_compares_fine_tuning_with_scratch_on_a_disjoint_target():
+    out = run_script("transfer", "--smoke")
+    assert "| seed" in out and "fine-tuned test acc" in out and "| median" in out
+    assert "RESULT transfer: fine-tuned" in out and "vs scratch" in out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -80,3 +81,22 @@ def usage(message: str) -> int:
     """Print a bad-input line as argparse would and return exit code 2."""
     print(f"cnnsearch: error: {message}", file=sys.stderr)
     return 2
+
+
+class _AllowWeightDownloads(argparse.Action):
+    """``--download-weights``: lets this process and the workers it starts download pretrained weights.
+
+    An environment variable (read by ``search.trial.backbones.find_weights``) rather than an
+    argument, because the permission belongs to the host, not to the trials' configs, and the
+    worker processes started from here inherit it.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        os.environ["CNNSEARCH_DOWNLOAD_WEIGHTS"] = "1"
+        setattr(namespace, self.dest, True)
+
+
+def download_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--download-weights", action=_AllowWeightDownloads, nargs=0, default=False,
+                   help="download missing pretrained weights into the torch hub cache (once per host)")

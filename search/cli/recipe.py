@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_INT, Command, storage_arg, study_arg
+from search.cli.flags import NON_NEGATIVE_INT, POSITIVE_INT, Command, download_weights_arg, storage_arg, study_arg
 
 
 def add_export_args(p: argparse.ArgumentParser) -> Command:
@@ -33,6 +33,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_train_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--config", required=True, metavar="RECIPE", help="a recipe written by `cnnsearch export`")
     p.add_argument("--data-dir", help="where this machine keeps the recipe's torchvision dataset")
+    download_weights_arg(p)
     p.add_argument("--out", help="directory for weights.pt and metrics.json (default: cnnsearch-train/STUDY-trialN/, "
                                  "with --final cnnsearch-train/STUDY-trialN-final/)")
     p.add_argument("--device", default="cpu",

@@ -14,6 +14,7 @@ from search.cli.flags import (
     POSITIVE_FLOAT,
     POSITIVE_INT,
     Command,
+    download_weights_arg,
     storage_arg,
     study_arg,
     study_name,
@@ -36,6 +37,7 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--data-dir", help="where torchvision datasets live")
     p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir first")
     p.add_argument("--image-size", type=POSITIVE_INT, help="resize imagefolder images to this side")
+    download_weights_arg(p)
     p.add_argument("--sampler", default=None,
                    help="auto|tpe|random|grid|gp|cmaes|qmc|nsga2 (default auto: GP for one objective over "
                         "at most 12 searched parameters, else TPE)")
@@ -181,6 +183,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--threads", type=POSITIVE_INT, help="CPU threads for training")
     p.add_argument("--data-dir", help="where this machine keeps the study's torchvision dataset")
     p.add_argument("--name", help="worker name shown in `cnnsearch status` (default host:pid)")
+    download_weights_arg(p)
     _backend_args(p)
     host_data_args(p)
     return cmd_worker

@@ -54,7 +54,8 @@ def activation_bytes(model: nn.Module, input_shape: tuple[int, int, int]) -> tup
     saved: dict[int, torch.Tensor] = {}  # by identity: a tensor two ops keep is stored once
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        if id(tensor) not in weights:
+        # A Linear keeps its weight as a transposed view (``_base`` is the weight): not an activation.
+        if id(tensor) not in weights and id(tensor._base) not in weights:
             saved[id(tensor)] = tensor
         return tensor
 

@@ -278,6 +278,8 @@ class Cnn(nn.Module):
         if config.weights_path is not None:
             self.notes.append(f"weights_path {config.weights_path!r} ignored: model 'cnn' has no "
                               "pretrained weights")
+        if config.input_size is not None:
+            self.notes.append(f"input_size {config.input_size} ignored: model 'cnn' is built for the data's size")
         channels, height, width = input_shape
         stages: list[nn.Module] = []
         for convs, out_channels in zip(self.plan.convs, self.plan.channels, strict=True):

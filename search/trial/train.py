@@ -24,6 +24,7 @@ from search.trial.augment import Augmenter
 from search.trial.data import TrialData
 from search.trial.device import amp_dtype_for, resolve_device
 from search.trial.errors import TrialFailed
+from search.trial.finetune import Frozen, freeze, param_groups
 from search.trial.measure import activation_bytes, count_flops, count_params, measure_latency_ms
 from search.trial.memory import eval_batch_size, oom_as_trial_failed
 from search.trial.metrics import TrialMetrics
@@ -44,7 +45,7 @@ CHECK_EVERY = 50  # steps between finiteness checks: each check syncs a GPU once
 
 
 def make_optimizer(config: TrialConfig, params) -> torch.optim.Optimizer:
-    """The optimizer the config names, at its peak learning rate."""
+    """The optimizer the config names, at its peak learning rate (param groups may set their own)."""
     name, lr, wd = config.optimizer, config.lr, config.weight_decay
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd,
@@ -62,7 +63,8 @@ def make_schedule(config: TrialConfig, optimizer: torch.optim.Optimizer,
     if name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
     if name == "onecycle":
-        return sched.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(2, total_steps))
+        return sched.OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+                                total_steps=max(2, total_steps))
     if name == "step":
         # The classic step schedule: divide by 10 at half and at three quarters of training.
         return sched.MultiStepLR(optimizer, milestones=[total_steps // 2, (3 * total_steps) // 4], gamma=0.1)
@@ -185,6 +187,7 @@ class _Run:
     amp: torch.dtype | None
     generator: torch.Generator
     augment: Augmenter | None
+    frozen: Frozen
     batch_size: int
     steps_per_epoch: int
     notes: list[str]
@@ -198,6 +201,8 @@ def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Rep
     started = time.perf_counter()
     eval_seconds = 0.0
     for epoch in range(1, config.epochs + 1):
+        if epoch == config.unfreeze_epoch:
+            run.frozen.release()
         curves["lr"].append(run.optimizer.param_groups[0]["lr"])
         loss_sum = _train_epoch(run, data, device, epoch, deadline)
         eval_started = time.perf_counter()
@@ -224,14 +229,17 @@ def _start(config: TrialConfig, data: TrialData, device: torch.device) -> _Run:
     model = build_model(config, data.input_shape, data.num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    notes = list(getattr(model, "notes", []))
+    if hasattr(model, "expect_input"):  # a pretrained backbone renormalises to what its weights expect
+        model.expect_input(data.mean, data.std)
+    frozen = freeze(model, config)
+    notes = list(getattr(model, "notes", [])) + frozen.notes
     n_train = len(data.train_y)
     batch_size = min(config.batch_size, n_train)
     if batch_size < config.batch_size:
         notes.append(f"batch_size {config.batch_size} reduced to {batch_size}: the train split has "
                      f"{n_train} images")
     steps_per_epoch = math.ceil(n_train / batch_size)
-    optimizer = make_optimizer(config, model.parameters())
+    optimizer = make_optimizer(config, param_groups(model, config))
     generator = torch.Generator(device=device).manual_seed(config.seed)
     augment = Augmenter(config, data.input_shape, generator=generator)
     return _Run(
@@ -239,7 +247,7 @@ def _start(config: TrialConfig, data: TrialData, device: torch.device) -> _Run:
         loss_fn=make_loss(config),
         # GradScaler only for fp16: bf16 has fp32's range and needs no loss scaling.
         scaler=torch.amp.GradScaler("cuda") if amp == torch.float16 else None,
-        amp=amp, generator=generator, augment=augment if augment.active else None, batch_size=batch_size,
+        amp=amp, generator=generator, augment=augment if augment.active else None, frozen=frozen, batch_size=batch_size,
         steps_per_epoch=steps_per_epoch, notes=notes,
     )
 
@@ -248,6 +256,7 @@ def _train_epoch(run: _Run, data: TrialData, device: torch.device, epoch: int,
                  deadline: float | None) -> torch.Tensor:
     """One pass over the training images; returns the summed loss (on the device, not synced)."""
     run.model.train()
+    run.frozen.keep_eval()
     loss_sum = torch.zeros((), device=device)
     autocast = torch.autocast(device.type, dtype=run.amp) if run.amp else nullcontext()
     for step, (x_uint8, yb) in enumerate(data.train_batches(run.batch_size, run.generator), 1):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.trial.measure import count_flops, count_params, measure_latency_ms
+from search.trial.measure import activation_bytes, count_flops, count_params, measure_latency_ms
 from search.trial.models import build_model
 from spaces import load_space
 from spaces.schema import TrialConfig
@@ -76,3 +76,13 @@ def test_cuda_timings_and_flops_on_the_gpu(amp_dtype):
     assert next(model.parameters()).is_cuda
     assert latency > 0
     assert count_flops(model, (3, 32, 32)) == cpu_flops
+
+
+def test_activation_bytes_do_not_count_the_weights_a_linear_layer_keeps_transposed():
+    # A Linear saves its weight (as a transposed view) for the input's gradient: a weight, not an
+    # activation. Counted per image it made AlexNet look like 28 GB and refused it on every host.
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                              nn.Linear(4096, 10))
+    total, largest = activation_bytes(model, (1, 8, 8))
+    assert largest == 4096 * 4 and total == (64 + 2 * 4096) * 4  # the input, and each ReLU output (kept once)

@@ -9,7 +9,7 @@ import pytest
 from spaces import SpaceError, list_presets, load_space, parse_space, preset_names
 from spaces.schema import TrialConfig
 
-PRESETS = ["backbones", "default", "grid-table", "mnist-baseline", "tiny"]
+PRESETS = ["backbones", "default", "finetune", "grid-table", "mnist-baseline", "tiny"]
 
 
 def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
@@ -232,7 +232,7 @@ def test_unknown_preset_lists_the_presets():
         load_space("defualt")
     message = str(caught.value)
     assert message.startswith("defualt: unknown space (did you mean 'default'?)")
-    assert "default, grid-table, mnist-baseline, tiny" in message
+    assert "default, finetune, grid-table, mnist-baseline, tiny" in message
 
 
 def test_missing_file_lists_the_presets(tmp_path):
