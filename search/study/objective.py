@@ -25,6 +25,7 @@ from search.study.checkpoints import keep_checkpoint
 from search.study.errors import WorkerStopped
 from search.study.records import INTERRUPTED, TrialOutcome
 from search.study.spec import METRIC_OF, StudySpec
+from search.trial.backbones import native_size
 from search.trial.data import TrialData
 from search.trial.device import available_memory
 from search.trial.errors import TrialFailed
@@ -239,9 +240,13 @@ def _refuse_before_training(trial: optuna.Trial, spec: StudySpec, config: TrialC
     memory would otherwise train until the allocator fails, ignoring ``--trial-timeout``
     inside one huge step; refused as PRUNED (reason ``memory``), the sampler learns to avoid it.
     """
+    shape = config.replace(pretrained=False, weights_path=None)
+    if config.pretrained and config.input_size is None and config.model not in ("cnn", "lenet5"):  # lenet5: no weights
+        # Without weights the copy would keep the data's size; pretrained, the images are resized to the
+        # backbone's native size (224), and the memory must be estimated at that size.
+        shape = shape.replace(input_size=native_size(config.model))
     with torch.device("meta"):
-        model = build_model(config.replace(pretrained=False, weights_path=None), data.input_shape,
-                            data.num_classes)
+        model = build_model(shape, data.input_shape, data.num_classes)
     params = count_params(model)
     trial.set_user_attr(PARAMS, params)
     if spec.max_params is not None and params > spec.max_params:

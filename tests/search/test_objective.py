@@ -101,6 +101,31 @@ def test_the_trial_timeout_stops_training_right_after_the_step_that_passed_it(di
     assert trial.user_attrs["epochs_run"] == 0 and trial.user_attrs["train_seconds"] > 0
 
 
+def test_a_pretrained_backbones_memory_is_estimated_at_the_size_it_is_resized_to(digits, monkeypatch,
+                                                                                  tmp_path) -> None:
+    import torchvision
+
+    from search.trial.models import build_model
+    from search.trial.train import training_memory
+    from spaces.schema import TrialConfig
+
+    weights = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), weights)
+    config = TrialConfig.from_dict({"model": "mobilenet_v3_small", "batch_size": 64, "epochs": 1})
+    cpu = torch.device("cpu")
+    with torch.device("meta"):  # 8x8 digits: raised to the backbone's minimum without weights, 224 with them
+        at_data_size = training_memory(build_model(config, digits.input_shape, 10), config, digits, cpu)
+        at_native = training_memory(build_model(config.replace(input_size=224), digits.input_shape, 10), config,
+                                    digits, cpu)
+    assert at_native > 4 * at_data_size
+    monkeypatch.setenv("CNNSEARCH_WORKER_MEMORY_MB", str((at_data_size * at_native) ** 0.5 / 1e6))
+    space = parse_space({"params": {"model": "mobilenet_v3_small", "pretrained": True, "weights_path": str(weights),
+                                    "batch_size": 64, "epochs": 1}}, source="test")
+    (trial,) = _run_enqueued(optuna.create_study(direction="maximize"), StudySpec(space=space, dataset="digits"),
+                             digits, [{}])
+    assert (trial.state, trial.user_attrs["fail_reason"]) == (TrialState.PRUNED, "memory")
+
+
 def test_a_model_too_big_for_the_workers_memory_is_refused_before_training(digits, monkeypatch) -> None:
     monkeypatch.setenv("CNNSEARCH_WORKER_MEMORY_MB", "20")
     space = parse_space({"params": {"width": {"type": "categorical", "choices": [4, 256]}, "depth": 2,
