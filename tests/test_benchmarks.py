@@ -107,7 +107,7 @@ def test_time_to_accuracy_headline_says_whether_each_goal_is_met():
 def test_sampler_cost_names_the_sampler_auto_picks_per_space():
     out = run_script("sampler_cost", "--smoke")
     assert "| nasbench201 (6) " in out and "auto (SwitchingSampler)" in out  # GP first on 6 parameters
-    assert "| default (23) " in out and "auto (TPESampler)" in out
+    assert "| default (25) " in out and "auto (TPESampler)" in out
     assert "RESULT sampler_cost: auto's slowest suggestion window" in out
 
 

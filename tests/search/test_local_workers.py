@@ -19,6 +19,7 @@ import torch
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+import search.study.local
 from search.study.local import plan_workers, run_study
 from search.study.spec import StudySpec
 from spaces import parse_space
@@ -149,13 +150,15 @@ def test_one_job_sets_its_gpu_before_pinning_the_data(workdir: Path, monkeypatch
     calls: list[str] = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(f"set_device {device}"))
 
-    def pin_memory(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        calls.append("pin_memory")
+    def prepare_data(*args: object, **kwargs: object) -> None:  # pins the images on a GPU
+        calls.append("prepare_data")
         raise _Pinned
 
-    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(search.study.local, "prepare_data", prepare_data)
+    # No GPU here: the device is taken as given.
+    monkeypatch.setattr(search.study.local, "resolve_device", lambda device, *args: torch.device(device))
     spec = StudySpec(space=parse_space(SLOW_SPACE, source="test-space"), dataset="digits", sampler="random",
                      pruner="none", budget=1)
     with pytest.raises(_Pinned):
         run_study(spec, "pin", f"sqlite:///{workdir / 'pin.db'}", device="cuda:1", progress=False)
-    assert calls[:2] == ["set_device cuda:1", "pin_memory"]
+    assert calls[:2] == ["set_device cuda:1", "prepare_data"]
