@@ -27,7 +27,7 @@ def host_data_args(p: argparse.ArgumentParser) -> None:
 
     Each is handed on as its environment variable when parsed, which the worker processes this
     one starts inherit (a Ray worker on another node reads its own host's). The names are
-    ``search.trial.cache.CACHE_DIR_ENV`` and ``search.trial.data.DATA_MEMORY_ENV``, spelled out:
+    ``search.trial.cache.CACHE_DIR_ENV`` and ``search.trial.memory.DATA_MEMORY_ENV``, spelled out:
     importing those modules would cost every command's parse a second or more.
     """
     p.add_argument("--cache-dir", action=_Environ, env="CNNSEARCH_CACHE_DIR", type=_absolute,

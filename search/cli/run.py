@@ -115,10 +115,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.time()  # --timeout counts from here: loading the data and creating the study use it too
     from search.study.samplers import default_pruner, resolve_sampler
     from search.study.spec import StudySpec
+    from search.trial.memory import data_memory_setting, worker_memory_setting
     from spaces import load_space
     from storage.heartbeat import heartbeat_settings
 
     heartbeat_settings()  # the workers read it when they start: refused now, before the study is created
+    worker_memory_setting()  # the same for the memory a trial and its images may use
+    data_memory_setting()
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
     space = load_space(args.space)
@@ -193,8 +196,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     started = time.time()  # --timeout counts from here, as for run
     from search.study.signals import stop_on_sigterm
     from search.study.worker import WorkerSettings, worker_loop
+    from search.trial.memory import data_memory_setting, worker_memory_setting
     from storage import resolve_storage_url
 
+    worker_memory_setting()  # refused before joining, not by every trial
+    data_memory_setting()
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
     if ray is None and workers > 1:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -28,11 +27,9 @@ import numpy as np
 import torch
 
 from search.trial.datasets import ImageSet
-from search.trial.errors import CnnSearchError, DataError
-from search.trial.memory import format_bytes
+from search.trial.errors import DataError
+from search.trial.memory import data_memory_setting, format_bytes
 
-DATA_MEMORY_ENV = "CNNSEARCH_DATA_MEMORY_MB"
-"""Megabytes (10^6 bytes) the images of a trial may take on its device; over that they are streamed."""
 DATA_MEMORY_FRACTION = 0.5
 """Without ``$CNNSEARCH_DATA_MEMORY_MB``: this fraction of the device's free memory (host memory on CPU)."""
 
@@ -344,16 +341,9 @@ def data_memory_budget(device: torch.device, environ: dict[str, str] | None = No
     """
     from search.trial.device import available_memory
 
-    raw = (os.environ if environ is None else environ).get(DATA_MEMORY_ENV, "").strip()
-    if raw:
-        try:
-            megabytes = float(raw)
-        except ValueError:
-            megabytes = -1.0
-        if not megabytes > 0:
-            raise CnnSearchError(f"--data-memory / ${DATA_MEMORY_ENV}={raw!r} is not a positive number of "
-                                 f"megabytes; use e.g. 4000")
-        return int(megabytes * 1e6), f"--data-memory {raw} MB"
+    given = data_memory_setting(environ)
+    if given is not None:
+        return given, f"--data-memory {given / 1e6:g} MB"
     free = available_memory(device)
     if free is None:
         return None, "unknown"

@@ -7,7 +7,7 @@ import os
 import torch
 
 from search.trial.errors import CnnSearchError
-from search.trial.memory import available_host_memory
+from search.trial.memory import available_host_memory, worker_memory_setting
 
 NATIVE_BF16 = (8, 0)
 """The compute capability from which GPUs have bf16 in hardware (Ampere); older ones emulate it, slowly."""
@@ -77,10 +77,6 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.deterministic = True
 
 
-MEMORY_ENV = "CNNSEARCH_WORKER_MEMORY_MB"
-"""Megabytes (10^6 bytes) a trial may use, instead of what the worker measures as available."""
-
-
 def available_memory(device: torch.device) -> int | None:
     """Bytes a trial on ``device`` can still allocate, or None where this cannot be known.
 
@@ -93,15 +89,9 @@ def available_memory(device: torch.device) -> int | None:
     Raises:
         CnnSearchError: a ``$CNNSEARCH_WORKER_MEMORY_MB`` that is not a positive number.
     """
-    raw = os.environ.get(MEMORY_ENV, "").strip()
-    if raw:
-        try:
-            megabytes = float(raw)
-        except ValueError:
-            megabytes = -1.0
-        if not megabytes > 0:
-            raise CnnSearchError(f"${MEMORY_ENV}={raw!r} is not a positive number of megabytes; use e.g. 8000")
-        return int(megabytes * 1e6)
+    given = worker_memory_setting()
+    if given is not None:
+        return given
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from search.trial.errors import TrialFailed
+from search.trial.errors import CnnSearchError, TrialFailed
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,46 @@ def available_host_memory() -> int | None:
     except (OSError, ValueError):
         return available
     return available if limit == "max" else max(0, min(available, int(limit) - used))
+
+
+def megabytes_setting(raw: str, name: str, example: int) -> int | None:
+    """Bytes from a setting of ``raw`` megabytes (10^6 bytes) named ``name``; None when it is empty.
+
+    Raises :class:`CnnSearchError` for anything but a positive number (``example`` shows one).
+    """
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        megabytes = float(raw)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes > 0:  # also refuses nan
+        raise CnnSearchError(f"{name}={raw!r} is not a positive number of megabytes; use e.g. {example}")
+    return int(megabytes * 1e6)
+
+
+WORKER_MEMORY_ENV = "CNNSEARCH_WORKER_MEMORY_MB"
+"""Megabytes (10^6 bytes) a trial may use, instead of what the worker measures as available."""
+
+
+def worker_memory_setting() -> int | None:
+    """``$CNNSEARCH_WORKER_MEMORY_MB`` in bytes, or None when unset; a bad value is a :class:`CnnSearchError`.
+
+    ``run`` and ``worker`` read it once before anything is created, so a typo is refused at once
+    instead of failing every trial.
+    """
+    return megabytes_setting(os.environ.get(WORKER_MEMORY_ENV, ""), f"${WORKER_MEMORY_ENV}", 8000)
+
+
+DATA_MEMORY_ENV = "CNNSEARCH_DATA_MEMORY_MB"
+"""Megabytes (10^6 bytes) the images of a trial may take on its device; over that they are streamed."""
+
+
+def data_memory_setting(environ: dict[str, str] | None = None) -> int | None:
+    """``--data-memory`` / ``$CNNSEARCH_DATA_MEMORY_MB`` in bytes, or None when unset."""
+    return megabytes_setting((os.environ if environ is None else environ).get(DATA_MEMORY_ENV, ""),
+                             f"--data-memory / ${DATA_MEMORY_ENV}", 4000)
 
 
 def format_bytes(n: int) -> str:

@@ -170,6 +170,20 @@ def test_a_heartbeat_grace_within_the_interval_is_refused_before_anything_is_cre
     assert not (workdir / "cnnsearch.db").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "worker"])
+@pytest.mark.parametrize(("name", "value"), [("CNNSEARCH_WORKER_MEMORY_MB", "8GB"),
+                                             ("CNNSEARCH_DATA_MEMORY_MB", "nan")])
+def test_a_bad_memory_setting_is_refused_before_anything_is_created(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, command: str, name: str,
+        value: str) -> None:
+    monkeypatch.setenv(name, value)
+    args = ["--study", "g", "--dataset", "digits", "--trials", "1"] if command == "run" else ["--study", "g"]
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"${name}={value!r} is not a positive number of megabytes" in err and "\n" not in err, err
+    assert not (workdir / "cnnsearch.db").exists()
+
+
 def test_a_sqlite_database_locked_by_another_process_is_one_line_and_exit_2(
         workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     space = _space(workdir, "fast.yaml", FAST)
