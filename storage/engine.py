@@ -83,6 +83,7 @@ def open_storage(
     connect_timeout: int = 10,
     *,
     read_only: bool = False,
+    existing: bool = False,
 ) -> optuna.storages.RDBStorage:
     """Open (creating the tables if needed) the study database at ``url``.
 
@@ -99,6 +100,8 @@ def open_storage(
         read_only: the caller only reads studies (``status``, ``report``...): a SQLite file must exist
             (a typo creates no empty database) and need not be writable. Otherwise a SQLite file must
             be writable and not locked by another process, checked here rather than at the first write.
+        existing: the caller joins a study that `run` made (a worker): a SQLite file must exist, as
+            for ``read_only``, but be writable.
 
     Returns:
         An ``RDBStorage`` whose connection has been tested. It pickles to a handle that opens its
@@ -114,7 +117,7 @@ def open_storage(
     parsed = parse_storage_url(url)
 
     if parsed.drivername == "sqlite":
-        url, engine_kwargs = _sqlite_settings(parsed, shown, read_only)
+        url, engine_kwargs = _sqlite_settings(parsed, shown, read_only, existing or read_only)
     elif parsed.drivername == POSTGRES_SCHEME:
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": connect_timeout}}
     else:
@@ -175,7 +178,7 @@ def _is_table_creation_race(error: sqlalchemy.exc.SQLAlchemyError) -> bool:
     return "already exists" in str(getattr(error, "orig", error))
 
 
-def _sqlite_settings(parsed: URL, shown: str, read_only: bool) -> tuple[str, dict[str, Any]]:
+def _sqlite_settings(parsed: URL, shown: str, read_only: bool, existing: bool) -> tuple[str, dict[str, Any]]:
     """The absolute-path URL and engine settings for a SQLite file; checks it can be used as asked."""
     database = parsed.database
     if not database or database == ":memory:":
@@ -185,7 +188,7 @@ def _sqlite_settings(parsed: URL, shown: str, read_only: bool) -> tuple[str, dic
         raise StorageError(
             f"storage URL {shown!r}: directory {path.parent} does not exist; create it or choose another path"
         )
-    if read_only and not path.is_file():
+    if existing and not path.is_file():
         raise StorageError(f"no such database file: {path} (storage URL {shown!r}); check --storage or "
                            "$CNNSEARCH_STORAGE (`cnnsearch run` creates the database)")
     if not read_only:

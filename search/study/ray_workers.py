@@ -110,7 +110,7 @@ def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, d
 def _check_study_exists(storage_url: str, study_name: str) -> None:
     from storage import open_storage
 
-    storage = open_storage(storage_url, heartbeat_interval=None)
+    storage = open_storage(storage_url, heartbeat_interval=None, existing=True)
     try:
         storage.get_study_id_from_name(study_name)
     except KeyError:

@@ -163,7 +163,7 @@ class Worker:
         # Optuna wraps an RDBStorage in its trial cache inside every Study; claiming trials through
         # that same wrapper keeps the cache coherent (a trial claimed on the bare storage is unknown
         # to the Study's cache). get_storage is how Optuna itself builds that wrapper.
-        rdb = open_storage(storage_url, **heartbeat_settings())
+        rdb = open_storage(storage_url, **heartbeat_settings(), existing=True)
         self.lock_url = rdb.url  # absolute: the lock of a worker started in another directory is the same
         self.storage = optuna.storages.get_storage(rdb)
         try:

@@ -141,8 +141,9 @@ def _cli(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subpro
 
 
 @pytest.mark.parametrize("command", [["status", "--study", "s"], ["best", "--study", "s"], ["studies"],
-                                     ["report", "--study", "s"], ["export", "--study", "s", "--out", "out"]])
-def test_read_only_commands_never_create_a_database(workdir: Path, capsys: pytest.CaptureFixture,
+                                     ["report", "--study", "s"], ["export", "--study", "s", "--out", "out"],
+                                     ["worker", "--study", "s"], ["worker", "--study", "s", "--backend", "ray"]])
+def test_read_only_commands_and_workers_never_create_a_database(workdir: Path, capsys: pytest.CaptureFixture,
                                                     command: list[str]) -> None:
     assert main([*command, "--storage", "sqlite:///typo.db"]) == 2
     err = capsys.readouterr().err.strip()
