@@ -88,6 +88,7 @@ def test_worker_command_refuses_what_it_cannot_do_before_starting_ray(
 ) -> None:
     import ray
 
+    optuna.create_study(study_name="other", storage=f"sqlite:///{workdir / 'cnnsearch.db'}")  # a database, no 's'
     running = ray.is_initialized()
     assert main(["worker", "--study", "s", *argv]) == 2
     err = capsys.readouterr().err.strip()
