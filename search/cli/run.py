@@ -52,6 +52,8 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--split-seed", type=NON_NEGATIVE_INT, default=0, help="seed of the train/val/test split")
     p.add_argument("--warm-start", metavar="STUDY", type=study_name,
                    help="enqueue the best configs of this study first")
+    p.add_argument("--no-start", action="store_true",
+                   help="skip the space's start points: every trial is the sampler's own")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--max-params", type=POSITIVE_INT, help="constraint: at most this many parameters")
     p.add_argument("--max-latency-ms", type=POSITIVE_FLOAT, help="constraint: at most this latency (ms/image)")
@@ -125,6 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
     space = load_space(args.space)
+    if args.no_start and space.start:
+        print(f"--no-start: the space's {len(space.start)} start point(s) are not tried")
+        space.start = []
     sampler = resolve_sampler(args.sampler, space)
     if args.trials is None and args.timeout is None and sampler != "grid":
         return usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")

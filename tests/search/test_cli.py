@@ -277,6 +277,15 @@ def test_start_points_of_the_space_run_first(workdir: Path) -> None:
     assert [t.params for t in _study(workdir, "st").get_trials()].count(first.params) == 1  # not rerun on resume
 
 
+@pytest.mark.slow
+def test_no_start_leaves_the_start_points_out(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    (workdir / "start.yaml").write_text(QUICK_SPACE + "start:\n  - {lr: 0.01, width: 8, batch_norm: true, epochs: 1}\n")
+    assert _run("--study", "ns", "--space", "start.yaml", "--trials", "2", "--pruner", "none", "--no-start") == 0
+    assert "--no-start: the space's 1 start point(s) are not tried" in capsys.readouterr().out
+    trials = _study(workdir, "ns").get_trials()
+    assert len(trials) == 2 and all("origin" not in t.user_attrs for t in trials)
+
+
 SIZES_SPACE = """
 params:
   width: {type: categorical, choices: [4, 24]}
