@@ -134,12 +134,12 @@ def _import_file(path: Path, where: str) -> Any:
 
 
 def _declared_keys(function: Callable[..., Any], ref: str, where: str) -> dict[str, Key]:
+    takes = SpaceError(f"{where}: builder {ref!r} does not take (config, input_shape, num_classes); define it "
+                       "as def build(config, input_shape, num_classes, *, your_key=default): ...")
     try:
         signature = inspect.signature(function)
-        signature.bind(None, None, None)
     except (TypeError, ValueError):
-        raise SpaceError(f"{where}: builder {ref!r} does not take (config, input_shape, num_classes); define it "
-                         "as def build(config, input_shape, num_classes, *, your_key=default): ...") from None
+        raise takes from None
     keys: dict[str, Key] = {}
     for param in signature.parameters.values():
         if param.kind is not inspect.Parameter.KEYWORD_ONLY:
@@ -158,6 +158,10 @@ def _declared_keys(function: Callable[..., Any], ref: str, where: str) -> dict[s
                              "text or None")
         keys[param.name] = Key(default=default, kind=kind, doc=f"argument of builder {ref}",
                                nullable=default is None)
+    try:
+        signature.bind(None, None, None)  # after the loop: a keyword argument without default is named above
+    except TypeError:
+        raise takes from None
     return keys
 
 
