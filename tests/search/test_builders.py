@@ -113,6 +113,11 @@ def test_a_builder_in_a_package_trains_is_pruned_exports_and_retrains(
     assert main(["train", "--config", "exported/recipe.yaml", "--out", "retrained"]) == 0
     assert "(the trial's, exactly)" in capsys.readouterr().out
     assert (workdir / "retrained" / "weights.pt").is_file()
+    # A machine whose copy of the builder differs does not retrain the recipe with it.
+    (workdir / "pkgs" / "mynets_study" / "nets.py").write_text(NETS + "\n# edited\n")
+    assert main(["train", "--config", "exported/recipe.yaml", "--out", "other"]) == 2
+    assert "is not the file the study was made with" in capsys.readouterr().err
+    assert not (workdir / "other").exists()
 
 
 @pytest.mark.slow
