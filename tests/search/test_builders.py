@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -129,9 +130,11 @@ def test_a_builder_that_raises_or_returns_no_module_fails_only_its_trial(workdir
           mode: {type: categorical, choices: [raise, tuple, ok]}
           epochs: 1
     """))
+    # Two worker processes: each imports the builder from what the study recorded.
     assert _run("--study", "fail", "--space", "fail.yaml", "--sampler", "grid", "--pruner", "none",
-                "--trials", "3") == 0
+                "--trials", "3", "--jobs", "2") == 0
     by_mode = {t.params["mode"]: t for t in _trials(workdir, "fail")}
+    assert os.getpid() not in {t.user_attrs["pid"] for t in by_mode.values()}
     assert by_mode["ok"].state == TrialState.COMPLETE
     builder = f"{workdir / 'nets.py'}:build"
     raised, tupled = by_mode["raise"], by_mode["tuple"]
