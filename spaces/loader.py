@@ -40,8 +40,8 @@ from spaces.space import Param, Space, dependency_order, same_value, step_count
 
 TOP_KEYS = ("description", "params", "start", "full_grid", "model")
 MODEL_KEYS = ("builder",)
-BUILDER_SET = ("builder", "builder_args", "model")
-"""Config keys a builder space sets itself: its `model: {builder: ...}` replaces the built-in family."""
+BUILDER_KEYS = ("builder", "builder_args")
+"""Config keys only a space's `model: {builder: ...}` sets (which also replaces the `model` key's family)."""
 SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "float": ("type", "low", "high", "log", "step", "when"),
     "int": ("type", "low", "high", "log", "step", "when"),
@@ -183,11 +183,14 @@ def _parse_model(source: str, raw: Any, base_dir: str | os.PathLike | None) -> B
 
 def _check_name(source: str, name: str, builder: Builder | None, strict: bool) -> None:
     """Refuse a parameter the trainer does not know, or one a builder space sets itself."""
+    if name in BUILDER_KEYS:
+        raise SpaceError(f"{source}: params: {name!r} is set by the space's top-level `model: {{builder: ...}}`, "
+                         f"not as a parameter; e.g. {BUILDER_EXAMPLE}")
     if builder is None:
         if strict and name not in CONFIG_KEYS:
             raise SpaceError(unknown_key_message(name, f"{source}: params"))
         return
-    if name in BUILDER_SET:
+    if name == "model":
         raise SpaceError(f"{source}: params: {name!r} is set by `model: {{builder: ...}}` (the builder is the "
                          "model); drop it from params")
     if name not in CONFIG_KEYS and name not in builder.keys:

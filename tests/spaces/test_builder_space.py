@@ -64,7 +64,7 @@ def test_another_builder_is_another_space(tmp_path: Path) -> None:
     ("  fused: {type: categorical, choices: [1, 2]}\n",
      "param 'fused' choices: fused=1 is not accepted; fused takes true or false"),
     ("  chanels: 8\n", "unknown parameter 'chanels' (did you mean 'channels'?); builder "),
-    ("  builder_args: 3\n", "'builder_args' is set by `model: {builder: ...}`"),
+    ("  builder_args: 3\n", "'builder_args' is set by the space's top-level `model: {builder: ...}`"),
     ("  model: resnet18\n", "'model' is set by `model: {builder: ...}` (the builder is the model)"),
 ])
 def test_a_bad_value_for_a_builder_key_is_refused_at_load(tmp_path: Path, body: str, message: str) -> None:
@@ -104,3 +104,11 @@ def test_a_builder_module_is_imported_from_sys_path(tmp_path: Path, monkeypatch:
     space = load_space(_space(tmp_path, "  channels: 8\n", ref="mynets_space:build"))
     assert space.builder.ref == "mynets_space:build"
     assert space.builder.path == str(tmp_path / "pkgs" / "mynets_space" / "__init__.py")
+
+
+def test_a_space_without_a_builder_cannot_set_one_as_a_parameter(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("params:\n  builder: nets.py:build\n")
+    with pytest.raises(SpaceError, match="'builder' is set by the space's top-level `model: {builder: ...}`, not as "
+                                         "a parameter"):
+        load_space(path)
