@@ -43,8 +43,7 @@ def build_with_builder(config: TrialConfig, input_shape: tuple[int, int, int], n
     if torch.get_default_device().type == "meta":
         try:
             model = _call(builder, config, input_shape, num_classes, args)
-            with torch.no_grad():  # shapes only: proves the memory estimate's forward pass can run
-                model(torch.zeros(2, *input_shape))
+            model(torch.zeros(2, *input_shape))  # shapes only: the memory estimate's training-mode forward pass
             return model
         except Exception as exc:  # noqa: BLE001 - whatever fails on meta is retried for real below
             log.info("builder %s does not build on the meta device (%s); building it on the CPU",
