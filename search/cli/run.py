@@ -43,7 +43,10 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
                         "at most 12 searched parameters, else TPE)")
     p.add_argument("--pruner", default=None, help="none|median|sha|hyperband (default hyperband)")
     p.add_argument("--objectives", default="accuracy",
-                   help="comma-separated: accuracy[,latency|params|flops]")
+                   help="comma-separated; the first ranks the trials and is what the pruner judges each epoch: "
+                        "accuracy, loss, macro_f1, balanced_accuracy, top5_accuracy (on the val split), latency, "
+                        "params, flops, or your function score(y_true, logits) as module:function:max or "
+                        "path/to/file.py:function:min")
     p.add_argument("--trials", type=POSITIVE_INT, help="trial budget of the whole study (all workers together)")
     p.add_argument("--timeout", type=POSITIVE_FLOAT, help="stop starting new trials after this many seconds")
     p.add_argument("--trial-timeout", type=POSITIVE_FLOAT, help="prune a trial that trains longer than this (seconds)")
@@ -143,6 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_failures=args.max_failures, budget=args.trials, keep_checkpoints=args.keep_checkpoints,
         deterministic=args.deterministic, cv=args.cv,
     )
+    spec.scores()  # a user's score function that cannot be imported is refused before the study is created
     if spec.sampler == "grid":
         space.grid()  # refuses a space without a finite grid before anything is created
         if args.trials is not None and args.trials > (size := space.grid_size()):
