@@ -140,6 +140,8 @@ class StudySpec:
     deterministic: bool = False
     cv: int | None = None
     """``--cv K``: each trial trains once per fold of train + val; its value is the mean val accuracy."""
+    mlflow: str | None = None
+    """``--mlflow``: the MLflow tracking URI (no password) every worker logs its trials to (search.study.tracking)."""
 
     def __post_init__(self) -> None:
         # Absolute, so workers, exports and retrains started in other directories read the same files
