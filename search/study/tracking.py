@@ -105,9 +105,9 @@ class MlflowTracker:
         """Log the finished ``trial``, and any earlier trial the tracker was down for."""
         self._pending[trial.number] = (trial, None)
         for number in list(self._pending):
-            if not self._attempt(lambda number=number: self._log_trial(number)):
+            if self._attempt(lambda number=number: self._log_trial(number)) == "down":
                 return
-            del self._pending[number]
+            del self._pending[number]  # logged, or refused (it would be refused again)
 
     def log_best_recipe(self, trial_number: int, export: Callable[[Path], Any]) -> bool:
         """Attach the recipe ``export(folder)`` writes to the run of trial ``trial_number``; whether it was."""
@@ -122,19 +122,25 @@ class MlflowTracker:
                 client.log_artifacts(runs[0].info.run_id, folder, artifact_path="recipe")
             client.set_tag(runs[0].info.run_id, "cnnsearch.best", "true")
 
-        return self._attempt(attach)
+        return self._attempt(attach) == "logged"
 
-    def _attempt(self, action: Callable[[], None]) -> bool:
+    def _attempt(self, action: Callable[[], None]) -> str:
+        """Run ``action``: ``logged``, ``refused`` (a bad request, warned) or ``down`` (warned once per process)."""
+        from mlflow.exceptions import MlflowException
+
         try:
             action()
         except Exception as exc:  # noqa: BLE001 - a tracker that is down never stops the study
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300]
+            if isinstance(exc, MlflowException) and exc.error_code == "INVALID_PARAMETER_VALUE":
+                log.warning("MLflow at %s refused a run: %s", self.shown_uri, reason)
+                return "refused"
             level = logging.DEBUG if self.uri in _warned else logging.WARNING
             _warned.add(self.uri)
             log.log(level, "MLflow at %s cannot be reached (%s: %s); the study goes on, and trials are logged "
-                    "there once it is back", self.shown_uri, type(exc).__name__, mask_url(reason)[:300])
-            return False
-        return True
+                    "there once it is back", self.shown_uri, type(exc).__name__, reason)
+            return "down"
+        return "logged"
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -178,7 +184,7 @@ class MlflowTracker:
             run_id = run.info.run_id
             self._pending[number] = (trial, run_id)
         now = _millis(trial.datetime_complete)
-        metrics = [Metric(key, value, now, step) for key, step, value in self._metric_points(trial)]
+        metrics = [Metric(metric_name(key), value, now, step) for key, step, value in self._metric_points(trial)]
         params = [Param(key, str(value)[:6000]) for key, value in _params(trial).items()]
         tags = [RunTag(key, str(value)[:5000]) for key, value in _tags(self.experiment, trial).items()]
         for start in range(0, max(len(metrics), len(params), 1), 100):  # MLflow's limit: 100 params a call
@@ -205,6 +211,14 @@ class MlflowTracker:
         points += [(key, last, float(value)) for key, value in final.items()
                    if _is_number(value) and key not in curves]
         return points
+
+
+def metric_name(key: str) -> str:
+    """A metric's name in MLflow: a user's ``path/to/file.py:score`` as ``file.score`` (MLflow refuses paths)."""
+    module, _, function = key.rpartition(":")
+    if not module:
+        return key
+    return f"{Path(module).stem if module.endswith('.py') or '/' in module else module}.{function}"
 
 
 def _is_number(value: Any) -> bool:
