@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -50,14 +50,20 @@ _warned: set[str] = set()  # tracking URIs already warned about in this process:
 
 
 def tracking_uri(value: str) -> str:
-    """``--mlflow``'s value as MLflow reads it from any directory: a path becomes an absolute ``file:`` URI."""
-    if "://" in value or value.split(":", 1)[0] in ("databricks", "sqlite", "file"):
+    """``--mlflow``'s value as MLflow reads it from any directory.
+
+    A path becomes an absolute ``file:`` URI, a relative SQLite file (``sqlite:///mlflow.db``) an
+    absolute one: workers started in other directories log to the same store.
+    """
+    if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(value.removeprefix("sqlite:///")).expanduser().resolve())
+    if "://" in value or value.split(":", 1)[0] in ("databricks", "file"):
         return value
     return Path(value).expanduser().resolve().as_uri()
 
 
 def without_password(uri: str) -> tuple[str, str | None, str | None]:
-    """``uri`` without the ``user:password@`` part, and that user and password (None when absent).
+    """``uri`` without the ``user:password@`` part, and that user and password, unescaped (None when absent).
 
     The study records the URI without them (its user attrs are shown by the dashboard); MLflow
     reads them from ``$MLFLOW_TRACKING_USERNAME`` / ``$MLFLOW_TRACKING_PASSWORD``.
@@ -67,7 +73,7 @@ def without_password(uri: str) -> tuple[str, str | None, str | None]:
         return uri, None, None
     userinfo, _, host = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":")
-    return urlunsplit(parts._replace(netloc=host)), user or None, password or None
+    return urlunsplit(parts._replace(netloc=host)), unquote(user) or None, unquote(password) or None
 
 
 def use_credentials(uri: str) -> str:
