@@ -33,6 +33,7 @@ from search.trial.measure import count_params
 from search.trial.memory import format_bytes
 from search.trial.metrics import TrialMetrics
 from search.trial.models import as_built, build_model
+from search.trial.scores import Score
 from search.trial.train import fit, training_memory
 from spaces.schema import TrialConfig
 from storage.engine import DATABASE_LOST
@@ -191,7 +192,8 @@ def _reporter(trial: optuna.Trial, spec: StudySpec, progress: _Progress, *, prun
 
 
 def _cross_validate(trial: optuna.Trial, config: TrialConfig, data: TrialData, device: torch.device, report,
-                    progress: _Progress, deadline: float | None, scores: tuple) -> tuple[nn.Module, TrialMetrics]:
+                    progress: _Progress, deadline: float | None,
+                    scores: tuple[Score, ...]) -> tuple[nn.Module, TrialMetrics]:
     """``--cv K``: train once per fold; the metrics are the first fold's with val accuracy, loss and scores averaged.
 
     Only the first fold reports to the pruner (``report``): the intermediate values the pruners

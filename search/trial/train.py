@@ -222,15 +222,15 @@ def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Rep
         # evaluate() ends in .item(): synced
         val_acc, val_loss = evaluate(run.model, data, data.val_x, data.val_y, run.amp, deadline, logits)
         eval_seconds = time.perf_counter() - eval_started
-        values = {"val_accuracy": val_acc, "val_loss": val_loss}
-        if logits is not None:
-            values.update(validation_scores(scores, y_true, torch.cat(logits).cpu().numpy()))
         curves["train_loss"].append(loss_sum.item() / run.steps_per_epoch)
-        for key, value in values.items():
-            curves[key].append(value)
         log.debug("epoch %d: val_accuracy %.4f val_loss %.4f", epoch, val_acc, val_loss)
         if not math.isfinite(val_loss):
             raise TrialFailed("nan_loss", f"validation loss is {val_loss} after epoch {epoch}")
+        values = {"val_accuracy": val_acc, "val_loss": val_loss}
+        if logits is not None:  # after the NaN check: a diverged trial is pruned for it, not failed by a score
+            values.update(validation_scores(scores, y_true, torch.cat(logits).cpu().numpy()))
+        for key, value in values.items():
+            curves[key].append(value)
         if report is not None:
             report(epoch, values)
     train_seconds = time.perf_counter() - started
