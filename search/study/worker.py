@@ -173,6 +173,7 @@ class Worker:
             raise StudyError(f"no study named {study_name!r} in this storage; create it with `cnnsearch run`") \
                 from None
         self.spec = load_spec(optuna.load_study(study_name=study_name, storage=self.storage))
+        self.spec.scores()  # a user's score function this machine cannot import: refused to join (exit code 2)
         self.study = _open_study(self.storage, study_name, self.spec, settings)
         self.device = resolve_device(settings.device, settings.worker_index)
         if self.device.type == "cuda":

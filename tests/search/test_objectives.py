@@ -157,3 +157,18 @@ def test_a_bad_objective_is_one_line_and_exit_2(workdir: Path, capsys: pytest.Ca
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (workdir / "cnnsearch.db").exists()
+
+
+def test_a_worker_that_cannot_import_the_studys_score_is_refused_in_one_line(
+        workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    from search.study.spec import create_or_resume
+    from spaces import load_space
+    from storage import open_storage
+
+    spec = StudySpec(space=load_space("tiny"), dataset="digits", objectives=["mine.py:accuracy:max"], budget=1)
+    create_or_resume(open_storage(f"sqlite:///{workdir / 'cnnsearch.db'}"), "joined", spec)
+    (workdir / "mine.py").unlink()  # this machine's copy of the study's metric is missing
+    assert main(["worker", "--study", "joined"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"no file {workdir / 'mine.py'}" in err and len(err.splitlines()) == 1
+    assert [t.state for t in _study(workdir, "joined").get_trials()] == []
