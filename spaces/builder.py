@@ -22,17 +22,15 @@ Nothing here imports torch; the builder's own module does, when it is imported.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import inspect
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spaces.errors import SpaceError
+from spaces.references import ReferenceImportError, import_file, import_module, is_file_target, split_reference
 from spaces.schema import CONFIG_KEYS, Key
 
 KINDS: dict[type, str] = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
@@ -73,10 +71,11 @@ def load_builder(ref: Any, where: str, base_dir: str | os.PathLike | None = None
     function that is missing or does not take ``(config, input_shape, num_classes)``, or a
     declared key without a default, with a default of another type, or named like a config key.
     """
-    if not isinstance(ref, str) or ref.count(":") < 1 or not all(ref.rpartition(":")[::2]):
+    parts = split_reference(ref)
+    if parts is None:
         raise SpaceError(f"{where}: builder={ref!r} is not a builder reference; give {EXAMPLE}")
-    target, _, name = ref.rpartition(":")
-    if target.endswith(".py") or os.sep in target or "/" in target:
+    target, name = parts
+    if is_file_target(target):
         path = Path(base_dir or ".", os.path.expanduser(target)).resolve()
         module = _import_file(path, where)
         ref = f"{path}:{name}"
@@ -106,31 +105,19 @@ def check_source(builder: Builder, recorded: Any, where: str) -> None:
 
 def _import_module(target: str, where: str) -> Any:
     try:
-        return importlib.import_module(target)
-    except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while it is imported
-        raise SpaceError(f"{where}: builder module {target!r} cannot be imported ({_one_line(exc)}); "
+        return import_module(target)
+    except ReferenceImportError as exc:
+        raise SpaceError(f"{where}: builder module {target!r} {exc}; "
                          "install it or put its folder on PYTHONPATH") from None
 
 
 def _import_file(path: Path, where: str) -> Any:
-    if not path.is_file():
-        raise SpaceError(f"{where}: builder file {path} not found; a file reference is relative to the space "
-                         "file (or absolute), e.g. nets.py:build")
-    # One module per content: an edited file is a new module, the same file is imported once per process.
-    name = f"cnnsearch_builder_{_sha256(path, where)[:16]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SpaceError(f"{where}: builder file {path} is not a Python module; give a .py file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # before running it: dataclasses and pickling look the module up by name
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - the user's file may raise anything while it runs
-        del sys.modules[name]
-        raise SpaceError(f"{where}: builder file {path} cannot be imported ({_one_line(exc)})") from None
-    return module
+        return import_file(path)
+    except ReferenceImportError as exc:
+        hint = ("; a file reference is relative to the space file (or absolute), e.g. nets.py:build"
+                if str(exc) == "not found" else "")
+        raise SpaceError(f"{where}: builder file {path} {exc}{hint}") from None
 
 
 def _declared_keys(function: Callable[..., Any], ref: str, where: str) -> dict[str, Key]:
@@ -170,8 +157,3 @@ def _sha256(path: Path, where: str) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as exc:
         raise SpaceError(f"{where}: builder file {path} cannot be read ({exc.strerror or exc})") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

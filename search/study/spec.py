@@ -34,9 +34,10 @@ from search.study.errors import StudyError
 from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler, grid_budget
 from search.trial.datasets import absolute_dataset_name
 from search.trial.scores import BUILTIN as BUILTIN_SCORES
-from search.trial.scores import Score, builtin_score, is_file_ref, user_score
+from search.trial.scores import Score, builtin_score, user_score
 from spaces import Space, parse_space
 from spaces.builder import check_source
+from spaces.references import is_file_target
 from spaces.schema import DEFAULT_CONFIG
 from storage.claims import study_lock
 from storage.names import check_study_name
@@ -105,7 +106,7 @@ def parse_objective(name: str) -> Objective:
     if ":" in ref:
         module, _, function = ref.rpartition(":")
         if module and function.isidentifier() and direction in USER_DIRECTIONS:
-            if is_file_ref(module):
+            if is_file_target(module):
                 module = os.path.abspath(os.path.expanduser(module))
             ref = f"{module}:{function}"
             return Objective(f"{ref}:{direction}", ref, USER_DIRECTIONS[direction], True)

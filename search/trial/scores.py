@@ -12,19 +12,17 @@ A user's function is named ``module:function`` (importable where the worker runs
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import math
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from search.trial.errors import CnnSearchError
+from spaces.references import ReferenceImportError, import_file, import_module, is_file_target, split_reference
 
 ScoreFunction = Callable[[np.ndarray, np.ndarray], float]
 
@@ -101,50 +99,27 @@ def user_score(ref: str, where: str = "--objectives") -> Score:
     return Score(ref, load_function(ref, where))
 
 
-def is_file_ref(module: str) -> bool:
-    """Whether a ``module:function`` reference names a file (``path/to/file.py``) rather than a module."""
-    return module.endswith(".py") or os.sep in module or "/" in module
-
-
 def load_function(ref: str, where: str = "--objectives") -> ScoreFunction:
     """Import ``module:function`` or ``FILE.py:function``; a ScoreError names what is missing."""
-    module_name, _, name = ref.rpartition(":")
     hint = "give module:function (importable here) or path/to/file.py:function"
-    if not module_name or not name.isidentifier():
+    parts = split_reference(ref)
+    if parts is None:
         raise ScoreError(f"{where}: {ref!r} is not a function reference; {hint}")
-    if is_file_ref(module_name):
-        module = _import_file(module_name, where, hint)
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ScoreError(f"{where}: cannot import {module_name!r} ({exc}); {hint}") from None
-        except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
-            raise ScoreError(f"{where}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+    module_name, name = parts
+    try:
+        if is_file_target(module_name):
+            path = os.path.abspath(os.path.expanduser(module_name))
+            module = import_file(Path(path))
+            module_name = path
+        else:
+            module = import_module(module_name)
+    except ReferenceImportError as exc:
+        what = f"no file {module_name}" if str(exc) == "not found" else f"{module_name!r} {exc}"
+        raise ScoreError(f"{where}: {what}; {hint}") from None
     function = getattr(module, name, None)
     if not callable(function):
         raise ScoreError(f"{where}: {module_name!r} has no function {name!r}; {hint}")
     return function
-
-
-def _import_file(path: str, where: str, hint: str) -> object:
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise ScoreError(f"{where}: no file {path}; {hint}")
-    # A name of its own per path: two files both called metrics.py do not replace each other.
-    name = "cnnsearch_user_" + hashlib.sha1(path.encode()).hexdigest()[:12]
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ScoreError(f"{where}: {path} is not a Python file; {hint}")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - the user's file failed while importing
-        raise ScoreError(f"{where}: importing {path} raised {type(exc).__name__}: {exc}") from None
-    sys.modules[name] = module
-    return module
 
 
 def validation_scores(scores: tuple[Score, ...], y_true: np.ndarray, logits: np.ndarray) -> dict[str, float]:

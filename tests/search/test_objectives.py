@@ -146,7 +146,7 @@ def test_a_user_function_that_raises_fails_its_trial_with_its_message_and_the_st
     ("my_pkg.metrics:accuracy", "--objectives: 'my_pkg.metrics:accuracy' needs a direction: "
                                 "my_pkg.metrics:accuracy:max or my_pkg.metrics:accuracy:min"),
     ("my_pkg.metrics:accuracy:up", "--objectives: 'my_pkg.metrics:accuracy:up' is unknown"),
-    ("no_such_pkg.metrics:score:max", "--objectives: cannot import 'no_such_pkg.metrics'"),
+    ("no_such_pkg.metrics:score:max", "--objectives: 'no_such_pkg.metrics' cannot be imported (ModuleNotFoundError"),
     ("my_pkg.metrics:nothing:max", "--objectives: 'my_pkg.metrics' has no function 'nothing'"),
     ("missing.py:score:min", "missing.py; give module:function (importable here) or path/to/file.py:function"),
     ("loss,loss", "--objectives names one objective twice: loss,loss"),
