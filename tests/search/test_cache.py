@@ -191,3 +191,32 @@ def test_jobs_parent_holds_none_of_the_images_while_its_workers_stream_them(work
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         run.wait()
+
+
+def test_a_second_worker_takes_the_content_fingerprint_from_the_cache_and_a_changed_file_is_refused(
+        tmp_path, monkeypatch):
+    import optuna
+
+    import search.trial.datasets
+    from search.study.dataset import load_study_data, record_or_check_split
+    from search.study.errors import StudyError
+    from search.study.spec import StudySpec
+    from spaces import load_space
+
+    folder = make_folder(tmp_path / "photos", per_class=10)
+    spec = StudySpec(space=load_space("tiny"), dataset=f"imagefolder:{folder}")
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'cnnsearch.db'}")
+    record_or_check_split(study, spec, *load_study_data(spec))  # the first worker builds the cache
+    recorded = study.user_attrs["data_fingerprint"]
+
+    hashed = []
+    real = search.trial.datasets.content_fingerprint
+    monkeypatch.setattr(search.trial.datasets, "content_fingerprint", lambda *a: hashed.append(1) or real(*a))
+    images, split = load_study_data(spec)  # a second worker: the same cache, mapped
+    record_or_check_split(study, spec, images, split)
+    assert hashed == []  # it did not read the whole map to fingerprint it
+    assert images.fingerprint() == recorded == real(images.images.numpy(), images.labels.numpy(), images.classes)
+
+    Image.new("RGB", (40, 36), (0, 0, 10)).save(folder / "blue" / "00000.png")  # another image, same name
+    with pytest.raises(StudyError, match="holds other images than study 's' was made from"):
+        record_or_check_split(study, spec, *load_study_data(spec))
