@@ -130,6 +130,7 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
                                      retry=False)
                 raise
         else:
+            del images  # each worker process maps its own: this one holds none of the data while they train
             workers = _run_processes(url, study_name, jobs, device, (timeout, started_at), storage, study)
     raise_worker_errors(workers)
     return RunResult(study_name, url, study_counts(study), time.monotonic() - t0, workers)

@@ -4,7 +4,8 @@ A source (an image folder, a CSV of paths) at one image size is one cache entry:
 the cache directory (:func:`cache_root`) holding
 
 - ``header.json``: the source's fingerprint (file names, sizes and mtimes), classes, image
-  size and shape, counts of skipped files, and the names of the two data files;
+  size and shape, counts of skipped files, the names of the two data files, and the content's
+  fingerprint (:func:`content_fingerprint`, hashed once here rather than by every worker);
 - ``FINGERPRINT.images``: the images, uint8, N x C x H x W, raw (memory-mapped copy-on-write,
   so every process on the host shares the page cache and none holds its own copy);
 - ``FINGERPRINT.labels.npy``: the int64 labels.
@@ -99,6 +100,18 @@ class Source:
             except OSError:  # vanished since it was listed: decoding will skip it
                 digest.update(f"{file}\0missing\n".encode())
         return digest.hexdigest()[:16]
+
+
+def content_fingerprint(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> str:
+    """16 hex digits identifying a dataset's content: every pixel, label and class name (equal iff the data is).
+
+    ``images`` uint8 N x C x H x W, ``labels`` integers. Reads every byte (0.1 s per 200 MB).
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps([list(images.shape), classes]).encode())
+    digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(images, dtype=np.uint8))  # uint8: no byte order
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -279,10 +292,13 @@ def _build(folder: Path, source: Source, fingerprint: str, image_size: int | Non
             unreadable += [files[kept[i]] for i in failed]
             labels = np.array([source.samples[kept[i]][1] for i in rows], dtype=np.int64)
             np.save(staging.path(f"{fingerprint}.labels.npy"), labels)
+            final_shape = [len(rows), channels, size, size]
+            content = content_fingerprint(np.memmap(images_path, dtype=np.uint8, mode="r", shape=tuple(final_shape))
+                                          if rows else np.zeros(final_shape, dtype=np.uint8), labels, source.classes)
             header = {
                 "format": FORMAT, "dataset": source.name, "source_fingerprint": fingerprint,
                 "classes": source.classes, "image_size": size, "requested_image_size": image_size,
-                "shape": [len(rows), channels, size, size], "skipped_unreadable": len(unreadable),
+                "shape": final_shape, "content_fingerprint": content, "skipped_unreadable": len(unreadable),
                 "skipped_too_large": len(too_large), "parts": _decoded_parts(source.parts, [kept[i] for i in rows]),
                 "images_file": images_path.name,
                 "labels_file": f"{fingerprint}.labels.npy", "built_at": time.time(),

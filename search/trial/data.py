@@ -370,7 +370,7 @@ class StreamedImages:
 
     def __getitem__(self, key: slice | torch.Tensor) -> torch.Tensor:
         picked = self.rows[key] if isinstance(key, slice) else self.rows[key.cpu()]
-        return torch.index_select(self.source, 0, picked).to(self.device)
+        return _gather_rows(self.source, picked).to(self.device)
 
     def stream(self, order: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
         """The batches of ``order`` (index tensors into this part) on the device, gathered ahead in a thread.
@@ -415,12 +415,12 @@ class StreamedImages:
             for i, idx in enumerate(order):
                 picked = self.rows[idx]
                 if not cuda:
-                    item = (torch.index_select(self.source, 0, picked), None)
+                    item = (_gather_rows(self.source, picked), None)
                 else:
                     if copies[i % 2] is not None:
                         copies[i % 2].synchronize()  # the buffer's last copy to the device is done
                     buffer = buffers[i % 2][:len(picked)]
-                    torch.index_select(self.source, 0, picked, out=buffer)
+                    _gather_rows(self.source, picked, out=buffer)
                     with torch.cuda.stream(side):
                         batch = buffer.to(self.device, non_blocking=True)
                         copies[i % 2] = torch.cuda.Event()
@@ -438,13 +438,26 @@ class StreamedImages:
             ready.put(exc)
 
 
+def _gather_rows(source: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``source[rows]`` for a CPU tensor (a memory map of the cache), into ``out`` when given (a pinned buffer).
+
+    numpy's ``take`` copies each row whole: on a 64 MB chunk of 128-px rows (the streamed channel
+    statistics) it took 99 ms where ``torch.index_select`` took 1.3 s (a loaded 2-core host); a
+    batch of 128 takes about 1 ms either way.
+    """
+    if out is None:
+        out = torch.empty((len(rows), *source.shape[1:]), dtype=source.dtype)
+    np.take(source.numpy(), rows.numpy(), axis=0, out=out.numpy())
+    return out
+
+
 def _channel_stats_in_chunks(images: StreamedImages) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_channel_stats` of streamed images, from histograms summed a chunk at a time on the CPU."""
     channels = images.shape[1]
     counts = torch.zeros((channels, 256), dtype=torch.float64)
     chunk = max(1, (64 * 2**20) // max(1, int(np.prod(images.shape[1:]))))
     for start in range(0, len(images), chunk):
-        x = torch.index_select(images.source, 0, images.rows[start:start + chunk])
+        x = _gather_rows(images.source, images.rows[start:start + chunk])
         counts += torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(channels)]).double()
     return _stats_from_counts(counts)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -142,3 +143,80 @@ def test_data_list_and_clear_show_and_remove_cached_datasets(tmp_path, capsys, m
     assert main(["data", "list"]) == 0
     assert capsys.readouterr().out == f"no cached datasets in {tmp_path / 'cache'}\n"
     assert (tmp_path / "cache" / "not-ours").is_dir()
+
+
+def mapped_files(pid: int) -> set[str]:
+    """The files process ``pid`` has memory-mapped (from /proc)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_jobs_parent_holds_none_of_the_images_while_its_workers_stream_them(workdir):
+    import optuna
+    from optuna.trial import TrialState
+
+    from tests.support.workers import wait_for
+
+    folder = make_folder(workdir / "photos", per_class=40)
+    (workdir / "slow.yaml").write_text("params:\n  epochs: 200\n  width: 4\n  depth: 1\n  batch_size: 8\n")
+    db = f"sqlite:///{workdir / 'cnnsearch.db'}"
+    env = {**os.environ, "CNNSEARCH_STORAGE": db, "PYTHONPATH": str(REPO)}
+    with open(workdir / "run.log", "w") as log:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", "run", "--study", "s", "--dataset", f"imagefolder:{folder}",
+             "--space", "slow.yaml", "--pruner", "none", "--trials", "2", "--jobs", "2", "--device", "cpu",
+             "--data-memory", "0.001", "--no-progress"],
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        def both_training() -> bool:
+            assert run.poll() is None, (workdir / "run.log").read_text()
+            try:
+                running = optuna.load_study(study_name="s", storage=db).get_trials(states=(TrialState.RUNNING,))
+            except KeyError:  # not created yet
+                return False
+            return sum(bool(t.intermediate_values) for t in running) == 2
+
+        wait_for(both_training, 240, "both workers training")
+        (images_file,) = (str(path) for path in Path(os.environ["CNNSEARCH_CACHE_DIR"]).glob("*/*.images")
+                          if str(folder) in (path.parent / "header.json").read_text())
+        workers += [int(pid) for pid in subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True,
+                                                        text=True).stdout.split()]
+        assert sum(images_file in mapped_files(pid) for pid in workers) == 2  # the workers share the file
+        assert images_file not in mapped_files(run.pid)
+    finally:
+        for pid in [run.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        run.wait()
+
+
+def test_a_second_worker_takes_the_content_fingerprint_from_the_cache_and_a_changed_file_is_refused(
+        tmp_path, monkeypatch):
+    import optuna
+
+    import search.trial.datasets
+    from search.study.dataset import load_study_data, record_or_check_split
+    from search.study.errors import StudyError
+    from search.study.spec import StudySpec
+    from spaces import load_space
+
+    folder = make_folder(tmp_path / "photos", per_class=10)
+    spec = StudySpec(space=load_space("tiny"), dataset=f"imagefolder:{folder}")
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'cnnsearch.db'}")
+    record_or_check_split(study, spec, *load_study_data(spec))  # the first worker builds the cache
+    recorded = study.user_attrs["data_fingerprint"]
+
+    hashed = []
+    real = search.trial.datasets.content_fingerprint
+    monkeypatch.setattr(search.trial.datasets, "content_fingerprint", lambda *a: hashed.append(1) or real(*a))
+    images, split = load_study_data(spec)  # a second worker: the same cache, mapped
+    record_or_check_split(study, spec, images, split)
+    assert hashed == []  # it did not read the whole map to fingerprint it
+    assert images.fingerprint() == recorded == real(images.images.numpy(), images.labels.numpy(), images.classes)
+
+    Image.new("RGB", (40, 36), (0, 0, 10)).save(folder / "blue" / "00000.png")  # another image, same name
+    with pytest.raises(StudyError, match="holds other images than study 's' was made from"):
+        record_or_check_split(study, spec, *load_study_data(spec))
