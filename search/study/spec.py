@@ -34,12 +34,14 @@ from search.study.errors import StudyError
 from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler, grid_budget
 from search.trial.datasets import absolute_dataset_name
 from spaces import Space, parse_space
+from spaces.builder import check_source
 from spaces.schema import DEFAULT_CONFIG
 from storage.claims import study_lock
 from storage.names import check_study_name
 from storage.records import (
     FIXED_PARAMS,
     ORIGIN,
+    STUDY_BUILDER,
     STUDY_CV,
     STUDY_DATASET,
     STUDY_IMAGE_SIZE,
@@ -60,7 +62,8 @@ OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize
 
 METRIC_OF = {"accuracy": "val_accuracy", "latency": "latency_ms", "params": "params", "flops": "flops"}
 
-IDENTITY = (STUDY_SPACE_FINGERPRINT, STUDY_DATASET, STUDY_IMAGE_SIZE, STUDY_SPLIT, STUDY_OBJECTIVES, STUDY_CV)
+IDENTITY = (STUDY_SPACE_FINGERPRINT, STUDY_DATASET, STUDY_IMAGE_SIZE, STUDY_SPLIT, STUDY_OBJECTIVES, STUDY_CV,
+            STUDY_BUILDER)
 """The attributes a study may never change once created: joining with others is refused."""
 
 
@@ -141,6 +144,7 @@ class StudySpec:
         attrs[STUDY_SPACE_NAME] = self.space.name
         attrs[STUDY_SPACE_STRICT] = self.space.strict
         attrs[STUDY_SPACE_FINGERPRINT] = self.space.fingerprint()
+        attrs[STUDY_BUILDER] = self.space.builder.identity() if self.space.builder else None
         attrs[STUDY_SPLIT] = self.split_args()
         attrs[STUDY_VERSIONS] = package_versions()
         return attrs
@@ -153,6 +157,8 @@ class StudySpec:
                              "user attrs); create it with `cnnsearch run`")
         space = parse_space(attrs[STUDY_SPACE], source=f"study {study_name!r}",
                             strict=attrs.get(STUDY_SPACE_STRICT, True), name=attrs.get(STUDY_SPACE_NAME))
+        if space.builder is not None:  # a worker (or export) whose copy of the builder differs is refused
+            check_source(space.builder, (attrs.get(STUDY_BUILDER) or {}).get("sha256"), f"study {study_name!r}")
         known = {f.name for f in fields(cls)} - {"space"}
         return cls(space=space, **{k: v for k, v in attrs.items() if k in known})
 
@@ -182,6 +188,9 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
                 new = f"{wanted.get(STUDY_SPACE_NAME)} ({new})"
             if key == STUDY_CV:
                 old, new = old or "none", new or "none"
+            if key == STUDY_BUILDER:
+                old, new = (f"{b['builder']} (source sha256 {b['sha256'][:12]}...)" if b else "none"
+                            for b in (old, new))
             out.append(f"{shown}: study has {old}, asked for {new}")
     return out
 

@@ -302,3 +302,10 @@ def test_an_alias_bomb_is_refused_before_it_expands(tmp_path, where):
 ])
 def test_a_combination_that_only_some_trials_hold_is_accepted(tmp_path, text):
     load_space(write(tmp_path, text), strict="freeze_stages: 2" not in text)
+
+
+def test_a_builders_space_may_set_input_size_and_pretrained_its_builder_reads_them(tmp_path):
+    (tmp_path / "nets.py").write_text("def build(config, input_shape, num_classes):\n    return None\n")
+    space = load_space(write(tmp_path, 'model: {builder: "nets.py:build"}\nparams:\n  input_size: 64\n'
+                                      "  pretrained: true\n"))
+    assert space.fixed == {"input_size": 64, "pretrained": True}
