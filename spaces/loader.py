@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import graphlib
 import importlib.resources
+import itertools
 import math
 import os
 import re
@@ -35,7 +36,7 @@ import yaml
 
 from spaces.builder import Builder, load_builder
 from spaces.errors import SpaceError
-from spaces.schema import CONFIG_KEYS, SCALARS, Key, unknown_key_message
+from spaces.schema import CONFIG_KEYS, DEFAULT_CONFIG, INERT, SCALARS, Key, inert_message, unknown_key_message
 from spaces.space import Param, Space, dependency_order, same_value, step_count
 
 TOP_KEYS = ("description", "params", "start", "full_grid", "model")
@@ -150,6 +151,8 @@ def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = Tr
 
     for param in params.values():
         _check_conditions(_Context(source, param.name, keys.get(param.name)), param, params, fixed)
+    if strict:
+        _check_combinations(source, params, fixed, builder)
     deps = {n: set(p.when) - set(fixed) for n, p in params.items()}
     try:
         graphlib.TopologicalSorter(deps).prepare()
@@ -511,6 +514,58 @@ def _check_conditions(ctx: _Context, param: Param, params: Mapping[str, Param],
             if not possible:
                 raise ctx.error(f"condition when.{ref}={value!r} can never hold; {ref} takes {takes}"
                                 + _yaml_number_hint(value))
+
+
+def _check_combinations(source: str, params: Mapping[str, Param], fixed: Mapping[str, Any],
+                        builder: Builder | None) -> None:
+    """Refuse a key the space names that does nothing in every trial (:data:`spaces.schema.INERT`).
+
+    A fixed key is judged on its value, a searched one on every value it can take (null
+    aside: it means unset), against every value the keys the rule reads can take (fixed,
+    searched, or left at their defaults). When the combination holds in some trials only,
+    the space is accepted: those trials train with the key ignored and record why in their
+    notes rather than failing, because they are valid points of the space (as those of a
+    `when` that switches a parameter off are) and failing them would spend budget on nothing.
+    """
+    known = {**DEFAULT_CONFIG, **fixed, "builder": builder.ref if builder else None}
+    for rule in INERT:
+        if rule.key not in params and rule.key not in fixed:
+            continue
+        own = [fixed[rule.key]] if rule.key in fixed else _possible_values(params[rule.key])
+        searched = [name for name in rule.reads if name in params]
+        # A conditional parameter may be switched off: then it has its default.
+        options = [_possible_values(params[name]) + ([DEFAULT_CONFIG[name]] if params[name].when else [])
+                   for name in searched]
+        if math.prod(len(values) for values in [own, *options]) > MAX_CHECKED_VALUES:
+            continue
+        cases = []
+        for value, *others in itertools.product(own, *options):
+            config = {**known, **dict(zip(searched, others, strict=True))}
+            if value is not None and (rule.key in fixed or _may_be_active(params[rule.key], config, fixed, searched)):
+                cases.append((value, config))
+        if cases and all(rule.holds(value, config) for value, config in cases):
+            value, config = cases[0]
+            shown = None if rule.key in fixed else f" (searched: {params[rule.key].domain()})"
+            defaults = [name for name in rule.reads if name not in fixed and name not in params]
+            aside = "".join(f" (and for every value of the searched {name}: {params[name].domain()})"
+                            for name in searched)
+            aside += f" ({', '.join(defaults)} left at the default)" if defaults else ""
+            message = inert_message(rule, value, config, shown, aside)
+            raise _Context(source, rule.key, CONFIG_KEYS[rule.key]).error(message)
+
+
+def _may_be_active(param: Param, config: Mapping[str, Any], fixed: Mapping[str, Any], decided: list[str]) -> bool:
+    """Whether ``param`` can be searched when the ``decided`` (and fixed) keys have ``config``'s values."""
+    return all(any(same_value(config[ref], option) for option in allowed)
+               for ref, allowed in param.when.items() if ref in fixed or ref in decided)
+
+
+def _possible_values(param: Param) -> list[Any]:
+    """The values a searched parameter can take, or its bounds when there are too many to list."""
+    if param.type in ("float", "int") and (param.step is None and param.type == "float"
+                                            or param.count() > MAX_CHECKED_VALUES):
+        return [param.low, param.high]
+    return param.values()
 
 
 # --- small pieces of the messages -------------------------------------------------------

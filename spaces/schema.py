@@ -13,7 +13,7 @@ not an hour into a study.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import InitVar, dataclass, field, fields
 from typing import Any, get_args, get_type_hints
 
@@ -271,3 +271,80 @@ def check_value(name: str, value: Any, where: str) -> None:
     key = CONFIG_KEYS[name]
     if not key.check(value):
         raise SpaceError(f"{where}: {name}={value!r} is not accepted; {name} takes {key.accepts()}")
+
+
+# --- combinations that do nothing ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inert:
+    """A key whose value has no effect in configs where ``holds(value, config)``: ``why`` says why, ``fix`` what to do.
+
+    ``reads`` names the other keys ``holds`` looks at: a space that searches one of them
+    has the combination in some trials only (each such trial notes it), one that fixes
+    them (or leaves them at their defaults) has it in every trial and is refused.
+    """
+
+    key: str
+    reads: tuple[str, ...]
+    holds: Callable[[Any, Mapping[str, Any]], bool]
+    why: Callable[[Any, Mapping[str, Any]], str]
+    fix: str
+
+
+def _trains_frozen(config: Mapping[str, Any]) -> bool:
+    return config["freeze"] != "none"
+
+
+INERT: tuple[Inert, ...] = (
+    Inert("unfreeze_epoch", ("freeze",), lambda v, c: v is not None and not _trains_frozen(c),
+          lambda v, c: "freeze is none, so nothing is frozen to release",
+          "give freeze: body or stages, or leave unfreeze_epoch out"),
+    Inert("unfreeze_epoch", ("freeze",), lambda v, c: v == 1 and _trains_frozen(c),
+          lambda v, c: "epoch 1 releases the frozen layers before the first step, so nothing is ever frozen",
+          "give unfreeze_epoch 2 or later, or freeze: none"),
+    Inert("unfreeze_epoch", ("freeze", "epochs"), lambda v, c: v is not None and v > c["epochs"] and _trains_frozen(c),
+          lambda v, c: f"training ends after epoch {c['epochs']}, so the frozen layers are never released",
+          "give unfreeze_epoch <= epochs, or leave it out to keep them frozen"),
+    Inert("freeze_stages", ("freeze",), lambda v, c: c["freeze"] != "stages",
+          lambda v, c: f"freeze is {c['freeze']}, and freeze_stages counts the stages frozen by freeze: stages",
+          "give freeze: stages, or leave freeze_stages out"),
+    Inert("body_lr_mult", ("freeze", "unfreeze_epoch"),
+          lambda v, c: c["freeze"] == "body" and c["unfreeze_epoch"] is None,
+          lambda v, c: "freeze is body and unfreeze_epoch is null, so the body never trains",
+          "give unfreeze_epoch, or freeze: none or stages, or leave body_lr_mult out"),
+    Inert("gray_to_rgb", ("pretrained",), lambda v, c: not c["pretrained"],
+          lambda v, c: "pretrained is false, and gray_to_rgb adapts pretrained RGB weights to grey images",
+          "set pretrained: true, or leave gray_to_rgb out"),
+    Inert("weights_path", ("pretrained",), lambda v, c: v is not None and not c["pretrained"],
+          lambda v, c: "pretrained is false, so no weights are loaded",
+          "set pretrained: true, or leave weights_path out"),
+    Inert("input_size", ("model",), lambda v, c: v is not None and c["model"] == "cnn" and c["builder"] is None,
+          lambda v, c: "model 'cnn' is built for the data's size; input_size resizes a backbone's input",
+          "pick a backbone (model: resnet18, ...), or leave input_size out"),
+    Inert("pretrained", ("model",), lambda v, c: v is True and c["model"] in ("cnn", "lenet5") and c["builder"] is None,
+          lambda v, c: f"model {c['model']!r} has no published pretrained weights (its trials would fail)",
+          f"pick a backbone with weights ({', '.join(b for b in BACKBONES if b != 'lenet5')}), or pretrained: false"),
+)
+"""Every combination of keys in which a key does nothing (or, for ``pretrained``, cannot be built)."""
+
+
+def inert_message(rule: Inert, value: Any, config: Mapping[str, Any], shown: str | None = None,
+                  aside: str = "") -> str:
+    """``unfreeze_epoch=3 has no effect: <why>; <fix>``: the key, its value (or ``shown``), the reason and the fix."""
+    verb = "cannot be used" if rule.key == "pretrained" else "has no effect"
+    return f"{rule.key}{shown or f'={value!r}'} {verb}: {rule.why(value, config)}{aside}; {rule.fix}"
+
+
+def ineffective(config: Mapping[str, Any], keys: Iterable[str] | None = None) -> list[str]:
+    """One line per key of ``config`` (among ``keys``, default all) set off its default that does nothing there.
+
+    A trial's config can hold such a value when the space searches the keys involved
+    (``freeze`` searched, ``unfreeze_epoch`` too): the trial trains as if the key were at its
+    default, and records these lines as its notes. A space that fixes the combination is
+    refused when it is loaded (:func:`spaces.loader.parse_space`).
+    """
+    wanted = set(CONFIG_KEYS if keys is None else keys)
+    return [inert_message(rule, config[rule.key], config) for rule in INERT
+            if rule.key in wanted and config[rule.key] != CONFIG_KEYS[rule.key].default
+            and rule.holds(config[rule.key], config)]

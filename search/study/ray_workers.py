@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 CANCEL_GRACE_SECONDS = 30.0
 """How long an interrupted run waits for its Ray tasks to mark their running trials FAIL."""
 
-FORWARDED_ENV = (INTERVAL_ENV, GRACE_ENV, MAX_IMAGE_PIXELS_ENV)
+WEIGHTS_ENV = ("CNNSEARCH_DOWNLOAD_WEIGHTS", "TORCH_HOME")
+"""``--download-weights`` and the torch hub folder pretrained weights are read from (search.trial.backbones;
+named here, not imported, to keep torch out of the driver)."""
+
+FORWARDED_ENV = (INTERVAL_ENV, GRACE_ENV, MAX_IMAGE_PIXELS_ENV, *WEIGHTS_ENV)
 """Settings of this run that its Ray tasks get even on nodes started elsewhere."""
 
 

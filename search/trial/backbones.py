@@ -40,7 +40,7 @@ import torchvision
 from torch import nn
 
 from search.trial.errors import ModelError
-from spaces.schema import TrialConfig
+from spaces.schema import TrialConfig, ineffective
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,7 @@ def build_backbone(config: TrialConfig, input_shape: tuple[int, int, int], num_c
     channels, height, width = input_shape
     notes: list[str] = []
     renormalize = None
-    if not config.pretrained and config.weights_path is not None:
-        notes.append(f"weights_path {config.weights_path!r} ignored: pretrained is false")
+    notes += ineffective(config, ("weights_path", "gray_to_rgb"))
     if name == "lenet5":
         if config.pretrained:
             raise ModelError("config: pretrained=true is not accepted for model 'lenet5' (there are no "
@@ -160,6 +159,8 @@ def build_backbone(config: TrialConfig, input_shape: tuple[int, int, int], num_c
         if path is not None:
             load_pretrained(net, name, path)
         replicate = config.pretrained and config.gray_to_rgb == "replicate" and channels == 1
+        if config.pretrained and config.gray_to_rgb == "replicate" and channels != 1:
+            notes.append(f"gray_to_rgb='replicate' has no effect: the images have {channels} channels, not 1")
         if replicate:
             notes.append("the grey channel is repeated for the first conv's 3 RGB channels")
         else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from spaces.schema import TrialConfig
+from spaces.schema import TrialConfig, ineffective
 
 
 def output_layer(model: nn.Module) -> nn.Linear | None:
@@ -64,10 +64,18 @@ class Frozen:
         self.parameters, self.norms = [], []
 
 
+FINETUNE_KEYS = ("freeze_stages", "unfreeze_epoch", "body_lr_mult")
+
+
 def freeze(model: nn.Module, config: TrialConfig) -> Frozen:
-    """Freeze what ``config.freeze`` names in ``model``; returns the :class:`Frozen` part."""
+    """Freeze what ``config.freeze`` names in ``model``; returns the :class:`Frozen` part.
+
+    Its notes also say which fine-tuning keys do nothing in this config (a space that
+    searches ``freeze`` and ``unfreeze_epoch`` unconditionally has such trials).
+    """
+    unused = ineffective(config, FINETUNE_KEYS)
     if config.freeze == "none":
-        return Frozen()
+        return Frozen(notes=unused)
     head = output_layer(model)
     if config.freeze == "body":
         modules = [m for m in model.children()]
@@ -81,14 +89,14 @@ def freeze(model: nn.Module, config: TrialConfig) -> Frozen:
                          f"{len(stages)} stages")
         modules = [m for stage in stages[:count] for m in stage]
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-    frozen = Frozen(notes=notes)
+    frozen = Frozen(notes=notes + unused)
     for module in modules:
         for parameter in module.parameters():
             if id(parameter) not in head_ids and parameter.requires_grad:
                 parameter.requires_grad_(False)
                 frozen.parameters.append(parameter)
         frozen.norms += [m for m in module.modules() if isinstance(m, _BatchNorm)]
-    if config.unfreeze_epoch is not None:
+    if config.unfreeze_epoch is not None and 1 < config.unfreeze_epoch <= config.epochs:
         frozen.notes.append(f"the frozen layers train again from epoch {config.unfreeze_epoch}")
     return frozen
 

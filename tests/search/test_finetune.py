@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -10,6 +11,7 @@ import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import torchvision
@@ -205,7 +207,7 @@ def test_the_seed_studys_alexnet_recipe_fine_tunes_end_to_end(workdir, capsys, m
     space = workdir / "alexnet.yaml"
     space.write_text(yaml.safe_dump({"description": "AlexNet fine-tuning", "params": {
         "model": "alexnet", "pretrained": True, "weights_path": str(weights), "input_size": 63,
-        "freeze": "body",
+        "freeze": "stages", "freeze_stages": 2,
         "body_lr_mult": 0.1, "optimizer": "sgd", "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
         "batch_size": 16, "epochs": 1}}))  # batch 16: the memory estimate refuses AlexNet at 128 on 20 GB
     assert main(["run", "--study", "alex", "--dataset", "digits", "--space", str(space), "--trials", "1",
@@ -214,7 +216,7 @@ def test_the_seed_studys_alexnet_recipe_fine_tunes_end_to_end(workdir, capsys, m
     recipe = yaml.safe_load((workdir / "recipe" / "recipe.yaml").read_text())
     config = recipe["config"]
     assert (config["model"], config["pretrained"], config["input_size"]) == ("alexnet", True, 63)
-    assert config["freeze"] == "body" and config["body_lr_mult"] == 0.1
+    assert config["freeze"] == "stages" and config["body_lr_mult"] == 0.1
     assert config["weights_path"] == str(weights)
     capsys.readouterr()
 
@@ -233,3 +235,61 @@ def test_the_seed_studys_alexnet_recipe_fine_tunes_end_to_end(workdir, capsys, m
 def test_input_size_on_the_custom_family_is_noted_as_ignored():
     model = build_model(TrialConfig.from_dict({"input_size": 64, "depth": 1, "width": 4}), (1, 8, 8), 10)
     assert "input_size 64 ignored: model 'cnn' is built for the data's size" in model.notes
+
+
+def test_a_space_key_that_would_do_nothing_is_refused_by_run_with_one_line_and_exit_2(workdir, capsys):
+    (workdir / "inert.yaml").write_text("params:\n  model: resnet18\n  freeze: body\n  unfreeze_epoch: 4\n"
+                                        "  epochs: 3\n")
+    assert main(["run", "--study", "inert", "--dataset", "digits", "--space", "inert.yaml", "--trials", "1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "inert.yaml: param 'unfreeze_epoch'" in err
+    assert "unfreeze_epoch=4 has no effect: training ends after epoch 3" in err
+    assert not (workdir / "cnnsearch.db").exists()
+
+
+@pytest.mark.slow
+def test_trials_in_which_a_searched_key_does_nothing_say_so_in_their_notes(workdir, capsys):
+    (workdir / "some.yaml").write_text(yaml.safe_dump({"params": {
+        "depth": 1, "width": 4, "epochs": 2, "batch_size": 64,
+        "freeze": {"type": "categorical", "choices": ["none", "stages"]},
+        "unfreeze_epoch": {"type": "int", "low": 2, "high": 3}}}))
+    assert main(["run", "--study", "some", "--dataset", "digits", "--space", "some.yaml", "--sampler", "grid",
+                 "--trials", "4", "--pruner", "none", "--no-progress"]) == 0
+    study = optuna.load_study(study_name="some", storage=f"sqlite:///{workdir / 'cnnsearch.db'}")
+    notes = {(t.params["freeze"], t.params["unfreeze_epoch"]): t.user_attrs["notes"] for t in study.trials}
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE} and len(notes) == 4
+    assert "unfreeze_epoch=2 has no effect: freeze is none, so nothing is frozen to release" in " ".join(
+        notes["none", 2])
+    assert "unfreeze_epoch=3 has no effect: training ends after epoch 2" in " ".join(notes["stages", 3])
+    assert not any("has no effect" in note for note in notes["stages", 2])
+    assert "the frozen layers train again from epoch 2" in notes["stages", 2]
+
+
+@pytest.mark.slow
+def test_ray_tasks_get_the_runs_weights_download_setting_and_hub_folder(workdir, capsys, monkeypatch):
+    """As on a node started elsewhere: the cluster runs before the settings exist, so only forwarding brings them."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        hub = workdir / "hub-home"
+        monkeypatch.setenv("TORCH_HOME", str(hub))
+        monkeypatch.delenv("CNNSEARCH_DOWNLOAD_WEIGHTS", raising=False)  # --download-weights sets it; restored after
+        (workdir / "pre.yaml").write_text(yaml.safe_dump({"params": {
+            "model": "mobilenet_v3_small", "pretrained": True, "input_size": 32, "epochs": 1}}))
+        assert main(["run", "--study", "rw", "--dataset", "digits", "--space", "pre.yaml", "--trials", "1",
+                     "--backend", "ray", "--workers", "1", "--download-weights", "--pruner", "none",
+                     "--no-progress"]) == 0
+    finally:
+        ray.shutdown()
+    trial, = optuna.load_study(study_name="rw", storage=f"sqlite:///{workdir / 'cnnsearch.db'}").trials
+    expected = hub / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth"
+    if trial.state == optuna.trial.TrialState.COMPLETE:  # online: the task downloaded into the run's hub folder
+        assert expected.is_file()
+    else:  # offline (as here): the task tried to download, into the run's hub folder
+        message = trial.user_attrs["fail_message"]
+        assert "downloading https://download.pytorch.org/models/mobilenet_v3_small" in message
+        assert str(expected) in message

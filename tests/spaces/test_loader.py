@@ -202,6 +202,36 @@ BAD_SPACES = {
                              ["description=['a', 'b']", "one line of text"]),
     "full_grid_not_bool": ("full_grid: yes please\nparams: {}\n",
                            ["full_grid='yes please'", "not true or false", "full_grid: true"]),
+    # Keys that would do nothing in every trial: refused, with the reason and the fix.
+    "unfreeze_without_freeze": ("params:\n  model: resnet18\n  unfreeze_epoch: 3\n",
+                                ["param 'unfreeze_epoch'", "unfreeze_epoch=3 has no effect",
+                                 "freeze is none", "(freeze left at the default)", "give freeze: body or stages"]),
+    "unfreeze_after_the_last_epoch": ("params:\n  freeze: body\n  unfreeze_epoch: 6\n  epochs: 4\n",
+                                      ["unfreeze_epoch=6 has no effect", "training ends after epoch 4",
+                                       "give unfreeze_epoch <= epochs"]),
+    "unfreeze_searched_always_after_the_last_epoch": (
+        "params:\n  freeze: stages\n  unfreeze_epoch: {type: int, low: 4, high: 6}\n"
+        "  epochs: {type: categorical, choices: [2, 3]}\n",
+        ["unfreeze_epoch (searched: int [4, 6]) has no effect", "for every value of the searched epochs"]),
+    "unfreeze_at_epoch_one": ("params:\n  freeze: body\n  unfreeze_epoch: 1\n",
+                              ["unfreeze_epoch=1 has no effect", "nothing is ever frozen", "2 or later"]),
+    "freeze_stages_without_stages": ("params:\n  freeze: body\n  freeze_stages: 2\n",
+                                     ["param 'freeze_stages'", "freeze is body", "give freeze: stages"]),
+    "body_lr_of_a_body_that_never_trains": (
+        "params:\n  model: resnet18\n  freeze: body\n  body_lr_mult: {type: float, low: 0.01, high: 1.0, log: true}\n",
+        ["param 'body_lr_mult'", "the body never trains", "(unfreeze_epoch left at the default)"]),
+    "gray_to_rgb_from_scratch": ("params:\n  model: resnet18\n  gray_to_rgb: replicate\n",
+                                 ["param 'gray_to_rgb'", "pretrained is false", "set pretrained: true"]),
+    "weights_path_from_scratch": ("params:\n  model: resnet18\n  pretrained: false\n  weights_path: w.pth\n",
+                                  ["param 'weights_path'", "weights_path='w.pth' has no effect",
+                                   "no weights are loaded"]),
+    "input_size_of_the_custom_family": ("params:\n  input_size: 64\n",
+                                        ["param 'input_size'", "model 'cnn' is built for the data's size",
+                                         "pick a backbone"]),
+    "pretrained_without_weights_for_any_model": (
+        "params:\n  pretrained: true\n  model: {type: categorical, choices: [cnn, lenet5]}\n",
+        ["param 'pretrained'", "pretrained=True cannot be used", "no published pretrained weights",
+         "for every value of the searched model", "resnet18"]),
     "full_grid_of_a_continuous_space": (
         "full_grid: true\nparams:\n  lr: {type: float, low: 0.001, high: 0.1}\n",
         ["grid search needs a finite set of values", "'lr' is a continuous float", "add `step:`"]),
@@ -257,3 +287,25 @@ def test_an_alias_bomb_is_refused_before_it_expands(tmp_path, where):
     text = ("params:\n  epochs: 1\n" if where == "description" else "") + f"{where}:\n" + _alias_bomb()
     message = load_error(tmp_path, text)
     assert "alias" in message and "expands" in message
+
+
+@pytest.mark.parametrize("text", [
+    # The combination occurs in some trials only: each such trial notes it (tests/search/test_finetune.py).
+    "params:\n  freeze: {type: categorical, choices: [none, body]}\n  unfreeze_epoch: {type: int, low: 2, high: 3}\n",
+    "params:\n  freeze: body\n  unfreeze_epoch: {type: int, low: 2, high: 6}\n  epochs: 4\n",
+    "params:\n  pretrained: true\n  model: {type: categorical, choices: [lenet5, resnet18]}\n",
+    # A `when` keeps the key to the trials where it acts.
+    "params:\n  freeze: {type: categorical, choices: [none, body]}\n"
+    "  unfreeze_epoch: {type: int, low: 2, high: 3, when: {freeze: body}}\n",
+    # Benchmark spaces (not strict) name keys of their own.
+    "params:\n  freeze_stages: 2\n",
+])
+def test_a_combination_that_only_some_trials_hold_is_accepted(tmp_path, text):
+    load_space(write(tmp_path, text), strict="freeze_stages: 2" not in text)
+
+
+def test_a_builders_space_may_set_input_size_and_pretrained_its_builder_reads_them(tmp_path):
+    (tmp_path / "nets.py").write_text("def build(config, input_shape, num_classes):\n    return None\n")
+    space = load_space(write(tmp_path, 'model: {builder: "nets.py:build"}\nparams:\n  input_size: 64\n'
+                                      "  pretrained: true\n"))
+    assert space.fixed == {"input_size": 64, "pretrained": True}
