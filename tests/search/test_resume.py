@@ -48,6 +48,15 @@ def digits():
     return prepare_data(images, make_split(images.labels, seed=0), "cpu")
 
 
+@pytest.fixture(scope="module")
+def streamed_digits():
+    """The same split, streamed from the host a batch at a time (as data over the device's budget is)."""
+    images = load_dataset("digits")
+    data = prepare_data(images, make_split(images.labels, seed=0), "cpu", data_memory=1)
+    assert data.feed["mode"] == "stream"
+    return data
+
+
 # Dropout draws from torch's global generator, the augmentation from the run's: both must be restored.
 CONFIG = TrialConfig.from_dict({"width": 4, "depth": 1, "epochs": 3, "batch_size": 128, "dropout": 0.2,
                                 "optimizer": "adamw", "schedule": "onecycle", "aug_flip": True, "aug_translate": 2,
@@ -73,7 +82,10 @@ def _reported():
 
 
 @pytest.mark.slow
-def test_a_run_stopped_mid_epoch_resumes_there_and_equals_an_uninterrupted_run(digits) -> None:
+@pytest.mark.parametrize("feed", ["digits", "streamed_digits"])
+def test_a_run_stopped_mid_epoch_resumes_there_and_equals_an_uninterrupted_run(
+        feed: str, request: pytest.FixtureRequest) -> None:
+    digits = request.getfixturevalue(feed)
     _, whole = fit(CONFIG, digits, "cpu", measure=False)
     checkpoints = MemoryCheckpoints()
     steps_per_epoch = -(-len(digits.train_y) // CONFIG.batch_size)
