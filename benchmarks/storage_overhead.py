@@ -73,7 +73,8 @@ def bench_space() -> Space:
 # --- the worker processes --------------------------------------------------------------------------
 
 def stub_fit(config: TrialConfig, data: Any, device: Any, report: Callable | None = None, *,
-             measure: bool = True, deadline: float | None = None) -> tuple[None, TrialMetrics]:
+             measure: bool = True, deadline: float | None = None, checkpoints: Any = None,
+             stop: Any = None) -> tuple[None, TrialMetrics]:
     """``search.trial.train.fit`` without the training: each epoch reported, fixed metrics returned."""
     curve = []
     for epoch in range(config.epochs):
