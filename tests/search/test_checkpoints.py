@@ -12,12 +12,18 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
+import search.study.objective
 from search.cli import main
 from search.study.checkpoints import resume_artifact_id
+from search.study.errors import WorkerStopped
+from search.study.objective import run_trial, worker_identity
+from search.trial.data import make_split, prepare_data
+from search.trial.datasets import load_dataset
 from tests.support.cli import CLI, clean_env
-from tests.support.workers import FAST_HEARTBEAT, make_study
+from tests.support.workers import FAST_HEARTBEAT, load, make_study
 
 # Every value fixed: a second study runs the same config with the same seed (trial 0's), uninterrupted.
 TEN_EPOCHS = {"params": {"lr": {"type": "categorical", "choices": [0.01]}, "epochs": 10, "width": 8, "depth": 1,
@@ -117,8 +123,57 @@ def test_a_corrupt_checkpoint_is_skipped_with_a_note_and_the_trial_trains_from_t
 def test_a_finished_study_leaves_no_checkpoint_unless_asked_to_keep_them(workdir: Path, keep: bool) -> None:
     (workdir / "two.yaml").write_text("params:\n  width: {type: int, low: 4, high: 6}\n  epochs: 2\n  depth: 1\n")
     assert main(["run", "--study", "s", "--dataset", "digits", "--space", "two.yaml", "--trials", "2",
-                 "--no-progress", "--device", "cpu", "--pruner", "none", *(["--keep-checkpoints"] if keep else [])]) == 0
+                 "--no-progress", "--device", "cpu", "--pruner", "none",
+                 *(["--keep-checkpoints"] if keep else [])]) == 0
     trials = _trials("sqlite:///cnnsearch.db", "s")
     assert all(t.user_attrs["checkpoint_epoch"] == 2 for t in trials)  # each epoch was checkpointed
     expected = sorted(resume_artifact_id("s", t.number) for t in trials) if keep else []
     assert _resume_files(workdir) == expected
+
+
+def _claim(study: optuna.Study) -> int:
+    """Claim the study's waiting trial as a worker does; its id."""
+    (trial,) = study.get_trials(states=(TrialState.WAITING,))
+    study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+    return trial._trial_id
+
+
+@pytest.mark.slow
+def test_a_trial_stopped_mid_epoch_and_claimed_again_continues_there_and_reports_each_epoch_once(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder) -> None:
+    url = f"sqlite:///{workdir / 'again.db'}"
+    spec = make_study(url, "a", TWO_EPOCHS, budget=1)
+    make_study(url, "ref", TWO_EPOCHS, budget=1)
+    images = load_dataset("digits")
+    data = prepare_data(images, make_split(images.labels, **spec.split_args()), "cpu")
+    cpu, identity = torch.device("cpu"), worker_identity(torch.device("cpu"))
+    steps = 0
+
+    def stop() -> None:  # a worker told to stop, after the 3rd step of the 2nd epoch
+        nonlocal steps
+        steps += 1
+        if steps == -(-len(data.train_y) // 128) + 3:
+            raise WorkerStopped("signal SIGTERM")
+
+    study, reference = load(url, "a"), load(url, "ref")
+    for each in (study, reference):
+        each.enqueue_trial({})  # the budget's sampled trial, which a worker makes when none waits
+    trial_id = _claim(study)
+    with monkeypatch.context() as handed_back:  # the trial is handed back as waiting rather than failed
+        handed_back.setattr(search.study.objective, "_fail", lambda *args: None)
+        with pytest.raises(WorkerStopped):
+            run_trial(study, trial_id, spec, data, cpu, identity, stop=stop)
+    study._storage.set_trial_state_values(trial_id, state=TrialState.WAITING)
+    (waiting,) = _trials(url, "a")
+    assert (waiting.user_attrs["checkpoint_epoch"], waiting.user_attrs["checkpoint_step"]) == (1, 3)
+    assert list(waiting.intermediate_values) == [1]
+
+    assert _claim(study) == trial_id  # claimed again: the same trial continues
+    assert run_trial(study, trial_id, spec, data, cpu, identity).state == TrialState.COMPLETE
+    assert run_trial(reference, _claim(reference), spec, data, cpu, identity).state == TrialState.COMPLETE
+    (trial,), (uninterrupted,) = _trials(url, "a"), _trials(url, "ref")
+    assert trial.user_attrs["resume_note"] == "resumed from the checkpoint after epoch 1, step 3 of epoch 2"
+    assert trial.user_attrs["curves"] == uninterrupted.user_attrs["curves"]
+    assert trial.intermediate_values == uninterrupted.intermediate_values
+    assert not [w for w in recwarn if "already reported" in str(w.message)]
+    assert _resume_files(workdir) == []
