@@ -21,6 +21,15 @@ parts, but on these shared machines it scatters by +-20 % of a trial from round 
 The study's setup (storage, study, split record, enqueueing the budget) happens once per
 study and is shown apart. Goal: <= 5 %.
 
+The per-epoch resume checkpoint is measured on its own, on the default config (``TrialConfig()``:
+CNN width 32, depth 2, 5 epochs, Adam) on the benchmark's data: the same config trained by
+``fit`` with and without a checkpoint store in a folder (the study's artifact store, written off
+the training thread), alternating which goes first. The headline is what the training thread
+spends on it, timed in place: copying the state to the CPU after each epoch and waiting for the
+writer; the background write (serialise, write, rename) is shown apart, and the paired
+difference of the two trainings as a cross-check (it also holds the write's competition for the
+cores). Goal: <= 3 % of the trial.
+
     python benchmarks/overhead.py              # 8 trials x 3 rounds
     python benchmarks/overhead.py --quick      # the short version run_all uses
 """
@@ -28,12 +37,13 @@ study and is shown apart. Goal: <= 5 %.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from unittest import mock
 
 import optuna
@@ -46,20 +56,24 @@ if __package__ in (None, ""):
 
 from benchmarks.common import goal_verdict, machine_line, median, parser_with_modes, result_line, table  # noqa: E402
 from search.study.dataset import record_or_check_split  # noqa: E402
-from search.study.objective import _reporter as real_reporter  # noqa: E402
+from search.study.objective import _Reporter  # noqa: E402
 from search.study.spec import StudySpec, create_or_resume, fill_budget  # noqa: E402
 from search.study.worker import WorkerSettings, worker_loop  # noqa: E402
 from search.trial.data import TrialData, make_split, prepare_data  # noqa: E402
 from search.trial.datasets import ImageSet, load_dataset  # noqa: E402
 from search.trial.measure import measure_latency_ms  # noqa: E402
 from search.trial.models import build_model  # noqa: E402
+from search.trial.resume import CheckpointWriter  # noqa: E402
+from search.trial.train import _capture as real_capture  # noqa: E402
 from search.trial.train import fit as real_fit  # noqa: E402
 from search.trial.train import train  # noqa: E402
 from spaces import Space, parse_space  # noqa: E402
 from spaces.schema import TrialConfig  # noqa: E402
 from storage import open_storage  # noqa: E402
+from storage.artifacts import WholeFileArtifactStore  # noqa: E402
 
 GOAL_PERCENT = 5.0
+CHECKPOINT_GOAL_PERCENT = 3.0
 
 
 def trial_space(epochs: int, width: int) -> Space:
@@ -87,8 +101,8 @@ def run_study(space: Space, dataset: str, images: ImageSet, data: TrialData, tri
     per worker), ``between`` (mean time between one trial's training and the next's:
     the per-trial work of the loop, ``tell`` to the next claim, config and attrs) and
     ``reports`` (per trial: the per-epoch report calls made during training). The trainings
-    are ``search.study.objective.fit`` calls and the reports the calls of the function
-    ``search.study.objective._reporter`` makes, each timed by a pass-through wrapper.
+    are ``search.study.objective.fit`` calls and the reports the calls of
+    ``search.study.objective._Reporter``, each timed by a pass-through wrapper.
     """
     url = f"sqlite:///{folder}/overhead-{round_}.db"
     name = f"overhead-{round_}"
@@ -109,21 +123,17 @@ def run_study(space: Space, dataset: str, images: ImageSet, data: TrialData, tri
         finally:
             fits.append((start, time.perf_counter()))
 
-    def timed_reporter(*args: Any, **kwargs: Any) -> Any:
-        report = real_reporter(*args, **kwargs)
+    real_report = _Reporter.__call__
 
-        def timed_report(*report_args: Any) -> None:
-            start = time.perf_counter()
-            try:
-                report(*report_args)
-            finally:
-                reports.append(time.perf_counter() - start)
-
-        return timed_report
+    def timed_report(self: _Reporter, *report_args: Any) -> None:
+        start = time.perf_counter()
+        try:
+            real_report(self, *report_args)
+        finally:
+            reports.append(time.perf_counter() - start)
 
     started = time.perf_counter()
-    with mock.patch("search.study.objective.fit", timed_fit), \
-            mock.patch("search.study.objective._reporter", timed_reporter):
+    with mock.patch("search.study.objective.fit", timed_fit), mock.patch.object(_Reporter, "__call__", timed_report):
         summary = worker_loop(url, name, WorkerSettings(device="cpu", parallel=False), data=data)
     wall = time.perf_counter() - started
     if summary.counts.get("COMPLETE") != trials:
@@ -144,6 +154,73 @@ def run_direct(configs: list[TrialConfig], data: TrialData) -> float:
     for config in configs:
         train(config, data, "cpu", measure=False)
     return time.perf_counter() - started
+
+
+class FolderCheckpoints:
+    """A trial's resume checkpoint in an artifact store in ``folder``, as a worker writes it; never resumed from."""
+
+    def __init__(self, folder: Path) -> None:
+        self.store = WholeFileArtifactStore(folder)
+        self.write_seconds = 0.0
+
+    def read(self) -> BinaryIO | None:
+        return None
+
+    def write(self, body: BinaryIO, epoch: int, step: int) -> None:
+        started = time.perf_counter()
+        self.store.write("resume-benchmark.pt", body)
+        self.write_seconds += time.perf_counter() - started
+
+    def resumed(self, epoch: int, step: int, curves: dict[str, list[float]]) -> None:
+        raise AssertionError("the benchmark's checkpoints are never read")
+
+    def skipped(self, reason: str) -> None:
+        raise AssertionError("the benchmark's checkpoints are never read")
+
+
+def checkpoint_cost(config: TrialConfig, data: TrialData, folder: Path, rounds: int) -> list[dict[str, float]]:
+    """Seconds per round: ``plain`` and ``checkpointed`` trainings of ``config`` (alternating which goes first),
+    and in the checkpointed one ``capture`` (state to CPU copies), ``wait`` (training thread waiting for
+    the writer) and ``write`` (the writer thread's serialise + write, overlapping training)."""
+    out = []
+    for round_ in range(rounds):
+        row: dict[str, float] = {}
+        for name in (["plain", "checkpointed"] if round_ % 2 == 0 else ["checkpointed", "plain"]):
+            started = time.perf_counter()
+            if name == "plain":
+                real_fit(config, data, "cpu", measure=False)
+            else:
+                row.update(checkpointed_fit(config, data, folder))
+            row[name] = time.perf_counter() - started
+        out.append(row)
+    return out
+
+
+def checkpointed_fit(config: TrialConfig, data: TrialData, folder: Path) -> dict[str, float]:
+    """Train ``config`` with a checkpoint in ``folder`` after every epoch; the seconds of its parts."""
+    parts = {"capture": 0.0, "wait": 0.0}
+    real_flush = CheckpointWriter.flush
+
+    def capture(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return real_capture(*args, **kwargs)
+        finally:
+            parts["capture"] += time.perf_counter() - started
+
+    def flush(self: CheckpointWriter) -> None:
+        started = time.perf_counter()
+        try:
+            real_flush(self)
+        finally:
+            parts["wait"] += time.perf_counter() - started
+
+    folder.mkdir(exist_ok=True)
+    checkpoints = FolderCheckpoints(folder)
+    with mock.patch("search.trial.train._capture", capture), mock.patch.object(CheckpointWriter, "flush", flush):
+        real_fit(config, data, "cpu", measure=False, checkpoints=checkpoints)
+    shutil.rmtree(folder)
+    return {**parts, "write": checkpoints.write_seconds}
 
 
 def latency_seconds(configs: list[TrialConfig], data: TrialData) -> float:
@@ -180,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(trials, rounds, epochs) < 1:
         parser.error(f"--trials {trials}, --rounds {rounds}, --epochs {epochs}: each must be at least 1")
     space = trial_space(epochs, width=4 if args.smoke else 16)
+    default = TrialConfig().replace(epochs=1, width=4) if args.smoke else TrialConfig()
     images = load_dataset(dataset)
     data = prepare_data(images, make_split(images.labels, seed=0), "cpu")
 
@@ -198,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({key: 1000 * value / trials for key, value in (
                 ("study", seconds["loop"]), ("direct", direct), ("latency", latency))})
             rows[-1].update({key: 1000 * seconds[key] for key in ("setup", "start", "between", "reports")})
+        checkpoint_rows = checkpoint_cost(default, data, Path(folder) / "checkpoints", rounds)
 
     def med(key: str) -> float:
         return median([r[key] for r in rows])
@@ -229,7 +308,38 @@ def main(argv: list[str] | None = None) -> int:
           f"(rounds: {', '.join(f'{s:.1f} %' for s in share)})")
     print(result_line("overhead", f"{median(parts):.0f} ms = {pct:.1f} % of a {med('direct') / 1000:.1f}-s trial "
                                   f"(goal <= {GOAL_PERCENT:g} %: {met}); loops' difference {median(share):.1f} %"))
+    print_checkpoint_cost(checkpoint_rows, default, dataset, args.smoke)
     return 0
+
+
+def print_checkpoint_cost(rows: list[dict[str, float]], config: TrialConfig, dataset: str, smoke: bool) -> None:
+    """The resume checkpoint's table and RESULT line (see the module docstring)."""
+    def ms(key: str) -> float:
+        return 1000 * median([r[key] for r in rows])
+
+    def pct(values: list[float]) -> float:
+        return median([100 * v / r["plain"] for v, r in zip(values, rows, strict=True)])
+
+    on_thread = [r["capture"] + r["wait"] for r in rows]
+    difference = [r["checkpointed"] - r["plain"] for r in rows]
+    print(f"\nresume checkpoint after every epoch: {dataset}, the default config (width {config.width}, depth "
+          f"{config.depth}, {config.epochs} epochs, {config.optimizer}), {len(rows)} rounds alternating, medians")
+    print(table(["fit of the default config", "ms/trial", "% of trial"], [
+        ["without checkpoints", ms("plain"), 100.0],
+        ["with a checkpoint after every epoch", ms("checkpointed"), pct([r["checkpointed"] for r in rows])],
+        ["checkpoint cost on the training thread:", 1000 * median(on_thread), pct(on_thread)],
+        ["  state copied to the CPU", ms("capture"), pct([r["capture"] for r in rows])],
+        ["  waiting for the writer (the next epoch's, the last)", ms("wait"), pct([r["wait"] for r in rows])],
+        ["background write: serialise, write, rename (overlaps training)", ms("write"),
+         pct([r["write"] for r in rows])],
+        ["cross-check: with - without (noisy)", 1000 * median(difference), pct(difference)],
+    ]))
+    share = pct(on_thread)
+    met = goal_verdict(share <= CHECKPOINT_GOAL_PERCENT, smoke)
+    print(result_line("overhead checkpoint", f"{1000 * median(on_thread):.0f} ms = {share:.2f} % of a "
+                                             f"{ms('plain') / 1000:.1f}-s default-config trial on the training "
+                                             f"thread (goal <= {CHECKPOINT_GOAL_PERCENT:g} %: {met}); with - "
+                                             f"without {pct(difference):.1f} %"))
 
 
 if __name__ == "__main__":

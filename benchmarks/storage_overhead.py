@@ -73,13 +73,14 @@ def bench_space() -> Space:
 # --- the worker processes --------------------------------------------------------------------------
 
 def stub_fit(config: TrialConfig, data: Any, device: Any, report: Callable | None = None, *,
-             measure: bool = True, deadline: float | None = None) -> tuple[None, TrialMetrics]:
+             measure: bool = True, deadline: float | None = None, scores: Any = (), checkpoints: Any = None,
+             stop: Any = None) -> tuple[None, TrialMetrics]:
     """``search.trial.train.fit`` without the training: each epoch reported, fixed metrics returned."""
     curve = []
     for epoch in range(config.epochs):
         curve.append(0.5 + 0.01 * epoch)
         if report is not None:
-            report(epoch, curve[-1], 1.0)
+            report(epoch, {"val_accuracy": curve[-1], "val_loss": 1.0})
     return None, TrialMetrics(
         val_accuracy=curve[-1], val_loss=1.0, best_val_accuracy=curve[-1], epochs_run=len(curve), params=1000,
         flops=100_000, train_seconds=0.0, latency_ms=0.1, throughput=10_000.0, device=str(device), amp=None,

@@ -17,6 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from storage.records import (
     BACKEND,
+    CHECKPOINT_EPOCH,
+    CHECKPOINT_STEP,
     CONFIG,
     DEVICE,
     GPU_IDS,
@@ -70,7 +72,12 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def status_record(study: optuna.Study) -> dict[str, Any]:
-    """``cnnsearch status --json``: counts by state, best value, running trials, elapsed time, workers."""
+    """``cnnsearch status --json``: counts by state, best value, running trials, elapsed time, workers.
+
+    Running and waiting trials with a checkpoint say where they would resume: ``resumes_after``
+    (epochs done in the checkpoint, ``resumes_at_step`` batches into the next); a waiting retry of a
+    dead worker's trial has that trial's checkpoint.
+    """
     trials = study.get_trials(deepcopy=False)
     counts = count_states(trials)
     best = best_trials(study, 1)
@@ -80,9 +87,11 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
          "pid": t.user_attrs.get(PID), "device": t.user_attrs.get(DEVICE),
          "started": _iso(t.datetime_start),
          # Multi-objective trials cannot store intermediate values: their curve is a user attr.
-         "epochs_done": len(t.intermediate_values) or len(t.user_attrs.get(LIVE_CURVE, []))}
+         "epochs_done": len(t.intermediate_values) or len(t.user_attrs.get(LIVE_CURVE, [])), **_resume_point(t)}
         for t in trials if t.state == TrialState.RUNNING
     ]
+    resumable = [{"number": t.number, **_resume_point(t)} for t in trials
+                 if t.state == TrialState.WAITING and CHECKPOINT_EPOCH in t.user_attrs]
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     if not starts:
@@ -92,9 +101,16 @@ def status_record(study: optuna.Study) -> dict[str, Any]:
         elapsed = max(0.0, (last - min(starts)).total_seconds())
     return {"study": study.study_name, "counts": counts, "best_value": best_value,
             "best_trials": [t.number for t in best], "objectives": objective_names(study), "running": running,
+            "waiting_resumable": resumable,
             "elapsed_s": round(elapsed, 1), "directions": [d.name.lower() for d in study.directions],
             "dataset": study.user_attrs.get(STUDY_DATASET), "space": study.user_attrs.get(STUDY_SPACE_NAME),
             "budget": study.user_attrs.get(STUDY_BUDGET), "workers": worker_records(trials)}
+
+
+def _resume_point(trial: FrozenTrial) -> dict[str, int | None]:
+    """Where ``trial`` would continue from its latest checkpoint (None: it has none, it would start over)."""
+    return {"resumes_after": trial.user_attrs.get(CHECKPOINT_EPOCH), "resumes_at_step": trial.user_attrs.get(
+        CHECKPOINT_STEP)}
 
 
 def _best_value(study: optuna.Study, best: list[FrozenTrial]) -> float | list[list[float]] | None:

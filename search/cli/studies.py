@@ -170,11 +170,21 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{trials}")
     for r in rec["running"]:
         print(f"  running #{r['number']} on {r['worker']} ({r['device']}), started {r['started']}, "
-              f"{r['epochs_done']} epochs done")
+              f"{r['epochs_done']} epochs done{_resume_point(r)}")
+    for r in rec["waiting_resumable"]:
+        print(f"  waiting #{r['number']}{_resume_point(r)}")
     for w in rec.get("workers", []):
         print(f"  worker {w['worker']} ({w['device']}): {_counts(w['trials'])}, "
               f"last heartbeat {w['last_heartbeat'] or '-'}")
     return 0
+
+
+def _resume_point(rec: dict[str, Any]) -> str:
+    """``, resumes after epoch 5`` (``, step 12 of epoch 6``): where a stopped trial would continue."""
+    if rec["resumes_after"] is None:
+        return ""
+    step = f", step {rec['resumes_at_step']} of epoch {rec['resumes_after'] + 1}" if rec["resumes_at_step"] else ""
+    return f", resumes after epoch {rec['resumes_after']}{step}"
 
 
 def add_best_args(p: argparse.ArgumentParser) -> Command:

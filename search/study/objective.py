@@ -13,6 +13,7 @@ import os
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from search.study.checkpoints import keep_checkpoint
+from search.study.checkpoints import TrialCheckpoint, keep_checkpoint, lineage, trial_checkpoint
 from search.study.errors import WorkerStopped
 from search.study.records import INTERRUPTED, TrialOutcome
 from search.study.spec import StudySpec
@@ -53,6 +54,8 @@ from storage.records import (
     ORIGIN,
     PARAMS,
     PID,
+    RESUME_NOTE,
+    RESUMED_FROM_EPOCH,
     SEED,
     STARTED,
     THREADS,
@@ -74,16 +77,24 @@ def worker_identity(device: torch.device, worker: str | None = None) -> dict[str
 
 
 def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialData,
-              device: torch.device, identity: dict[str, Any]) -> TrialOutcome:
+              device: torch.device, identity: dict[str, Any], *,
+              stop: Callable[[], None] | None = None) -> TrialOutcome:
     """Run the claimed (RUNNING) trial ``trial_id`` and tell the study its outcome.
 
     Pruned trials (by the pruner, or for NaN loss, out-of-memory or timeout, so the
     sampler learns to avoid them) end PRUNED with ``fail_reason``; any other error ends
     FAIL with its reason and the worker goes on. KeyboardInterrupt and WorkerStopped
     end the trial FAIL with reason ``interrupted`` and propagate.
+
+    The trial continues from the checkpoint of its lineage (:mod:`search.study.checkpoints`) when
+    there is one, and checkpoints after every epoch; the checkpoint is removed when the trial
+    ends COMPLETE, PRUNED or FAIL (unless ``--keep-checkpoints``), and left for the retry when an
+    interrupt or a lost database stops it. ``stop`` is asked after every training step (see
+    :data:`search.trial.train.Stop`): what it raises stops the trial with the state at that step saved.
     """
     trial = optuna.Trial(study, trial_id)
     progress: _Progress | None = None  # set when training starts
+    checkpoint: TrialCheckpoint | None = None
     origin = trial.user_attrs.get(ORIGIN)  # "start" / "warm_start" when fill_budget enqueued a known config
     for key, value in identity.items():
         trial.set_user_attr(key, value)
@@ -91,9 +102,12 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
     trial.set_user_attr(DATA_FEED, data.feed)
     try:
         config = TrialConfig.from_dict(spec.space.suggest(trial), where=spec.space.source)
+        before = trial.storage.get_trial(trial_id)  # what an earlier claim of this trial recorded
+        line = lineage(before)
         if "seed" not in spec.space.params and "seed" not in spec.space.fixed:
-            # A distinct, reproducible seed per trial: the recipe records it.
-            config = config.replace(seed=spec.seed * 100_000 + trial.number)
+            # A distinct, reproducible seed per trial, the recipe records it; a retry has its first attempt's
+            # seed, so it continues that training (its checkpoint) and ends as that trial would have.
+            config = config.replace(seed=spec.seed * 100_000 + line)
         trial.set_user_attr(CONFIG, as_built(config, data.input_shape).to_dict())  # what is trained
         trial.set_user_attr(SEED, config.seed)
         # Until measured, a trial counts as feasible: the samplers need one value per constraint.
@@ -101,12 +115,15 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         _refuse_before_training(trial, spec, config, data, device)
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
         progress = _Progress()
-        report = _reporter(trial, spec, progress, prune=origin is None, last_epoch=config.epochs)
+        report = _Reporter(trial, spec, progress, prune=origin is None, last_epoch=config.epochs,
+                           reported=set(before.intermediate_values))
         scores = spec.scores()
-        if data.folds:
+        if data.folds:  # K trainings per trial: no resume checkpoints (a retry trains every fold again)
             model, metrics = _cross_validate(trial, config, data, device, report, progress, deadline, scores)
         else:
-            model, metrics = fit(config, data, device, report=report, deadline=deadline, scores=scores)
+            checkpoint = trial_checkpoint(trial, trial_id, line, report.resumed)
+            model, metrics = fit(config, data, device, report=report, deadline=deadline, scores=scores,
+                                 checkpoints=checkpoint, stop=stop)
         _record_metrics(trial, metrics)
         if spec.keep_checkpoints:
             # Before tell(): Optuna records an artifact only on a trial that is still running.
@@ -114,6 +131,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         values = [metrics.value(objective.metric) for objective in spec.objective_list]
         _record_constraints(trial, spec, metrics.attrs())
         study.tell(trial, values)
+        _ended(checkpoint, spec)
         return TrialOutcome(trial.number, TrialState.COMPLETE, values)
     except optuna.TrialPruned as exc:
         _record_training(trial, progress)
@@ -121,6 +139,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         trial.set_user_attr(FAIL_REASON, "pruned")
         trial.set_user_attr(FAIL_MESSAGE, reason)
         study.tell(trial, state=TrialState.PRUNED)
+        _ended(checkpoint, spec)
         return TrialOutcome(trial.number, TrialState.PRUNED, None, reason)
     except TrialFailed as exc:
         _record_training(trial, progress)
@@ -128,6 +147,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         trial.set_user_attr(FAIL_MESSAGE, str(exc))
         log.info("trial %d pruned: %s", trial.number, exc)
         study.tell(trial, state=TrialState.PRUNED)
+        _ended(checkpoint, spec)
         return TrialOutcome(trial.number, TrialState.PRUNED, None, f"{exc.reason}: {exc}")
     except (KeyboardInterrupt, WorkerStopped) as exc:
         _record_training(trial, progress)
@@ -140,7 +160,14 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         log.warning("trial %d failed: %s", trial.number, message, exc_info=True)
         _record_training(trial, progress)
         _fail(study, trial, "error", message)
+        _ended(checkpoint, spec)  # an error is not retried
         return TrialOutcome(trial.number, TrialState.FAIL, None, message)
+
+
+def _ended(checkpoint: TrialCheckpoint | None, spec: StudySpec) -> None:
+    """The trial has ended for good: its resume checkpoint goes, unless the study keeps checkpoints."""
+    if checkpoint is not None and not spec.keep_checkpoints:
+        checkpoint.remove()
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, message: str) -> None:
@@ -157,7 +184,7 @@ class _Progress:
     epochs: int = 0
 
 
-def _reporter(trial: optuna.Trial, spec: StudySpec, progress: _Progress, *, prune: bool, last_epoch: int):
+class _Reporter:
     """Per-epoch report: intermediate value for the dashboard and the pruner; counts ``progress``.
 
     The pruner is asked after every epoch but the trial's ``last_epoch``: a trial that trained
@@ -171,24 +198,48 @@ def _reporter(trial: optuna.Trial, spec: StudySpec, progress: _Progress, *, prun
     ``val_accuracy_curve`` instead; so do trials of one objective measured only at the end
     (latency, params, FLOPs: no per-epoch value for the pruner). The value reported is the
     objective's own (val loss, macro-F1, a user's score...), in the study's direction.
+
+    An epoch is reported once per trial: a trial claimed again skips the epochs it reported
+    before, and one resumed from a checkpoint records the checkpoint's epochs it lacks
+    (:meth:`resumed`, a retry copy has none) without asking the pruner.
     """
-    curve: list[float] = []
-    objective = spec.objective_list[0]
-    single = len(spec.objectives) == 1 and objective.per_epoch
 
-    def report(epoch: int, values: dict[str, float]) -> None:
-        progress.epochs = epoch
-        if not single:
-            curve.append(values["val_accuracy"])
-            trial.set_user_attr(LIVE_CURVE, list(curve))
-        else:
-            value = values[objective.metric]
-            trial.report(value, step=epoch)
-            if prune and epoch < last_epoch and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned by {spec.pruner} at epoch {epoch} "
-                                         f"({objective.metric} {value:.4f})")
+    def __init__(self, trial: optuna.Trial, spec: StudySpec, progress: _Progress, *, prune: bool,
+                 last_epoch: int, reported: set[int]) -> None:
+        self.trial, self.spec, self.progress = trial, spec, progress
+        self.prune, self.last_epoch = prune, last_epoch
+        self.objective = spec.objective_list[0]
+        self.single = len(spec.objectives) == 1 and self.objective.per_epoch
+        self.reported = reported
+        self.curve: list[float] = []
 
-    return report
+    def __call__(self, epoch: int, values: dict[str, float]) -> None:
+        self.progress.epochs = epoch
+        if not self.single:
+            self.curve.append(values["val_accuracy"])
+            self.trial.set_user_attr(LIVE_CURVE, list(self.curve))
+        elif epoch not in self.reported:
+            value = values[self.objective.metric]
+            self.trial.report(value, step=epoch)
+            self.reported.add(epoch)
+            if self.prune and epoch < self.last_epoch and self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned by {self.spec.pruner} at epoch {epoch} "
+                                         f"({self.objective.metric} {value:.4f})")
+
+    def resumed(self, epoch: int, step: int, curves: dict[str, list[float]]) -> None:
+        """Training continues after ``epoch`` (``step`` batches into the next); ``curves`` of the epochs done."""
+        self.progress.epochs = epoch
+        where = f"epoch {epoch}" + (f", step {step} of epoch {epoch + 1}" if step else "")
+        self.trial.set_user_attr(RESUMED_FROM_EPOCH, epoch)
+        self.trial.set_user_attr(RESUME_NOTE, f"resumed from the checkpoint after {where}")
+        if not self.single:
+            self.curve = list(curves["val_accuracy"][:epoch])
+            self.trial.set_user_attr(LIVE_CURVE, list(self.curve))
+            return
+        for number, value in enumerate(curves[self.objective.metric][:epoch], 1):
+            if number not in self.reported:
+                self.trial.report(value, step=number)
+                self.reported.add(number)
 
 
 def _cross_validate(trial: optuna.Trial, config: TrialConfig, data: TrialData, device: torch.device, report,

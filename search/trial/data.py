@@ -226,13 +226,17 @@ class TrialData:
     feed: dict[str, Any] = field(default_factory=lambda: {"mode": "device"})
     folds: tuple[torch.Tensor, ...] = ()
 
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, batch_size: int, generator: torch.Generator | None, *, order: torch.Tensor | None = None,
+                      start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled ``(uint8 images, labels)`` batches on the device (see :func:`batches`).
 
         The order is drawn from ``generator`` before the first batch, so either feed gives the
-        same batches and leaves ``generator`` in the same state.
+        same batches and leaves ``generator`` in the same state. A resumed epoch passes the
+        ``order`` it drew before (:func:`shuffled`) instead, and skips its first ``start`` batches.
         """
-        order = batches(len(self.train_y), batch_size, generator, self.train_y.device)
+        if order is None:
+            order = shuffled(len(self.train_y), generator)
+        order = order.to(self.train_y.device).split(batch_size)[start:]
         if isinstance(self.train_x, StreamedImages):
             order = list(order)
             yield from zip(self.train_x.stream(order), (self.train_y[idx] for idx in order), strict=True)
@@ -499,7 +503,12 @@ def batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is not accepted; give an integer >= 1")
     if shuffle:
-        order = torch.randperm(n, generator=generator, device=generator.device).to(device)
+        order = shuffled(n, generator).to(device)
     else:
         order = torch.arange(n, device=device)
     yield from order.split(batch_size)
+
+
+def shuffled(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of ``range(n)`` drawn from ``generator``, on the generator's own device: one epoch's order."""
+    return torch.randperm(n, generator=generator, device=generator.device)

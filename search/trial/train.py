@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.trial.augment import Augmenter
-from search.trial.data import TrialData
+from search.trial.data import TrialData, shuffled
 from search.trial.device import amp_dtype_for, resolve_device
 from search.trial.errors import TrialFailed
 from search.trial.finetune import Frozen, freeze, param_groups
@@ -29,6 +29,7 @@ from search.trial.measure import activation_bytes, count_flops, count_params, me
 from search.trial.memory import eval_batch_size, oom_as_trial_failed
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
+from search.trial.resume import CheckpointStore, CheckpointWriter, UnusableCheckpoint, cpu_copy, read_state, stamp
 from search.trial.scores import Score, validation_scores
 from spaces.schema import TrialConfig
 
@@ -41,6 +42,10 @@ Report = Callable[[int, dict[str, float]], None]
 It may raise (``optuna.TrialPruned`` from a pruner): training stops and the exception
 propagates unchanged to the caller.
 """
+
+Stop = Callable[[], None]
+"""``stop()`` after every training step: whatever it raises stops training there, after the state at that
+step has been checkpointed (a clean stop, e.g. a worker told to stop, resumes mid-epoch exactly)."""
 
 EVAL_BATCH = 1024
 CHECK_EVERY = 50  # steps between finiteness checks: each check syncs a GPU once
@@ -130,7 +135,8 @@ def _to_input(data: TrialData, x_uint8: torch.Tensor, augment: Augmenter | None 
 
 def fit(config: TrialConfig, data: TrialData, device: torch.device | str,
         report: Report | None = None, *, measure: bool = True,
-        deadline: float | None = None, scores: tuple[Score, ...] = ()) -> tuple[nn.Module, TrialMetrics]:
+        deadline: float | None = None, scores: tuple[Score, ...] = (), checkpoints: CheckpointStore | None = None,
+        stop: Stop | None = None) -> tuple[nn.Module, TrialMetrics]:
     """Train one model from ``config`` on ``data``; return the model and its metrics.
 
     ``scores`` are computed from every epoch's validation pass besides accuracy and loss
@@ -142,12 +148,19 @@ def fit(config: TrialConfig, data: TrialData, device: torch.device | str,
     memory (whichever error says so, :func:`search.trial.memory.is_out_of_memory`) with
     ``oom`` (:class:`TrialFailed`), the failed run's memory released by then. See
     :func:`train` for the metrics.
+
+    With ``checkpoints``, training continues from the latest checkpoint there (reported through
+    ``checkpoints.resumed``; one that does not fit is ``skipped`` and training starts over), and a
+    checkpoint is written after every epoch, off the training thread (:mod:`search.trial.resume`).
+    ``stop`` (see :data:`Stop`) is asked after every step. Whatever exception leaves ``fit``, the
+    last checkpoint's write has finished by then.
     """
     device = resolve_device(device)
     cuda_devices = [device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
-        return oom_as_trial_failed(lambda: _fit(config, data, device, report, measure, deadline, scores), device)
+        return oom_as_trial_failed(
+            lambda: _fit(config, data, device, report, measure, deadline, scores, checkpoints, stop), device)
 
 
 def train(config: TrialConfig, data: TrialData, device: torch.device | str,
@@ -202,40 +215,159 @@ class _Run:
     steps_per_epoch: int
     notes: list[str]
     steps: int = 0
+    unfrozen: bool = False
+
+
+@dataclass
+class _Position:
+    """Where training stands: ``epoch`` epochs done and ``step`` batches of the next, its ``order`` and loss so far."""
+
+    epoch: int = 0
+    step: int = 0
+    order: torch.Tensor | None = None
+    loss_sum: torch.Tensor | None = None
+    train_seconds: float = 0.0
 
 
 def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Report | None,
-         measure: bool, deadline: float | None, scores: tuple[Score, ...]) -> tuple[nn.Module, TrialMetrics]:
+         measure: bool, deadline: float | None, scores: tuple[Score, ...], checkpoints: CheckpointStore | None,
+         stop: Stop | None) -> tuple[nn.Module, TrialMetrics]:
     run = _start(config, data, device)
-    curves: dict[str, list[float]] = {"val_accuracy": [], "val_loss": [], "train_loss": [], "lr": [],
-                                      **{score.key: [] for score in scores}}
+    curves = _empty_curves(scores)
+    at = _Position()
+    if checkpoints is not None:
+        run, at, curves = _resume(config, data, device, run, checkpoints, curves)
+    writer = CheckpointWriter(checkpoints) if checkpoints is not None else None
     y_true = data.val_y.cpu().numpy() if scores else None
     started = time.perf_counter()
-    eval_seconds = 0.0
-    for epoch in range(1, config.epochs + 1):
-        if epoch == config.unfreeze_epoch:
-            run.frozen.release()
-        curves["lr"].append(run.optimizer.param_groups[0]["lr"])
-        loss_sum = _train_epoch(run, data, device, epoch, deadline)
+    eval_seconds: float | None = None
+
+    def save(position: _Position) -> None:
+        if writer is not None:
+            position.train_seconds = at.train_seconds + time.perf_counter() - started
+            writer.submit(_capture(config, run, position, curves))
+
+    def save_now(epoch: int, step: int, order: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        save(_Position(epoch, step, order, loss_sum))
+        if writer is not None:
+            writer.flush()
+
+    try:
+        for epoch in range(at.epoch + 1, config.epochs + 1):
+            resuming = at.step > 0 and epoch == at.epoch + 1  # the rest of an epoch stopped mid-way
+            if epoch == config.unfreeze_epoch and not run.unfrozen:
+                run.frozen.release()
+                run.unfrozen = True
+            if not resuming:
+                curves["lr"].append(run.optimizer.param_groups[0]["lr"])
+            loss_sum = _train_epoch(run, data, device, epoch, deadline, at if resuming else None, stop, save_now)
+            eval_started = time.perf_counter()
+            logits: list[torch.Tensor] | None = [] if scores else None
+            # evaluate() ends in .item(): synced
+            val_acc, val_loss = evaluate(run.model, data, data.val_x, data.val_y, run.amp, deadline, logits)
+            eval_seconds = time.perf_counter() - eval_started
+            curves["train_loss"].append(loss_sum.item() / run.steps_per_epoch)
+            log.debug("epoch %d: val_accuracy %.4f val_loss %.4f", epoch, val_acc, val_loss)
+            if not math.isfinite(val_loss):
+                raise TrialFailed("nan_loss", f"validation loss is {val_loss} after epoch {epoch}")
+            values = {"val_accuracy": val_acc, "val_loss": val_loss}
+            if logits is not None:  # after the NaN check: a diverged trial is pruned for it, not failed by a score
+                values.update(validation_scores(scores, y_true, torch.cat(logits).cpu().numpy()))
+            for key, value in values.items():
+                curves[key].append(value)
+            save(_Position(epoch))
+            if report is not None:
+                report(epoch, values)
+    finally:
+        if writer is not None:
+            writer.close()
+    train_seconds = at.train_seconds + time.perf_counter() - started
+    if measure and eval_seconds is None:  # resumed after its last epoch: time one validation pass for throughput
         eval_started = time.perf_counter()
-        logits: list[torch.Tensor] | None = [] if scores else None
-        # evaluate() ends in .item(): synced
-        val_acc, val_loss = evaluate(run.model, data, data.val_x, data.val_y, run.amp, deadline, logits)
+        evaluate(run.model, data, data.val_x, data.val_y, run.amp, deadline)
         eval_seconds = time.perf_counter() - eval_started
-        curves["train_loss"].append(loss_sum.item() / run.steps_per_epoch)
-        log.debug("epoch %d: val_accuracy %.4f val_loss %.4f", epoch, val_acc, val_loss)
-        if not math.isfinite(val_loss):
-            raise TrialFailed("nan_loss", f"validation loss is {val_loss} after epoch {epoch}")
-        values = {"val_accuracy": val_acc, "val_loss": val_loss}
-        if logits is not None:  # after the NaN check: a diverged trial is pruned for it, not failed by a score
-            values.update(validation_scores(scores, y_true, torch.cat(logits).cpu().numpy()))
-        for key, value in values.items():
-            curves[key].append(value)
-        if report is not None:
-            report(epoch, values)
-    train_seconds = time.perf_counter() - started
     metrics = _metrics(run, data, device, curves, train_seconds, eval_seconds if measure else None)
     return run.model, replace(metrics, scores={score.key: curves[score.key][-1] for score in scores})
+
+
+def _empty_curves(scores: tuple[Score, ...]) -> dict[str, list[float]]:
+    """Every epoch's values: accuracy, losses, learning rate and each score's."""
+    return {"val_accuracy": [], "val_loss": [], "train_loss": [], "lr": [], **{score.key: [] for score in scores}}
+
+
+def _resume(config: TrialConfig, data: TrialData, device: torch.device, run: _Run, checkpoints: CheckpointStore,
+            curves: dict[str, list[float]]) -> tuple[_Run, _Position, dict[str, list[float]]]:
+    """The run restored from the latest checkpoint in ``checkpoints``, where it stood and its curves.
+
+    No checkpoint: the fresh run. One that does not fit: the fresh run again, built anew (a failed
+    load may have changed some weights), with a note; training then equals a run without it.
+    """
+    try:
+        state = read_state(checkpoints, config, run.model)
+        if state is None:
+            return run, _Position(), curves
+        at, curves = _restore(run, state, device)
+    except UnusableCheckpoint as exc:
+        note = f"checkpoint skipped, trained from the beginning: {exc}"
+        log.warning(note)
+        checkpoints.skipped(str(exc))
+        torch.manual_seed(config.seed)  # the state a fresh run starts from
+        run = _start(config, data, device)
+        run.notes.append(note)
+        return run, _Position(), {name: [] for name in curves}
+    where = f"epoch {at.epoch}" + (f", step {at.step} of epoch {at.epoch + 1}" if at.step else "")
+    run.notes.append(f"resumed from the checkpoint after {where}")
+    log.info("resumed from the checkpoint after %s", where)
+    checkpoints.resumed(at.epoch, at.step, {name: list(values) for name, values in curves.items()})
+    return run, at, curves
+
+
+def _capture(config: TrialConfig, run: _Run, at: _Position, curves: dict[str, list[float]]) -> dict:
+    """The training state at ``at`` as CPU copies: the checkpoint's content (:mod:`search.trial.resume`)."""
+    cuda = run.generator.device.type == "cuda"
+    return cpu_copy({
+        **stamp(config, run.model), "epoch": at.epoch, "step": at.step, "order": at.order,
+        "loss_sum": at.loss_sum, "steps": run.steps, "unfrozen": run.unfrozen, "train_seconds": at.train_seconds,
+        "curves": curves, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
+        "rng": {"device": run.generator.device.type, "generator": run.generator.get_state(),
+                "cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(run.generator.device) if cuda else None},
+    })
+
+
+def _restore(run: _Run, state: dict, device: torch.device) -> tuple[_Position, dict[str, list[float]]]:
+    """Load ``state`` into ``run``; where it stood and its curves. Raises UnusableCheckpoint if it does not load."""
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.schedule.load_state_dict(state["schedule"])
+        if run.scaler is not None and state["scaler"] is not None:
+            run.scaler.load_state_dict(state["scaler"])
+        if state["unfrozen"]:
+            run.frozen.release()
+            run.unfrozen = True
+        run.steps = int(state["steps"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["cpu"])
+        if rng["device"] == device.type:
+            run.generator.set_state(rng["generator"])
+            if rng["cuda"] is not None:
+                torch.cuda.set_rng_state(rng["cuda"], device)
+        else:
+            # A generator's state is only meaningful on its own kind of device: the run goes on, reseeded.
+            run.generator.manual_seed(hash((run.generator.initial_seed(), int(state["epoch"]))) % 2**63)
+            run.notes.append(f"checkpoint written on {rng['device']}, resumed on {device.type}: the shuffle and "
+                             "augmentation from here differ from an uninterrupted run")
+        at = _Position(epoch=int(state["epoch"]), step=int(state["step"]), train_seconds=float(state["train_seconds"]))
+        if at.step:
+            at.order = state["order"].to(run.generator.device)
+            at.loss_sum = state["loss_sum"].to(device)
+        curves = {name: [float(v) for v in values] for name, values in state["curves"].items()}
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise UnusableCheckpoint(f"does not load into this run ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+    return at, curves
 
 
 def _start(config: TrialConfig, data: TrialData, device: torch.device) -> _Run:
@@ -269,14 +401,23 @@ def _start(config: TrialConfig, data: TrialData, device: torch.device) -> _Run:
     )
 
 
-def _train_epoch(run: _Run, data: TrialData, device: torch.device, epoch: int,
-                 deadline: float | None) -> torch.Tensor:
-    """One pass over the training images; returns the summed loss (on the device, not synced)."""
+def _train_epoch(run: _Run, data: TrialData, device: torch.device, epoch: int, deadline: float | None,
+                 resume: _Position | None, stop: Stop | None,
+                 save_now: Callable[[int, int, torch.Tensor, torch.Tensor], None]) -> torch.Tensor:
+    """One pass over the training images (the rest of one, from ``resume``); the summed loss (on the device).
+
+    When ``stop`` raises after a step, ``save_now(epoch - 1, step, order, loss_sum)`` saves the state
+    there first: every part of it is whole between two steps.
+    """
     run.model.train()
     run.frozen.keep_eval()
-    loss_sum = torch.zeros((), device=device)
+    if resume is not None:
+        order, start, loss_sum = resume.order, resume.step, resume.loss_sum
+    else:
+        order, start, loss_sum = shuffled(len(data.train_y), run.generator), 0, torch.zeros((), device=device)
     autocast = torch.autocast(device.type, dtype=run.amp) if run.amp else nullcontext()
-    for step, (x_uint8, yb) in enumerate(data.train_batches(run.batch_size, run.generator), 1):
+    batches = data.train_batches(run.batch_size, None, order=order, start=start)
+    for step, (x_uint8, yb) in enumerate(batches, start + 1):
         xb = _to_input(data, x_uint8, run.augment)
         with autocast:
             loss = run.loss_fn(run.model(xb), yb)
@@ -296,6 +437,12 @@ def _train_epoch(run: _Run, data: TrialData, device: torch.device, epoch: int,
         _check_deadline(deadline, f"at step {step}/{run.steps_per_epoch} of epoch {epoch}")
         if run.steps % CHECK_EVERY == 0:
             _check_finite(loss_sum, epoch)
+        if stop is not None:
+            try:
+                stop()
+            except BaseException:
+                save_now(epoch - 1, step, order, loss_sum)
+                raise
     _check_finite(loss_sum, epoch)
     return loss_sum
 
