@@ -78,7 +78,7 @@ def _stop_at(step: int):
 
 def _reported():
     values: list[tuple[int, float, float]] = []
-    return values, lambda epoch, acc, loss: values.append((epoch, acc, loss))
+    return values, lambda epoch, scores: values.append((epoch, scores["val_accuracy"], scores["val_loss"]))
 
 
 @pytest.mark.slow
