@@ -23,7 +23,7 @@ from torch import nn
 
 from search.study.checkpoints import keep_checkpoint
 from search.study.errors import WorkerStopped
-from search.study.records import INTERRUPTED, TrialOutcome
+from search.study.records import TrialOutcome
 from search.study.spec import METRIC_OF, StudySpec
 from search.trial.backbones import native_size
 from search.trial.data import TrialData
@@ -79,7 +79,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
     Pruned trials (by the pruner, or for NaN loss, out-of-memory or timeout, so the
     sampler learns to avoid them) end PRUNED with ``fail_reason``; any other error ends
     FAIL with its reason and the worker goes on. KeyboardInterrupt and WorkerStopped
-    end the trial FAIL with reason ``interrupted`` and propagate.
+    propagate with the trial still RUNNING: the worker ends it (hands it back, or fails it).
     """
     trial = optuna.Trial(study, trial_id)
     progress: _Progress | None = None  # set when training starts
@@ -127,9 +127,8 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         log.info("trial %d pruned: %s", trial.number, exc)
         study.tell(trial, state=TrialState.PRUNED)
         return TrialOutcome(trial.number, TrialState.PRUNED, None, f"{exc.reason}: {exc}")
-    except (KeyboardInterrupt, WorkerStopped) as exc:
+    except (KeyboardInterrupt, WorkerStopped):
         _record_training(trial, progress)
-        _fail(study, trial, INTERRUPTED, f"worker stopped by {type(exc).__name__}")
         raise
     except DATABASE_LOST:
         raise  # not the trial's failure: the worker waits for the database and queues the trial again
