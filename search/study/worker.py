@@ -221,6 +221,7 @@ class Worker:
         finishing together never make one trial too many. A stop signal waits for the end of
         this step: the trial claimed is then :attr:`held`, and :meth:`let_go` hands it back.
         """
+        self.held = None  # what an earlier trial left (another worker ended it) is not this worker's
         with stops_held():
             fail_stale_trials(self.study, self.storage, self.study_id)
             with study_lock(self.lock_url, self.study.study_name):
