@@ -23,6 +23,7 @@ from typing import Any
 from search.study.errors import StudyError, WorkerStopped
 from search.study.ray_cluster import LocalCluster, local_only
 from search.study.records import INTERRUPTED, WorkerSummary
+from search.study.signals import stop_on_signals, stops_held
 from search.trial.datasets import MAX_IMAGE_PIXELS_ENV
 from search.trial.errors import CnnSearchError
 from storage.heartbeat import GRACE_ENV, INTERVAL_ENV
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 CANCEL_GRACE_SECONDS = 30.0
 """How long an interrupted run waits for its Ray tasks to end their running trials."""
+
+WAIT_POLL_SECONDS = 1.0
+"""How long a stop of the run may wait for the end of one wait for its Ray tasks."""
 
 ORDER_TIMEOUT_SECONDS = 10.0
 """How long a cancelled Ray task waits for its run to say whether to hand its trial back."""
@@ -108,7 +112,10 @@ def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, d
                 for index in range(options.workers)]
         log.info("started %d Ray workers (%g GPU, %g CPU each) on study %r", len(refs), gpus,
                  options.cpus_per_trial, study_name)
-        return _gather(ray, refs, order)
+        # ray.init put its own SIGTERM handling (exit, or abort, at once) in place of the run's: the run's is back
+        # while the workers run, so that a stopped run tells them how to end their trials.
+        with stop_on_signals(on_interrupt):
+            return _gather(ray, refs, order)
     finally:
         if cluster is not None:
             cluster.shutdown()
@@ -188,7 +195,10 @@ class StopOrder:
 def _gather(ray: Any, refs: list[Any], order: Any) -> list[WorkerSummary]:
     """Each task's record; cancel them all when this process is stopped, saying how in ``order``."""
     try:
-        ray.wait(refs, num_returns=len(refs))
+        running = list(refs)
+        while running:
+            with stops_held():  # a stop raised inside Ray's wait would come out of it as a SystemError
+                _, running = ray.wait(running, num_returns=len(running), timeout=WAIT_POLL_SECONDS)
     except (KeyboardInterrupt, WorkerStopped) as stop:
         try:
             ray.get(order.stopped.remote(isinstance(stop, WorkerStopped)), timeout=ORDER_TIMEOUT_SECONDS)
@@ -231,7 +241,6 @@ def _ray_worker(storage_url: str, study_name: str, index: int, device: str, thre
     import ray
     import torch
 
-    from search.study.signals import stop_on_signals
     from search.study.worker import WorkerSettings, worker_summary
 
     logging.basicConfig(level=log_level, format=f"%(asctime)s ray-worker{index} %(levelname)s %(message)s")
