@@ -269,7 +269,7 @@ def test_a_killed_ray_run_takes_its_local_cluster_along_and_its_trials_are_retri
     (workdir / "slow.yaml").write_text(yaml.safe_dump(SLOW_SPACE))
     for key, value in FAST_HEARTBEAT.items():
         monkeypatch.setenv(key, value)  # the killed trials count as stale after 3 s
-    env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{workdir / 'cnnsearch.db'}"}
+    env = clean_env(CNNSEARCH_STORAGE=f"sqlite:///{workdir / 'cnnsearch.db'}")  # this checkout's code
     with open(workdir / "run.log", "w") as log:
         run = subprocess.Popen(
             [sys.executable, "-m", "search.cli", "run", "--study", "rk", "--dataset", "digits", "--space",
