@@ -76,7 +76,7 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
 
 def _interrupt_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-interrupt", choices=("fail", "requeue"), default="fail",
-                   help="what Ctrl-C does to a running trial: fail (FAIL 'interrupted', retried by the next run) or "
+                   help="what Ctrl-C does to a running trial: fail (FAIL 'interrupted', and a retry queued) or "
                         "requeue (handed back to the study as waiting, as on SIGTERM, for a worker to continue)")
 
 
