@@ -1,6 +1,7 @@
-"""How workers claim trials: one WAITING trial moved to RUNNING for exactly one worker.
+"""How workers claim trials: one WAITING trial moved to RUNNING for exactly one worker, and back.
 
-The trial budget is study-wide: :func:`claim_waiting_trial` takes a waiting trial, and
+The trial budget is study-wide: :func:`claim_waiting_trial` takes a waiting trial,
+:func:`hand_back_trial` returns one a stopped worker held, and
 :func:`study_lock` makes each read-then-write step on a study (creating it, enqueueing its
 known points, claiming a trial or creating one within the budget) a single step for every
 process that works on it.
@@ -19,6 +20,8 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+from storage.records import HANDED_BACK
 
 _PG_CONNECT_TIMEOUT_S = 10
 
@@ -75,10 +78,32 @@ def claim_waiting_trial(storage: optuna.storages.BaseStorage, study_id: int) -> 
     Optuna's own waiting-trial pop, which ``Study.ask`` does not expose without also
     creating a new trial when the queue is empty.
     """
+    beats = getattr(storage, "get_heartbeat_interval", lambda: None)()
     for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
+            if beats and HANDED_BACK in trial.user_attrs:
+                # A handed-back trial keeps its last heartbeat, maybe hours old: refreshed before it runs
+                # again, or another worker's stale-trial check could fail it before this worker's first beat.
+                storage.record_heartbeat(trial._trial_id)
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
                 return trial._trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def hand_back_trial(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
+    """Move the RUNNING trial ``trial_id`` back to WAITING, for any worker to claim; False if it had ended.
+
+    The same trial, not a copy: it keeps its number, params and reports, uses no more of the
+    budget, and the worker that claims it resumes it from its checkpoint. Counted in the user
+    attr :data:`~storage.records.HANDED_BACK`. A waiting trial is never stale for the heartbeat
+    check (it reads RUNNING trials only). It had ended when another worker failed it meanwhile
+    (no heartbeat within the grace period).
+    """
+    try:
+        times = storage.get_trial(trial_id).user_attrs.get(HANDED_BACK, 0)
+        storage.set_trial_user_attr(trial_id, HANDED_BACK, times + 1)
+        return storage.set_trial_state_values(trial_id, state=TrialState.WAITING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False

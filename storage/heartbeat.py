@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from storage.engine import short_reason
 from storage.errors import StorageError
 from storage.periodic import Periodic
-from storage.records import FAIL_MESSAGE, FAIL_REASON, LAST_HEARTBEAT
+from storage.records import FAIL_MESSAGE, FAIL_REASON, HANDED_BACK, LAST_HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -107,42 +107,52 @@ class Heartbeat:
 def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int) -> None:
     """Fail the running trials whose worker stopped beating, each with its reason, and queue their retries.
 
-    What Optuna's ``fail_stale_trials`` does, plus the reason (``interrupted``): a trial's user attrs
-    cannot be written once it has ended, so the reason is written first. The stale trials are read
-    as Optuna reads them (``_get_stale_trial_ids``, the heartbeat storages' own query). Another worker
-    failing the same trial at the same moment is no error: one of the two does it.
+    What Optuna's ``fail_stale_trials`` does, plus the reason (``interrupted``). The stale trials are
+    read as Optuna reads them (``_get_stale_trial_ids``, the heartbeat storages' own query). Another
+    worker failing the same trial at the same moment is no error: one of the two does it.
     """
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if not interval:
         return
     for trial_id in storage._get_stale_trial_ids(study_id):
-        try:
-            storage.set_trial_user_attr(trial_id, FAIL_REASON, "interrupted")
-            storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, "no heartbeat within the grace period: its worker "
-                                                                "was killed or lost the database")
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        queue_retry(study, storage, trial_id)
-        log.warning("trial %d failed: its worker stopped sending heartbeats; queued for a retry",
-                    storage.get_trial(trial_id).number)
+        if fail_and_retry(study, storage, trial_id, "interrupted",
+                          "no heartbeat within the grace period: its worker was killed or lost the database"):
+            log.warning("trial %d failed: its worker stopped sending heartbeats; queued for a retry",
+                        storage.get_trial(trial_id).number)
 
 
-def queue_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
-    """Queue the failed trial ``trial_id`` again, with its params, as Optuna's retry callback does.
+def fail_and_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int, reason: str,
+                   message: str, *, queue_first: bool = False) -> bool:
+    """Mark the running trial ``trial_id`` FAIL with its reason and queue it again; False if it had ended.
 
-    The retry links the failed trial (system attr ``failed_trial``) and does not count against
-    the budget. Nothing is queued with heartbeats off (no retry callback), for a trial
-    retried ``max_retry`` times already, or for one that has not been marked FAIL.
+    The retry is what Optuna's retry callback makes of a dead worker's trial: a new trial with the
+    same params and user attrs (not the failure's reason), linked to this one (system attr
+    ``failed_trial``), outside the budget. Nothing is queued with heartbeats off (no retry
+    callback) or for a trial retried ``max_retry`` times already.
+
+    The order: by default the trial is failed first, and only the call whose FAIL lands queues
+    the retry, so two workers that find the same stale trial queue one retry. With
+    ``queue_first`` the retry is queued before the trial fails, so that a worker looking for work
+    always sees it running or waiting, never neither (it would end, taking the budget for spent):
+    for a caller that ends a trial no worker of the study holds any more (a run whose worker
+    process died), where a worker could be asking just then.
     """
-    callback = getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback
-    retry = callback()
-    if retry is None:
-        return
-    failed = copy.deepcopy(storage.get_trial(trial_id))
-    if failed.state != TrialState.FAIL:  # stopped before it was marked: the stale-trial check retries it
-        return
-    # The retry inherits the user attrs; the failure reason belongs to the failed attempt only.
-    failed.user_attrs = {k: v for k, v in failed.user_attrs.items() if k not in (FAIL_REASON, FAIL_MESSAGE)}
-    retry(study, failed)
+    retry = (getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback)()
+    trial = copy.deepcopy(storage.get_trial(trial_id))
+    if trial.state.is_finished():
+        return False
+    # The retry inherits the user attrs; the failure's reason and hand-backs belong to this attempt only.
+    trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (FAIL_REASON, FAIL_MESSAGE, HANDED_BACK)}
+    if queue_first and retry is not None:
+        retry(study, trial)
+    try:
+        # A trial's user attrs cannot be written once it has ended: the reason first.
+        storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
+        storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, message)
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    if not queue_first and retry is not None:
+        retry(study, trial)
+    return True

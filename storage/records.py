@@ -26,6 +26,9 @@ CUDA_VISIBLE_DEVICES = "cuda_visible_devices"
 RAY_NODE = "ray_node"
 LAST_HEARTBEAT = "last_heartbeat"
 """When the trial's worker last proved alive (``time.time()``), written with each heartbeat."""
+HANDED_BACK = "handed_back"
+"""How many times a stopped worker handed the trial back to the study as WAITING (SIGTERM; Ctrl-C with
+``--on-interrupt requeue``; a stop before it started)."""
 
 # --- trial user attrs: what it ran -----------------------------------------------------------
 CONFIG = "config"

@@ -4,13 +4,14 @@ Each command lives in one small module of this package (its arguments and its ha
 :data:`COMMANDS` lists them in the order ``--help`` shows. Heavy imports (torch, optuna)
 happen inside the handlers, so ``--help`` and bad-input errors answer at once. Bad input of
 any kind ends in one line on stderr and exit code 2; a study stopped by failing trials
-exits 1; an interrupted run exits 130 (SIGINT) or 143 (SIGTERM).
+exits 1; an interrupted run exits 130 (SIGINT) or 143 (SIGTERM), saying what became of its trial.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from search.cli import bench, catalog, dashboard, data, recipe, report, run, studies
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnsearch: interrupted; the running trial was marked FAIL (reason: interrupted)", file=sys.stderr)
         return 130
-    except WorkerStopped:
-        print("cnnsearch: stopped by SIGTERM; the running trial was marked FAIL (reason: interrupted)",
-              file=sys.stderr)
-        return 143
+    except WorkerStopped as stop:
+        how = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {signal.Signals(stop.signum).name}"
+        print(f"cnnsearch: {how}; the running trial was handed back to the study (waiting) for a worker to "
+              "continue", file=sys.stderr)
+        return 128 + stop.signum

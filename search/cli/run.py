@@ -77,8 +77,15 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
                    help="every worker trains with deterministic kernels (slower on GPUs): GPU trials can then be "
                         "replayed exactly by `cnnsearch train --device cuda` on the same GPU model")
     _backend_args(p)
+    _interrupt_arg(p)
     host_data_args(p)
     return cmd_run
+
+
+def _interrupt_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-interrupt", choices=("fail", "requeue"), default="fail",
+                   help="what Ctrl-C does to a running trial: fail (FAIL 'interrupted', and a retry queued) or "
+                        "requeue (handed back to the study as waiting, as on SIGTERM, for a worker to continue)")
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -158,12 +165,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"--trials {args.trials} is more than the grid's {size} points: each point runs once, "
                   f"{size} trials")
     from search.study.local import run_study
-    from search.study.signals import stop_on_sigterm
+    from search.study.signals import stop_on_signals
 
-    with stop_on_sigterm():
+    with stop_on_signals(args.on_interrupt):
         result = run_study(spec, args.study, args.storage, timeout=args.timeout, started_at=started, jobs=workers,
                            device=args.device, warm_start=args.warm_start, progress=not args.no_progress,
-                           download=args.download, ray=ray)
+                           download=args.download, ray=ray, on_interrupt=args.on_interrupt)
     import optuna
 
     from reports.summary import best_records
@@ -224,13 +231,14 @@ def add_worker_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--name", help="worker name shown in `cnnsearch status` (default host:pid)")
     download_weights_arg(p)
     _backend_args(p)
+    _interrupt_arg(p)
     host_data_args(p)
     return cmd_worker
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     started = time.time()  # --timeout counts from here, as for run
-    from search.study.signals import stop_on_sigterm
+    from search.study.signals import stop_on_signals
     from search.study.worker import WorkerSettings, worker_loop
     from search.trial.memory import data_memory_setting, worker_memory_setting
     from storage import resolve_storage_url
@@ -242,7 +250,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if ray is None and workers > 1:
         return usage(f"--workers {workers} needs --backend ray; or start {workers} `cnnsearch worker` processes")
     _warn_space_fit(resolve_storage_url(args.storage), args.study)
-    with stop_on_sigterm():
+    with stop_on_signals(args.on_interrupt):
         if ray is not None:
             return _ray_workers(args, ray, started)
         settings = WorkerSettings(device=args.device, threads=args.threads, max_trials=args.trials,
@@ -287,7 +295,7 @@ def _ray_workers(args: argparse.Namespace, ray: RayOptions, started: float) -> i
 
     results = run_ray_workers(resolve_storage_url(args.storage), args.study, ray, device=args.device,
                               timeout=args.timeout, max_trials=args.trials, data_dir=args.data_dir,
-                              started_at=started)
+                              started_at=started, on_interrupt=args.on_interrupt)
     for w in results:
         print(f"worker {w.worker} on {w.device or '?'} (Ray GPUs {w.gpu_ids or 'none'}): "
               f"{w.error or w.counts} ({w.stopped_because})")

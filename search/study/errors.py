@@ -1,5 +1,7 @@
 """The errors of a study as a whole: it cannot be made or joined, it failed too often, it was stopped."""
 
+import signal
+
 from search.trial.errors import CnnSearchError
 
 
@@ -12,10 +14,16 @@ class TooManyFailures(CnnSearchError):
 
 
 class WorkerStopped(BaseException):
-    """The worker was told to stop (SIGTERM); raised out of the running trial.
+    """The worker was told to stop and hand its trial back (SIGTERM; Ctrl-C with ``--on-interrupt requeue``).
 
-    A BaseException, like KeyboardInterrupt, so no ``except Exception`` swallows it.
+    Raised out of the running trial, which the worker then hands back to the study as WAITING.
+    ``signum`` is the signal that asked for it (the CLI exits with 128 + it). A BaseException,
+    like KeyboardInterrupt, so no ``except Exception`` swallows it.
     """
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def user_errors() -> tuple[type[Exception], ...]:

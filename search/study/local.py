@@ -7,7 +7,6 @@ tasks instead (:mod:`search.study.ray_workers`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import multiprocessing
 import os
@@ -27,15 +26,15 @@ from search.study.errors import WorkerStopped
 from search.study.progress import StudyProgress
 from search.study.records import INTERRUPTED, TrialOutcome, WorkerSummary, raise_worker_errors
 from search.study.samplers import grid_budget
-from search.study.signals import stop_on_sigterm, stop_with_parent
+from search.study.signals import stop_on_signals, stop_with_parent
 from search.study.spec import StudySpec, create_or_resume, fill_budget, warm_start_params
 from search.study.worker import WorkerSettings, worker_loop, worker_summary
 from search.trial.data import prepare_data
 from search.trial.device import resolve_device
 from search.trial.models import space_fit_warning
-from storage import StorageError, open_storage, resolve_storage_url
-from storage.engine import DATABASE_LOST
-from storage.records import FAIL_MESSAGE, FAIL_REASON, HOST, PID
+from storage import open_storage, resolve_storage_url
+from storage.heartbeat import fail_and_retry
+from storage.records import FAIL_REASON, HOST, PID
 from storage.studies import study_counts
 
 if TYPE_CHECKING:
@@ -78,7 +77,8 @@ def plan_workers(jobs: int, device: str, *, gpus: int, cores: int | None = None)
 def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, *,
               timeout: float | None = None, jobs: int = 1, device: str = "auto",
               warm_start: str | None = None, progress: bool = True, download: bool = False,
-              ray: RayOptions | None = None, started_at: float | None = None) -> RunResult:
+              ray: RayOptions | None = None, started_at: float | None = None,
+              on_interrupt: str = "fail") -> RunResult:
     """Create (or resume) study ``study_name`` from ``spec`` and run it with ``jobs`` local workers.
 
     With ``ray``, the workers are Ray tasks instead (``jobs`` is then ignored; see
@@ -87,8 +87,10 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
     Everything that can be wrong with the input (storage URL, data, an existing study
     made from something else) is checked before the study is created or changed. The
     budget ``spec.budget`` counts the whole study. ``download`` fetches a torchvision
-    dataset into ``spec.data_dir`` first. On KeyboardInterrupt every worker's
-    running trial is marked FAIL (reason ``interrupted``) before the interrupt propagates.
+    dataset into ``spec.data_dir`` first. A stop propagates once every worker has ended its
+    running trial: handed back to the study on WorkerStopped (SIGTERM), marked FAIL (reason
+    ``interrupted``) and queued again on KeyboardInterrupt, unless ``on_interrupt`` is
+    ``requeue`` (what the worker processes do with Ctrl-C; this process's handlers are the caller's).
     ``timeout`` counts from ``started_at`` (a ``time.time()``; the command's start), else from
     this call: loading the data and setting up the study use it too.
     """
@@ -113,7 +115,7 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
 
             del images
             workers = run_ray_workers(url, study_name, ray, device=device, timeout=timeout,
-                                      started_at=started_at)
+                                      started_at=started_at, on_interrupt=on_interrupt)
         elif jobs <= 1:
             torch.set_num_threads(cpu_threads_per_worker(1))
             if dev.type == "cuda":
@@ -121,29 +123,25 @@ def run_study(spec: StudySpec, study_name: str, storage_url: str | None = None, 
             data = prepare_data(images, split, dev)
             del images
             settings = WorkerSettings(device=dev, timeout=timeout, started_at=started_at, parallel=False)
-            try:
-                workers.append(worker_loop(url, study_name, settings, data=data))
-            except (KeyboardInterrupt, WorkerStopped):
-                # The trial's own handler marks it FAIL when the stop comes during training, not
-                # when it comes while the trial is being claimed or recorded.
-                _fail_running_trials(storage, study, [os.getpid()], INTERRUPTED, "the run was stopped",
-                                     retry=False)
-                raise
+            workers.append(worker_loop(url, study_name, settings, data=data))
         else:
             del images  # each worker process maps its own: this one holds none of the data while they train
-            workers = _run_processes(url, study_name, jobs, device, (timeout, started_at), storage, study)
+            workers = _run_processes(url, study_name, jobs, device, (timeout, started_at), storage, study,
+                                     on_interrupt)
     raise_worker_errors(workers)
     return RunResult(study_name, url, study_counts(study), time.monotonic() - t0, workers)
 
 
 def _run_processes(url: str, study_name: str, jobs: int, device: str, timeout: tuple[float | None, float],
-                   storage: optuna.storages.BaseStorage, study: optuna.Study) -> list[WorkerSummary]:
+                   storage: optuna.storages.BaseStorage, study: optuna.Study,
+                   on_interrupt: str) -> list[WorkerSummary]:
     """``jobs`` worker processes on this machine: one GPU each when there are GPUs; the CPU cores split.
 
     Each process sends its summary through a pipe of its own. A process that ends without
     one (the OOM killer, ``kill -9``, a crash) closes its pipe, which wakes this process at
     once: its running trial is failed and queued again, and the others go on. ``timeout`` is
-    the seconds and the ``time.time()`` they count from.
+    the seconds and the ``time.time()`` they count from. A stop of this process is passed on
+    to the workers (the same signal), which end their trials as ``on_interrupt`` says.
     """
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch threads and CUDA
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
@@ -153,7 +151,7 @@ def _run_processes(url: str, study_name: str, jobs: int, device: str, timeout: t
     for index, (dev, threads) in enumerate(plan_workers(jobs, device, gpus=gpus)):
         reader, writer = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_process_main, name=f"cnnsearch-worker-{index}", args=(
-            writer, url, study_name, index, dev, threads, timeout, level, os.getpid()))
+            writer, url, study_name, index, dev, threads, timeout, level, os.getpid(), on_interrupt))
         proc.start()
         writer.close()  # the child holds the only write end: its death reads as end-of-file here
         procs.append(proc)
@@ -176,49 +174,35 @@ def _run_processes(url: str, study_name: str, jobs: int, device: str, timeout: t
             for summary in out:
                 summary.error = f"every worker process died; this one was {summary.stopped_because}"
         return out
-    except (KeyboardInterrupt, WorkerStopped):
-        _stop_children(procs)
+    except (KeyboardInterrupt, WorkerStopped) as stop:
+        _stop_children(procs, stop.signum if isinstance(stop, WorkerStopped) else signal.SIGINT)
         raise
     finally:
-        _fail_running_trials(storage, study, [proc.pid for proc in procs], INTERRUPTED,
-                             "its worker process exited mid-trial", retry=False)
+        # A worker that did not end its trial in time (killed after the grace period) is a dead one.
+        _fail_running_trials(storage, study, [proc.pid for proc in procs if proc.pid is not None], INTERRUPTED,
+                             "its worker process exited mid-trial")
 
 
 def _process_main(results: Connection, url: str, study_name: str, index: int, device: str,
-                  threads: int, timeout: tuple[float | None, float], log_level: int, parent_pid: int) -> None:
+                  threads: int, timeout: tuple[float | None, float], log_level: int, parent_pid: int,
+                  on_interrupt: str) -> None:
     """Entry point of a local ``--jobs`` worker process (spawned; arguments are picklable)."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s worker{index} %(levelname)s %(message)s")
     settings = WorkerSettings(device=device, worker_index=index, threads=threads, timeout=timeout[0],
                               started_at=timeout[1])
     name = f"pid {os.getpid()}"
-    with stop_on_sigterm():
+    with stop_on_signals(on_interrupt):
         try:
             stop_with_parent(parent_pid)  # a worker never works on alone after its run died
             summary = worker_summary(url, study_name, settings, name)
-        except (KeyboardInterrupt, WorkerStopped):
+        except (KeyboardInterrupt, WorkerStopped):  # the worker loop ended its trial first
             summary = WorkerSummary.failed(name, INTERRUPTED)
-    if summary.error == INTERRUPTED:
-        _fail_own_trials(url, study_name)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # done: a late stop must not cut the summary off
+        signal.signal(signum, signal.SIG_IGN)
     try:
         results.send(summary)
     except BrokenPipeError:  # the run is gone: nobody to tell
         pass
-
-
-def _fail_own_trials(url: str, study_name: str) -> None:
-    """Fail what this stopped worker process left RUNNING: its run may be gone and cannot do it.
-
-    The trial's own handler marks it FAIL when the stop comes during training; a stop that came
-    while it was being claimed or recorded leaves it RUNNING. A further SIGTERM is ignored here.
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        storage = open_storage(url, heartbeat_interval=None)
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        _fail_running_trials(storage, study, [os.getpid()], INTERRUPTED, f"worker pid {os.getpid()} was stopped",
-                             retry=False)
-    except (StorageError, *DATABASE_LOST) as exc:  # the heartbeat's grace period fails it later
-        log.warning("could not mark the interrupted trial FAIL: %s", exc)
 
 
 def _dead_worker(proc: multiprocessing.process.BaseProcess, storage: optuna.storages.BaseStorage,
@@ -230,7 +214,7 @@ def _dead_worker(proc: multiprocessing.process.BaseProcess, storage: optuna.stor
     host = socket.gethostname()
     name = f"{host}:{proc.pid}"  # as a worker names itself (search.study.objective.worker_identity)
     failed = _fail_running_trials(storage, study, [proc.pid], INTERRUPTED,
-                                  f"its worker process (pid {proc.pid}) was {how}", retry=True)
+                                  f"its worker process (pid {proc.pid}) was {how}")
     during = f"in trial {', '.join(map(str, failed))}, queued again" if failed else "between trials"
     log.warning("worker %s was %s (%s); the other workers go on", name, how, during)
     summary = WorkerSummary(worker=name, stopped_because=f"{how} {during}")
@@ -240,11 +224,11 @@ def _dead_worker(proc: multiprocessing.process.BaseProcess, storage: optuna.stor
     return summary
 
 
-def _stop_children(procs: list[multiprocessing.process.BaseProcess]) -> None:
-    """SIGTERM each worker (its running trial is marked FAIL), wait for them, kill stragglers."""
+def _stop_children(procs: list[multiprocessing.process.BaseProcess], signum: int) -> None:
+    """Send ``signum`` to each worker (it ends its running trial), wait for them, kill stragglers."""
     for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
+        if proc.is_alive() and proc.pid is not None:
+            os.kill(proc.pid, signum)
     deadline = time.monotonic() + JOIN_GRACE_SECONDS
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
@@ -253,25 +237,18 @@ def _stop_children(procs: list[multiprocessing.process.BaseProcess]) -> None:
             proc.join()
 
 
-def _fail_running_trials(storage: optuna.storages.BaseStorage, study: optuna.Study, pids: list[int | None],
-                         reason: str, message: str, *, retry: bool) -> list[int]:
-    """Fail the trials still RUNNING under one of our (now gone) worker processes; return their numbers.
+def _fail_running_trials(storage: optuna.storages.BaseStorage, study: optuna.Study, pids: list[int],
+                         reason: str, message: str) -> list[int]:
+    """Fail the trials still RUNNING under one of our (now gone) worker processes, queued again; their numbers.
 
-    With ``retry`` each is first queued again as Optuna's retry callback queues a dead worker's
-    trial (outside the budget): queued before it is failed, so that a worker looking for work
-    always sees it running or waiting, never neither.
+    Each is queued before it is failed (``fail_and_retry``'s ``queue_first``): nobody else ends a
+    trial of a worker process of this run before the heartbeat's grace period, and a worker
+    looking for work meanwhile must see it running or waiting.
     """
-    queue_again = storage.get_heartbeat_stale_trial_callback() if retry else None
     host = socket.gethostname()
-    study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(HOST) == host and t.user_attrs.get(PID) in pids:
-            if queue_again is not None:
-                queue_again(study, copy.deepcopy(t))  # it appends to the trial's retry history
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
-            storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, message)
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            failed.append(t.number)
+            if fail_and_retry(study, storage, t._trial_id, reason, message, queue_first=True):
+                failed.append(t.number)
     return failed

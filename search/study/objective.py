@@ -24,7 +24,7 @@ from torch import nn
 
 from search.study.checkpoints import TrialCheckpoint, keep_checkpoint, lineage, trial_checkpoint
 from search.study.errors import WorkerStopped
-from search.study.records import INTERRUPTED, TrialOutcome
+from search.study.records import TrialOutcome
 from search.study.spec import StudySpec
 from search.trial.backbones import native_size
 from search.trial.data import TrialData
@@ -84,7 +84,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
     Pruned trials (by the pruner, or for NaN loss, out-of-memory or timeout, so the
     sampler learns to avoid them) end PRUNED with ``fail_reason``; any other error ends
     FAIL with its reason and the worker goes on. KeyboardInterrupt and WorkerStopped
-    end the trial FAIL with reason ``interrupted`` and propagate.
+    propagate with the trial still RUNNING: the worker ends it (hands it back, or fails it).
 
     The trial continues from the checkpoint of its lineage (:mod:`search.study.checkpoints`) when
     there is one, and checkpoints after every epoch; the checkpoint is removed when the trial
@@ -119,7 +119,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
                            reported=set(before.intermediate_values))
         scores = spec.scores()
         if data.folds:  # K trainings per trial: no resume checkpoints (a retry trains every fold again)
-            model, metrics = _cross_validate(trial, config, data, device, report, progress, deadline, scores)
+            model, metrics = _cross_validate(trial, config, data, device, report, progress, deadline, scores, stop)
         else:
             checkpoint = trial_checkpoint(trial, trial_id, line, report.resumed)
             model, metrics = fit(config, data, device, report=report, deadline=deadline, scores=scores,
@@ -149,9 +149,8 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         study.tell(trial, state=TrialState.PRUNED)
         _ended(checkpoint, spec)
         return TrialOutcome(trial.number, TrialState.PRUNED, None, f"{exc.reason}: {exc}")
-    except (KeyboardInterrupt, WorkerStopped) as exc:
+    except (KeyboardInterrupt, WorkerStopped):
         _record_training(trial, progress)
-        _fail(study, trial, INTERRUPTED, f"worker stopped by {type(exc).__name__}")
         raise
     except DATABASE_LOST:
         raise  # not the trial's failure: the worker waits for the database and queues the trial again
@@ -244,7 +243,7 @@ class _Reporter:
 
 def _cross_validate(trial: optuna.Trial, config: TrialConfig, data: TrialData, device: torch.device, report,
                     progress: _Progress, deadline: float | None,
-                    scores: tuple[Score, ...]) -> tuple[nn.Module, TrialMetrics]:
+                    scores: tuple[Score, ...], stop: Callable[[], None] | None) -> tuple[nn.Module, TrialMetrics]:
     """``--cv K``: train once per fold; the metrics are the first fold's with val accuracy, loss and scores averaged.
 
     Only the first fold reports to the pruner (``report``): the intermediate values the pruners
@@ -258,7 +257,7 @@ def _cross_validate(trial: optuna.Trial, config: TrialConfig, data: TrialData, d
     for i in range(len(data.folds)):
         fold_report = report if i == 0 else _epoch_counter(progress, progress.epochs)
         model, metrics = fit(config, data.fold(i), device, report=fold_report, measure=i == 0, deadline=deadline,
-                             scores=scores)
+                             scores=scores, stop=stop)
         runs.append(metrics)
         trial.set_user_attr(FOLD_VAL_ACCURACY, [m.val_accuracy for m in runs])
     accuracies = [m.val_accuracy for m in runs]

@@ -22,7 +22,8 @@ from typing import Any
 
 from search.study.errors import StudyError, WorkerStopped
 from search.study.ray_cluster import LocalCluster, local_only
-from search.study.records import WorkerSummary
+from search.study.records import INTERRUPTED, WorkerSummary
+from search.study.signals import stop_on_signals, stops_held
 from search.trial.datasets import MAX_IMAGE_PIXELS_ENV
 from search.trial.errors import CnnSearchError
 from storage.heartbeat import GRACE_ENV, INTERVAL_ENV
@@ -31,7 +32,13 @@ from storage.records import BACKEND, CUDA_VISIBLE_DEVICES, GPU_IDS, RAY_NODE
 log = logging.getLogger(__name__)
 
 CANCEL_GRACE_SECONDS = 30.0
-"""How long an interrupted run waits for its Ray tasks to mark their running trials FAIL."""
+"""How long an interrupted run waits for its Ray tasks to end their running trials."""
+
+WAIT_POLL_SECONDS = 1.0
+"""How long a stop of the run may wait for the end of one wait for its Ray tasks."""
+
+ORDER_TIMEOUT_SECONDS = 10.0
+"""How long a cancelled Ray task waits for its run to say whether to hand its trial back."""
 
 WEIGHTS_ENV = ("CNNSEARCH_DOWNLOAD_WEIGHTS", "TORCH_HOME")
 """``--download-weights`` and the torch hub folder pretrained weights are read from (search.trial.backbones;
@@ -68,7 +75,8 @@ class RayOptions:
 
 def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, device: str = "auto",
                     timeout: float | None = None, max_trials: int | None = None,
-                    data_dir: str | None = None, started_at: float | None = None) -> list[WorkerSummary]:
+                    data_dir: str | None = None, started_at: float | None = None,
+                    on_interrupt: str = "fail") -> list[WorkerSummary]:
     """Run ``options.workers`` Ray tasks on study ``study_name`` until its budget is spent.
 
     ``device`` is ``auto`` (the task's GPU, else CPU) or ``cpu``; ``timeout`` and
@@ -77,8 +85,10 @@ def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, d
     else connects to ``options.address``, else starts a local cluster and shuts it down at
     the end (it listens on the loopback address only, and ends with this process however this
     process ends: :mod:`search.study.ray_cluster`). Returns one summary per worker (with its
-    Ray GPU ids), or the error that stopped it. On KeyboardInterrupt (or SIGTERM) the tasks are
-    cancelled, which marks their running trials FAIL (reason ``interrupted``).
+    Ray GPU ids), or the error that stopped it. Stopped, this process cancels the tasks (Ray
+    raises KeyboardInterrupt in them) and they end their running trials as it was stopped:
+    handed back to the study on WorkerStopped (SIGTERM; Ctrl-C with ``on_interrupt``
+    ``requeue``), else marked FAIL (reason ``interrupted``) and queued again.
 
     Raises:
         CnnSearchError: a bad ``device``, or a cluster on which a worker cannot be placed.
@@ -100,12 +110,16 @@ def run_ray_workers(storage_url: str, study_name: str, options: RayOptions, *, d
         task = ray.remote(_ray_worker).options(num_cpus=options.cpus_per_trial, num_gpus=gpus,
                                                runtime_env={"env_vars": env} if env else None)
         threads = max(1, int(options.cpus_per_trial))
+        order = ray.remote(num_cpus=0)(StopOrder).remote(requeue=on_interrupt == "requeue")
         refs = [task.remote(storage_url, study_name, index, device, threads, (timeout, started_at), max_trials,
-                            data_dir, level)
+                            data_dir, level, order)
                 for index in range(options.workers)]
         log.info("started %d Ray workers (%g GPU, %g CPU each) on study %r", len(refs), gpus,
                  options.cpus_per_trial, study_name)
-        return _gather(ray, refs)
+        # ray.init put its own SIGTERM handling (exit, or abort, at once) in place of the run's: the run's is back
+        # while the workers run, so that a stopped run tells them how to end their trials.
+        with stop_on_signals(on_interrupt):
+            return _gather(ray, refs, order)
     finally:
         if cluster is not None:
             cluster.shutdown()
@@ -163,13 +177,39 @@ def _gpus_per_trial(ray: Any, options: RayOptions) -> float:
     return gpus
 
 
-def _gather(ray: Any, refs: list[Any]) -> list[WorkerSummary]:
-    """Each task's record; cancel them all when this process is interrupted."""
+class StopOrder:
+    """How the tasks of a stopped run end their trials: the one thing a Ray cancel cannot say.
+
+    A Ray actor (no CPU of its own). A task that Ray cancels gets a KeyboardInterrupt whether
+    this run was stopped by SIGTERM or by Ctrl-C; it asks here (:meth:`requeue`) whether to hand
+    its trial back. Until the run is stopped the answer is ``--on-interrupt``'s, which a Ctrl-C
+    that reached the task itself also follows.
+    """
+
+    def __init__(self, requeue: bool) -> None:
+        self._requeue = requeue
+
+    def stopped(self, requeue: bool) -> None:
+        self._requeue = requeue
+
+    def requeue(self) -> bool:
+        return self._requeue
+
+
+def _gather(ray: Any, refs: list[Any], order: Any) -> list[WorkerSummary]:
+    """Each task's record; cancel them all when this process is stopped, saying how in ``order``."""
     try:
-        ray.wait(refs, num_returns=len(refs))
-    except (KeyboardInterrupt, WorkerStopped):
+        running = list(refs)
+        while running:
+            with stops_held():  # a stop raised inside Ray's wait would come out of it as a SystemError
+                _, running = ray.wait(running, num_returns=len(running), timeout=WAIT_POLL_SECONDS)
+    except (KeyboardInterrupt, WorkerStopped) as stop:
+        try:
+            ray.get(order.stopped.remote(isinstance(stop, WorkerStopped)), timeout=ORDER_TIMEOUT_SECONDS)
+        except ray.exceptions.RayError as exc:  # unanswered, the tasks follow --on-interrupt
+            log.warning("could not tell the Ray workers how to end their trials: %s", exc)
         for ref in refs:
-            ray.cancel(ref)  # raises KeyboardInterrupt in the task: run_trial marks its trial FAIL
+            ray.cancel(ref)  # raises KeyboardInterrupt in the task: its worker ends its trial as ordered
         ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_SECONDS)
         raise
     out = []
@@ -196,8 +236,12 @@ def task_device(device: str, gpu_ids: list[Any], cuda_available: bool) -> str:
 
 def _ray_worker(storage_url: str, study_name: str, index: int, device: str, threads: int,
                 timeout: tuple[float | None, float | None], max_trials: int | None, data_dir: str | None,
-                log_level: int) -> WorkerSummary:
-    """One Ray task: the worker loop with the GPU(s) Ray assigned (imports torch in the task, not the driver)."""
+                log_level: int, order: Any) -> WorkerSummary:
+    """One Ray task: the worker loop with the GPU(s) Ray assigned (imports torch in the task, not the driver).
+
+    Stopped (a Ray cancel, SIGTERM), it ends its trial as ``order`` says, and reports the stop as
+    its error (``interrupted``).
+    """
     import ray
     import torch
 
@@ -209,5 +253,11 @@ def _ray_worker(storage_url: str, study_name: str, index: int, device: str, thre
     attrs = {BACKEND: "ray", GPU_IDS: gpu_ids, CUDA_VISIBLE_DEVICES: os.environ.get("CUDA_VISIBLE_DEVICES"),
              RAY_NODE: ray.get_runtime_context().get_node_id()}
     settings = WorkerSettings(device=dev, worker_index=index, threads=threads, max_trials=max_trials,
-                              timeout=timeout[0], started_at=timeout[1], data_dir=data_dir, attrs=attrs)
-    return worker_summary(storage_url, study_name, settings, f"ray task {index}")
+                              timeout=timeout[0], started_at=timeout[1], data_dir=data_dir, attrs=attrs,
+                              requeue_interrupt=lambda: ray.get(order.requeue.remote(), timeout=ORDER_TIMEOUT_SECONDS))
+    name = f"ray task {index}"
+    with stop_on_signals():  # held while a trial is claimed, like in every other worker
+        try:
+            return worker_summary(storage_url, study_name, settings, name)
+        except (KeyboardInterrupt, WorkerStopped):  # the worker loop ended its trial first
+            return WorkerSummary.failed(name, INTERRUPTED, gpu_ids=gpu_ids)

@@ -25,17 +25,18 @@ from reports.notes import refresh_study_note
 from search.study.dataset import load_study_data, record_or_check_split
 from search.study.errors import StudyError, TooManyFailures, WorkerStopped, user_errors
 from search.study.objective import run_trial, worker_identity
-from search.study.records import TrialOutcome, WorkerSummary
+from search.study.records import INTERRUPTED, TrialOutcome, WorkerSummary
 from search.study.samplers import make_pruner, make_study_sampler
+from search.study.signals import raise_held_stop, stops_held
 from search.study.spec import StudySpec, load_spec
 from search.study.tracking import study_tracker
 from search.trial.data import TrialData, prepare_data
 from search.trial.device import resolve_device, use_deterministic_kernels
 from storage import StorageError, mask_url, open_storage
-from storage.claims import claim_waiting_trial, study_lock
+from storage.claims import claim_waiting_trial, hand_back_trial, study_lock
 from storage.engine import DATABASE_LOST, short_reason
-from storage.heartbeat import Heartbeat, fail_stale_trials, heartbeat_settings, queue_retry
-from storage.records import FAIL_MESSAGE, FAIL_REASON, GPU_IDS, STUDY_BUDGET
+from storage.heartbeat import Heartbeat, fail_and_retry, fail_stale_trials, heartbeat_settings
+from storage.records import GPU_IDS, STUDY_BUDGET
 from storage.studies import is_original
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ class WorkerSettings:
     ``time.time()``: when the command started, so that loading data and setting up the study
     count too) or else from when the worker starts; ``parallel`` tells the sampler that other workers
     sample at the same time; ``attrs`` are recorded on each of its trials besides host,
-    pid and device (a Ray worker's GPU ids).
+    pid and device (a Ray worker's GPU ids). ``requeue_interrupt`` is asked when a
+    KeyboardInterrupt stops the worker: True hands its trial back instead of failing it (a Ray
+    task, which Ray cancels by KeyboardInterrupt, asks its run whether it was stopped by SIGTERM).
     """
 
     device: str | torch.device = "auto"
@@ -69,6 +72,7 @@ class WorkerSettings:
     parallel: bool = True
     name: str | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    requeue_interrupt: Callable[[], bool] | None = None
 
 
 def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | None = None, *,
@@ -82,6 +86,9 @@ def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | No
     in a row (:class:`TooManyFailures`). A study without a budget makes this worker create
     trials until a limit or a signal stops it. ``data`` skips loading when the caller
     already holds the study's data on the device; ``on_trial`` is called with each outcome.
+
+    A stop (KeyboardInterrupt, :class:`WorkerStopped`) propagates once the trial this worker
+    holds is ended as :meth:`Worker.let_go` says.
     """
     outage = _Outage(mask_url(storage_url))
     worker = _join(storage_url, study_name, settings or WorkerSettings(), data, outage)
@@ -95,6 +102,9 @@ def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | No
                 time.sleep(IDLE_POLL_SECONDS)  # others are running: wait to pick up a retry if one dies
                 continue
             outcome = worker.run(trial_id)
+        except (KeyboardInterrupt, WorkerStopped) as stop:
+            worker.let_go(stop)
+            raise
         except DATABASE_LOST as exc:
             # The database went away (a restart, a network cut). A trial it broke mid-way was failed
             # and queued again by Worker.run if the database was back by then; if not, it stays
@@ -186,6 +196,10 @@ class Worker:
                                      gpu_ids=list(settings.attrs.get(GPU_IDS) or []))
         self.failures_in_a_row = 0
         self.tracker = study_tracker(self.spec.mlflow, study_name, [o.metric for o in self.spec.objective_list])
+        self.held: int | None = None
+        """The id of the trial this worker claimed and has not ended yet."""
+        self.started_held = False
+        """Whether :meth:`run` began the held trial (False: stopped between claiming and running it)."""
         log.info("worker %s joined study %r on %s", self.identity["worker"], study_name, self.device)
 
     def _load_data(self) -> TrialData:
@@ -207,13 +221,17 @@ class Worker:
 
         When none waits, a new trial is made for the sampler while the study is under its budget
         (or has none); None means nothing to claim. Both under the study's lock, so workers
-        finishing together never make one trial too many.
+        finishing together never make one trial too many. A stop signal waits for the end of
+        this step: the trial claimed is then :attr:`held`, and :meth:`let_go` hands it back.
         """
-        fail_stale_trials(self.study, self.storage, self.study_id)
-        with study_lock(self.lock_url, self.study.study_name):
-            trial_id = claim_waiting_trial(self.storage, self.study_id)
-            if trial_id is None and self._under_budget():
-                trial_id = self.storage.create_new_trial(self.study_id)
+        self.held = None  # what an earlier trial left (another worker ended it) is not this worker's
+        with stops_held():
+            fail_stale_trials(self.study, self.storage, self.study_id)
+            with study_lock(self.lock_url, self.study.study_name):
+                trial_id = claim_waiting_trial(self.storage, self.study_id)
+                if trial_id is None and self._under_budget():
+                    trial_id = self.storage.create_new_trial(self.study_id)
+            self.held, self.started_held = trial_id, False
         return trial_id
 
     def _under_budget(self) -> bool:
@@ -242,18 +260,21 @@ class Worker:
     def run(self, trial_id: int) -> TrialOutcome:
         """Run the claimed trial under a heartbeat.
 
-        A trial the database broke, or one this worker was stopped in (SIGTERM, Ctrl-C; marked
-        FAIL ``interrupted`` by run_trial), is queued again: it does not use the budget, as
-        the trial of a killed worker does not. The error propagates.
+        A trial the database broke is failed and queued again: it does not use the budget, as
+        the trial of a killed worker does not. The error propagates. A stop propagates with
+        the trial still RUNNING, for :meth:`let_go`.
         """
+        self.started_held = True
         try:
             with Heartbeat(self.storage, trial_id):
-                outcome = run_trial(self.study, trial_id, self.spec, self.data, self.device, self.identity)
+                # A stop waits for the end of a training step (the step's state is then checkpointed), or
+                # for the trial's end when it comes outside training.
+                with stops_held():
+                    outcome = run_trial(self.study, trial_id, self.spec, self.data, self.device, self.identity,
+                                        stop=raise_held_stop)
+                    self.held = None
         except DATABASE_LOST:
             self._fail_lost(trial_id)
-            raise
-        except (KeyboardInterrupt, WorkerStopped):
-            queue_retry(self.study, self.storage, trial_id)
             raise
         if self.device.type == "cuda":
             # The trial's cached blocks back to the driver: a worker cannot tell whether others share
@@ -272,13 +293,43 @@ class Worker:
         and retries it once the database is back.
         """
         try:
-            self.storage.set_trial_user_attr(trial_id, FAIL_REASON, "storage")
-            self.storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, "its worker lost the database mid-trial")
-            if self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                queue_retry(self.study, self.storage, trial_id)
+            if fail_and_retry(self.study, self.storage, trial_id, "storage", "its worker lost the database mid-trial"):
                 log.warning("trial id %d lost the database mid-trial; queued again", trial_id)
-        except (*DATABASE_LOST, optuna.exceptions.UpdateFinishedTrialError):
-            pass  # still gone, or another worker failed it already
+        except DATABASE_LOST:
+            pass  # still gone
+        self.held = None
+
+    def let_go(self, stop: BaseException) -> None:
+        """End the trial this stopped worker holds, if any, before the stop propagates.
+
+        Handed back to the study as WAITING (the same trial, which the next worker to claim it
+        resumes from its checkpoint; no budget used) on :class:`WorkerStopped` (SIGTERM, the
+        run gone, Ctrl-C with ``--on-interrupt requeue``) and on a stop that came before the
+        trial started running; else (Ctrl-C) FAIL ``interrupted``, queued again. Called after
+        training raised, never from the signal handler: the trial's checkpoint is written by
+        then, so no other worker claims it before it is. A further stop waits until this is done.
+        """
+        trial_id, self.held = self.held, None
+        if trial_id is None:
+            return
+        with stops_held():
+            try:
+                if isinstance(stop, WorkerStopped) or not self.started_held or self._requeue_interrupt():
+                    if hand_back_trial(self.storage, trial_id):
+                        log.info("trial id %d handed back to the study as waiting", trial_id)
+                else:
+                    fail_and_retry(self.study, self.storage, trial_id, INTERRUPTED,
+                                   "worker stopped by Ctrl-C (KeyboardInterrupt)")
+            except DATABASE_LOST as exc:  # the stale-trial check of another worker fails and retries it later
+                log.warning("trial id %d left running: %s", trial_id, short_reason(exc))
+
+    def _requeue_interrupt(self) -> bool:
+        ask = self.settings.requeue_interrupt
+        try:
+            return ask is not None and ask()
+        except Exception as exc:  # noqa: BLE001 - no answer: a KeyboardInterrupt fails the trial, as without one
+            log.warning("could not ask whether to hand the trial back: %s", short_reason(exc))
+            return False
 
     def record(self, outcome: TrialOutcome) -> None:
         """Count the outcome; refresh the dashboard's note; stop the study after too many failures in a row."""

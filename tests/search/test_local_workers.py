@@ -24,6 +24,7 @@ from search.study.local import plan_workers, run_study
 from search.study.spec import StudySpec
 from spaces import parse_space
 from storage import open_storage
+from tests.support.cli import clean_env
 from tests.support.workers import SLOW_SPACE, wait_for
 
 
@@ -36,7 +37,7 @@ def workdir(workdir: Path) -> Path:
 
 def _start_run(workdir: Path, study: str, trials: int, log: Path) -> subprocess.Popen:
     """`cnnsearch run --jobs 2` as a user starts it; heartbeats at their defaults (10 s, grace 30 s)."""
-    env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{workdir / 'cnnsearch.db'}"}
+    env = clean_env(CNNSEARCH_STORAGE=f"sqlite:///{workdir / 'cnnsearch.db'}")  # this checkout's code
     for name in ("CNNSEARCH_HEARTBEAT_INTERVAL", "CNNSEARCH_HEARTBEAT_GRACE"):
         env.pop(name, None)
     with open(log, "w") as out:
@@ -101,6 +102,33 @@ def test_a_worker_killed_mid_trial_is_noticed_and_the_others_finish_the_budget(w
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_a_run_hands_back_the_trials_of_all_its_workers(workdir: Path) -> None:
+    run = _start_run(workdir, "preempted", 6, workdir / "run.log")
+    training: dict[int, FrozenTrial] = {}
+    try:
+        def both_training() -> bool:
+            training.clear()
+            training.update(_training(workdir, "preempted", run))
+            return len(training) == 2
+
+        wait_for(both_training, 240, "both workers training")
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=90)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    output = (workdir / "run.log").read_text()
+    assert run.returncode == 143, output
+    assert "handed back to the study (waiting)" in output
+    trials = _trials(workdir, "preempted")
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    handed_back = {t.number for t in trials if t.state == TrialState.WAITING}
+    assert {t.number for t in training.values()} <= handed_back  # the same trials, no retry copies
+    assert not [t for t in trials if "failed_trial" in t.system_attrs]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_end_with_a_killed_run_and_leave_nothing_running(workdir: Path) -> None:
     run = _start_run(workdir, "orphans", 6, workdir / "run.log")
     workers: list[int] = []
@@ -118,10 +146,10 @@ def test_workers_end_with_a_killed_run_and_leave_nothing_running(workdir: Path) 
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     trials = _trials(workdir, "orphans")
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    stopped = [t for t in trials if t.state == TrialState.WAITING]  # handed back, for the next run to finish
     assert stopped and {t.user_attrs["pid"] for t in stopped} <= set(workers)
-    assert all(t.user_attrs["fail_reason"] == "interrupted" for t in stopped)
+    assert all(t.user_attrs["handed_back"] == 1 for t in stopped)
     assert sum(t.state == TrialState.COMPLETE for t in trials) < 6  # they did not finish the study alone
 
 

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from search.cli import main
 from search.study.ray_workers import RayOptions, run_ray_workers, task_device
 from storage import open_storage
+from tests.support.cli import CLI, clean_env
 from tests.support.pg import PgCluster
 from tests.support.workers import (
     FAST_HEARTBEAT,
@@ -268,7 +269,7 @@ def test_a_killed_ray_run_takes_its_local_cluster_along_and_its_trials_are_retri
     (workdir / "slow.yaml").write_text(yaml.safe_dump(SLOW_SPACE))
     for key, value in FAST_HEARTBEAT.items():
         monkeypatch.setenv(key, value)  # the killed trials count as stale after 3 s
-    env = {**os.environ, "CNNSEARCH_STORAGE": f"sqlite:///{workdir / 'cnnsearch.db'}"}
+    env = clean_env(CNNSEARCH_STORAGE=f"sqlite:///{workdir / 'cnnsearch.db'}")  # this checkout's code
     with open(workdir / "run.log", "w") as log:
         run = subprocess.Popen(
             [sys.executable, "-m", "search.cli", "run", "--study", "rk", "--dataset", "digits", "--space",
@@ -306,3 +307,36 @@ def test_a_killed_ray_run_takes_its_local_cluster_along_and_its_trials_are_retri
     retries = [t for t in trials if "failed_trial" in t.system_attrs]
     assert sorted(t.system_attrs["failed_trial"] for t in retries) == sorted(t.number for t in killed)
     assert all(t.state == TrialState.COMPLETE for t in retries)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_ray_run_hands_back_the_trials_of_its_tasks(workdir: Path) -> None:
+    (workdir / "slow.yaml").write_text(yaml.safe_dump(SLOW_SPACE))
+    env = clean_env(CNNSEARCH_STORAGE=f"sqlite:///{workdir / 'cnnsearch.db'}")
+    run = subprocess.Popen([*CLI, "run", "--study", "rt", "--dataset", "digits", "--space", "slow.yaml", "--pruner",
+                            "none", "--sampler", "random", "--trials", "4", "--no-progress", "--backend", "ray",
+                            "--workers", "2"], cwd=workdir, env=env, text=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    training: list[int] = []
+    try:
+        def both_training() -> bool:
+            try:
+                training[:] = [t.number for t in _sqlite_trials(workdir, "rt")
+                               if t.state == TrialState.RUNNING and t.intermediate_values]
+            except KeyError:  # the study is not created yet
+                return False
+            return len(training) == 2
+
+        wait_for(both_training, 240, "two Ray workers training")
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 143, output
+    assert "handed back to the study (waiting)" in output
+    trials = _sqlite_trials(workdir, "rt")
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)], output
+    assert set(training) <= {t.number for t in trials if t.state == TrialState.WAITING}
+    assert not [t for t in trials if "failed_trial" in t.system_attrs]  # the same trials, no retry copies

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 
 from storage import open_storage
-from storage.claims import claim_waiting_trial, study_lock
+from storage.claims import claim_waiting_trial, hand_back_trial, study_lock
+from storage.heartbeat import fail_stale_trials
 
 
 def _claim_all(url: str, out: multiprocessing.Queue) -> None:
@@ -41,3 +43,22 @@ def test_four_processes_claim_each_waiting_trial_exactly_once(tmp_path: Path) ->
         p.join()
     assert len(claimed) == 120
     assert len(set(claimed)) == 120
+
+
+def test_a_trial_handed_back_long_ago_is_not_failed_as_stale_when_claimed_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    storage = optuna.storages.get_storage(open_storage(url, heartbeat_interval=1, grace_period=2))
+    study = optuna.create_study(study_name="h", storage=storage)
+    study.enqueue_trial({})
+    study_id = storage.get_study_id_from_name("h")
+    trial_id = claim_waiting_trial(storage, study_id)
+    storage.record_heartbeat(trial_id)  # its first worker's last beat
+    assert hand_back_trial(storage, trial_id)
+    time.sleep(3)  # longer than the grace period: that beat is stale now
+    fail_stale_trials(study, storage, study_id)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.WAITING]  # a waiting trial is left alone
+    assert claim_waiting_trial(storage, study_id) == trial_id
+    fail_stale_trials(study, storage, study_id)  # another worker's check, before the new worker's first beat
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.RUNNING
+    assert trial.user_attrs["handed_back"] == 1
