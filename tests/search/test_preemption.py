@@ -57,11 +57,17 @@ def test_sigterm_hands_the_trial_back_and_a_second_worker_finishes_it(workdir: P
     assert trial.state == TrialState.WAITING  # the same trial, not FAIL and a copy
     assert trial.user_attrs["handed_back"] == 1
     assert "fail_reason" not in trial.user_attrs
+    # Saved at once: the state after the training step the signal came in, not the last epoch's.
+    epoch, step = trial.user_attrs["checkpoint_epoch"], trial.user_attrs["checkpoint_step"]
+    assert epoch >= 1 and step >= 1
 
     assert main(["worker", "--study", "p", "--storage", url, "--device", "cpu", "--threads", "1"]) == 0
     (finished,) = trials_of(url, "p")
     assert (finished.number, finished.state) == (trial.number, TrialState.COMPLETE)
     assert finished.params == trial.params
+    assert finished.user_attrs["resume_note"] == (f"resumed from the checkpoint after epoch {epoch}, "
+                                                  f"step {step} of epoch {epoch + 1}")
+    assert sorted(finished.intermediate_values) == list(range(1, 31))  # every epoch reported once
 
 
 @pytest.mark.slow
