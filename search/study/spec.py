@@ -88,6 +88,9 @@ class StudySpec:
     deterministic: bool = False
     cv: int | None = None
     """``--cv K``: each trial trains once per fold of train + val; its value is the mean val accuracy."""
+    space_derivation: dict[str, Any] | None = None
+    """For the ``auto`` space (``run`` without ``--space``): what it was derived from and why
+    (:meth:`spaces.derive.Derivation.to_record`), recorded so that ``status`` can say it."""
 
     def __post_init__(self) -> None:
         # Absolute, so workers, exports and retrains started in other directories read the same files
