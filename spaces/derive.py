@@ -40,10 +40,15 @@ Rules, and why:
    still fits several full trials among many short ones; a long budget trains long.
    With ``--trials`` alone the budget has no time in it: the top is what the median
    network trains in 30 s. Clamped to 3..200 epochs; the range starts at a quarter of it.
-7. **Start points**, tried first and never pruned: the middle of the ranges (median depth,
-   the base width, half the epochs, Adam with a one-cycle schedule, the augmentation of
-   rule 5), then the classic residual recipe at the deepest stage count, the base width
-   and the full epochs (AdamW, global average pooling). ``--no-start`` skips them.
+7. **Trial timeout** (unless ``--trial-timeout`` is given): a quarter of a time budget, at
+   least a minute. A network twice as slow as the median still fits at the top of the
+   epoch range; a much bigger one is cut (PRUNED, reason ``timeout``) rather than holding
+   the study's time, or running on long after ``--timeout`` stopped new trials.
+8. **Start points**, tried first and never pruned: the middle of the ranges (median depth,
+   the base width, the middle of the epoch range, Adam with a one-cycle schedule, the
+   augmentation of rule 5), then the classic residual recipe at the deepest stage count
+   and the base width, as many epochs (AdamW, global average pooling; about twice the
+   median's cost, so within rule 7's timeout). ``--no-start`` skips them.
 
 Everything else (learning rate, optimiser, schedule, batch size, kernel, head, batch
 norm, attention, initialisation, HOG fusion) is searched over the ranges of the
@@ -64,6 +69,7 @@ NAME = "auto"
 
 FULL_TRIAL_SHARE = 8  # one trial at the top of the epoch range takes 1/8 of a time budget
 UNTIMED_TRIAL_SECONDS = 30.0  # --trials alone: the top of the epoch range trains this long
+TRIAL_TIMEOUT_SHARE, MIN_TRIAL_TIMEOUT = 4, 60.0  # a trial may take a quarter of a time budget, at least a minute
 MIN_EPOCHS, MAX_EPOCHS = 3, 200
 FEW_PER_CLASS = 300  # training images per class below which regularisation reaches further
 GLYPH_BLANK_FRACTION = 0.5  # share of pixels at the range's ends that makes one-channel data glyph-like
@@ -109,6 +115,8 @@ class Budget:
     """Measured seconds per epoch of :func:`median_network` on one worker."""
     measured_on: str
     """Where it was measured, in words (``cpu, 2 threads``)."""
+    trial_timeout: float | None = None
+    """The user's ``--trial-timeout``, kept as given; None: rule 7 sets one from a time budget."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,8 @@ class Derivation:
     budget: Budget
     decisions: list[tuple[str, str]]
     space: Space
+    trial_timeout: float | None
+    """Seconds a trial may train (rule 7), or None: no limit."""
 
     def lines(self) -> list[str]:
         """What ``cnnsearch run`` prints first: the inputs, then one short line per decision."""
@@ -133,7 +143,7 @@ class Derivation:
     def to_record(self) -> dict[str, Any]:
         """The derivation as the study records it (JSON-able): inputs and decisions; the space is recorded apart."""
         return {"name": NAME, "data": asdict(self.facts), "budget": asdict(self.budget),
-                "decisions": [list(d) for d in self.decisions]}
+                "decisions": [list(d) for d in self.decisions], "trial_timeout": self.trial_timeout}
 
 
 def median_network(facts: DataFacts) -> dict[str, Any]:
@@ -170,19 +180,22 @@ def derive_space(facts: DataFacts, budget: Budget) -> Derivation:
     epochs, why_epochs = _epochs(budget)
     first = max(1, round(epochs / 4))
     decisions.append((f"epochs {first}-{epochs}, Hyperband maximum {epochs}", why_epochs))
-    decisions.append(("2 start points", "the middle of the ranges, then a residual net at the deepest stages and "
-                      "full epochs (--no-start skips them)"))
+    trial_timeout, why_timeout = _trial_timeout(budget)
+    decisions.append((f"trial timeout {trial_timeout:g} s" if trial_timeout else "no trial timeout", why_timeout))
+    middle = max(first, (first + epochs) // 2)
+    decisions.append(("2 start points", f"the middle of the ranges, then a residual net at the deepest stages, both "
+                      f"{middle} epochs (--no-start skips them)"))
     params = _params(facts, (low, high), base, (dropout, decay, smoothing), (first, epochs))
     starts = [
-        {**median_network(facts), "epochs": max(first, (first + epochs) // 2), "dropout": round(dropout / 2, 2)},
+        {**median_network(facts), "epochs": middle, "dropout": round(dropout / 2, 2)},
         {**recipe, "depth": high, "batch_size": 64, "optimizer": "adamw", "lr": 0.003,
-         "weight_decay": round(math.sqrt(decay[0] * decay[1]), 8), "schedule": "onecycle", "epochs": epochs,
+         "weight_decay": round(math.sqrt(decay[0] * decay[1]), 8), "schedule": "onecycle", "epochs": middle,
          "head": "gap", "residual": True, "dropout": round(dropout / 2, 2)},
     ]
     description = (f"{NAME}: derived from the data ({facts.height}x{facts.width}x{facts.channels}, "
                    f"{facts.classes} classes, {facts.train_images} training images) and the budget")
     space = parse_space({"description": description, "params": params, "start": starts}, source=NAME, name=NAME)
-    return Derivation(facts=facts, budget=budget, decisions=decisions, space=space)
+    return Derivation(facts=facts, budget=budget, decisions=decisions, space=space, trial_timeout=trial_timeout)
 
 
 def _halvings(side: int) -> int:
@@ -245,6 +258,16 @@ def _epochs(budget: Budget) -> tuple[int, str]:
     if epochs != math.floor(top):
         why += f" (clamped to {MIN_EPOCHS}-{MAX_EPOCHS})"
     return epochs, why
+
+
+def _trial_timeout(budget: Budget) -> tuple[float | None, str]:
+    if budget.trial_timeout is not None:
+        return budget.trial_timeout, "--trial-timeout, as given"
+    if budget.seconds is None:
+        return None, "no --timeout: a trial trains as long as its epochs take"
+    seconds = max(MIN_TRIAL_TIMEOUT, round(budget.seconds / TRIAL_TIMEOUT_SHARE))
+    return seconds, (f"a quarter of {budget.seconds:.0f} s, at least {MIN_TRIAL_TIMEOUT:.0f} s: a much slower config "
+                     "is cut instead of holding the study (--trial-timeout to choose)")
 
 
 def _params(facts: DataFacts, stages: tuple[int, int], base: int, regular: tuple[float, tuple[float, float], float],

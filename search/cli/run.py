@@ -148,7 +148,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if auto:
         space, derivation = _auto_space(args, workers, started)
-        spec = dataclasses.replace(spec, space=space, space_derivation=derivation)
+        spec = dataclasses.replace(spec, space=space, space_derivation=derivation,
+                                   trial_timeout=spec.trial_timeout if args.trial_timeout is not None
+                                   else derivation.get("trial_timeout"))
     if args.no_start and space.start:
         print(f"--no-start: the space's {len(space.start)} start point(s) are not tried")
         space.start = []
@@ -229,7 +231,7 @@ def _auto_space(args: argparse.Namespace, workers: int, started: float) -> tuple
         where = f"this machine's CPU, {threads} thread{'s' if threads > 1 else ''}"
     left = None if args.timeout is None else args.timeout - (time.time() - started)
     derivation = derive_for(images, split, device, seconds_left=left, trials=args.trials, workers=workers,
-                            measured_on=where)
+                            measured_on=where, trial_timeout=args.trial_timeout)
     for line in derivation.lines():
         print(line)
     return derivation.space, derivation.to_record()

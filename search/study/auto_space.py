@@ -80,7 +80,7 @@ def _timed(action, device: torch.device) -> float:
 
 
 def derive_for(images: ImageSet, split: Split, device: torch.device, *, seconds_left: float | None,
-               trials: int | None, workers: int, measured_on: str) -> Derivation:
+               trials: int | None, workers: int, measured_on: str, trial_timeout: float | None = None) -> Derivation:
     """The ``auto`` space for this data and budget, with the median network timed on ``device``.
 
     ``seconds_left`` is taken after the timing: the time it takes is the search's.
@@ -91,5 +91,6 @@ def derive_for(images: ImageSet, split: Split, device: torch.device, *, seconds_
     if seconds_left is not None:
         seconds_left = max(0.0, seconds_left - (time.monotonic() - started))
     budget = Budget(seconds=None if seconds_left is None else round(seconds_left, 1), trials=trials, workers=workers,
-                    epoch_seconds=float(f"{max(seconds, 1e-6):.3g}"), measured_on=measured_on)
+                    epoch_seconds=float(f"{max(seconds, 1e-6):.3g}"), measured_on=measured_on,
+                    trial_timeout=trial_timeout)
     return derive_space(facts, budget)

@@ -47,7 +47,15 @@ def test_a_long_budget_trains_longer_than_a_short_one() -> None:
     long = derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu")).space
     assert _range(short, "epochs")[1] < _range(long, "epochs")[1]  # the top is also Hyperband's maximum
     assert _range(short, "epochs")[0] < _range(long, "epochs")[0]
-    assert long.start[1]["epochs"] == _range(long, "epochs")[1]  # the second start point trains the full range
+    assert [p["epochs"] for p in long.start] == [125, 125]  # the start points: the middle of the epoch range
+
+
+def test_a_trial_may_take_a_quarter_of_a_time_budget_unless_the_user_says() -> None:
+    assert derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu")).trial_timeout == 900
+    assert derive_space(DIGITS_28, Budget(100.0, None, 1, 1.5, "cpu")).trial_timeout == 60  # at least a minute
+    assert derive_space(DIGITS_28, Budget(None, 20, 1, 1.5, "cpu")).trial_timeout is None  # --trials alone
+    given = derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu", trial_timeout=12.5))
+    assert given.trial_timeout == 12.5 and "  trial timeout 12.5 s: --trial-timeout, as given" in given.lines()
 
 
 def test_more_workers_and_a_faster_machine_train_longer_in_the_same_time() -> None:
@@ -64,5 +72,5 @@ def test_each_decision_is_one_short_line_after_the_facts_it_was_made_from() -> N
                                "training images) and the budget (240 s left, 1 worker;")
     decisions = [line.strip() for line in lines[1:]]
     assert [d.split(":")[0].split(" ")[0] for d in decisions] == [
-        "stages", "first", "width", "dropout", "flips", "epochs", "2"]
+        "stages", "first", "width", "dropout", "flips", "epochs", "trial", "2"]
     assert all("\n" not in d and len(d) < 160 for d in decisions)
