@@ -40,15 +40,16 @@ Rules, and why:
    still fits several full trials among many short ones; a long budget trains long.
    With ``--trials`` alone the budget has no time in it: the top is what the median
    network trains in 30 s. Clamped to 3..200 epochs; the range starts at a quarter of it.
-7. **Trial timeout** (unless ``--trial-timeout`` is given): a quarter of a time budget, at
-   least a minute. A network twice as slow as the median still fits at the top of the
-   epoch range; a much bigger one is cut (PRUNED, reason ``timeout``) rather than holding
-   the study's time, or running on long after ``--timeout`` stopped new trials.
+7. **Trial timeout** (unless ``--trial-timeout`` is given): half a time budget, at least
+   two minutes. A network four times as slow as the median still fits at the top of the
+   epoch range, and so does the median one on a machine that slows down twofold after the
+   timing (shared machines do); a much bigger one is cut (PRUNED, reason ``timeout``)
+   rather than running on long after ``--timeout`` stopped new trials.
 8. **Start points**, tried first and never pruned: the middle of the ranges (median depth,
    the base width, the middle of the epoch range, Adam with a one-cycle schedule, the
    augmentation of rule 5), then the classic residual recipe at the deepest stage count
    and the base width, as many epochs (AdamW, global average pooling; about twice the
-   median's cost, so within rule 7's timeout). ``--no-start`` skips them.
+   median's cost, well within rule 7's timeout). ``--no-start`` skips them.
 
 Everything else (learning rate, optimiser, schedule, batch size, kernel, head, batch
 norm, attention, initialisation, HOG fusion) is searched over the ranges of the
@@ -69,7 +70,7 @@ NAME = "auto"
 
 FULL_TRIAL_SHARE = 8  # one trial at the top of the epoch range takes 1/8 of a time budget
 UNTIMED_TRIAL_SECONDS = 30.0  # --trials alone: the top of the epoch range trains this long
-TRIAL_TIMEOUT_SHARE, MIN_TRIAL_TIMEOUT = 4, 60.0  # a trial may take a quarter of a time budget, at least a minute
+TRIAL_TIMEOUT_SHARE, MIN_TRIAL_TIMEOUT = 2, 120.0  # a trial may take half a time budget, at least two minutes
 MIN_EPOCHS, MAX_EPOCHS = 3, 200
 FEW_PER_CLASS = 300  # training images per class below which regularisation reaches further
 GLYPH_BLANK_FRACTION = 0.5  # share of pixels at the range's ends that makes one-channel data glyph-like
@@ -158,8 +159,9 @@ def derive_space(facts: DataFacts, budget: Budget) -> Derivation:
     decisions: list[tuple[str, str]] = []
     low, high = _stages(facts)
     halvings = _halvings(facts.side)
-    decisions.append((f"stages {low}-{high}", f"{facts.side}-px images hold {halvings} halving"
-                      f"{'s' if halvings != 1 else ''} to >= 2 px{'; at most 4' if halvings > 4 else ''}"))
+    stages = f"stages {low}-{high}" if low < high else f"stage {low}"
+    decisions.append((stages, f"{facts.side}-px images hold {halvings} halving{'s' if halvings != 1 else ''} "
+                      f"to >= 2 px{'; at most 4' if halvings > 4 else ''}"))
     decisions.append(("first layer stride 1", "every pixel of a <= 64-px image carries detail" if facts.side <= 64
                       else f"{facts.side}-px images: the CNN family has no strided first layer; --image-size 64 "
                            "would train faster"))
@@ -266,8 +268,8 @@ def _trial_timeout(budget: Budget) -> tuple[float | None, str]:
     if budget.seconds is None:
         return None, "no --timeout: a trial trains as long as its epochs take"
     seconds = max(MIN_TRIAL_TIMEOUT, round(budget.seconds / TRIAL_TIMEOUT_SHARE))
-    return seconds, (f"a quarter of {budget.seconds:.0f} s, at least {MIN_TRIAL_TIMEOUT:.0f} s: a much slower config "
-                     "is cut instead of holding the study (--trial-timeout to choose)")
+    return seconds, (f"half of {budget.seconds:.0f} s, at least {MIN_TRIAL_TIMEOUT:.0f} s: a much slower config is "
+                     "cut instead of running on past --timeout (--trial-timeout to choose)")
 
 
 def _params(facts: DataFacts, stages: tuple[int, int], base: int, regular: tuple[float, tuple[float, float], float],
