@@ -33,7 +33,9 @@ Rules, and why:
    4-px crops of 32-px photos), a tenth for glyphs (strokes must stay inside); rotations up
    to 15 degrees (beyond ~20 a 6 starts to look like a 9).
 6. **Epochs** and Hyperband's maximum resource, from the budget and the measured seconds
-   per epoch ``s`` of the median network (the first start point) on this machine: with a
+   per epoch ``s`` of the median network (the first start point; a few of its training
+   steps and a val batch timed on the real training images, on the device and threads a
+   worker gets, scaled to the split's sizes): with a
    time budget of ``T`` seconds left and ``J`` workers, the top of the epoch range is
    ``J * T / (8 * s)`` (with ``--trials`` under 8 too: ``J * T / (trials * s)``), so one
    trial at the top of the range takes an eighth of the budget and Hyperband (reduction 3)
@@ -53,7 +55,9 @@ Rules, and why:
 
 Everything else (learning rate, optimiser, schedule, batch size, kernel, head, batch
 norm, attention, initialisation, HOG fusion) is searched over the ranges of the
-``default`` preset, which hold for small CNNs in general.
+``default`` preset, which hold for small CNNs in general, with two scalings: batch sizes
+64-256 instead of 32-128 from 20,000 training images, and HOG cells of a seventh and a
+quarter of the side (4 and 7 px on 28 px).
 """
 
 from __future__ import annotations
