@@ -80,14 +80,19 @@ def _timed(action, device: torch.device) -> float:
 
 
 def derive_for(images: ImageSet, split: Split, device: torch.device, *, seconds_left: float | None,
-               trials: int | None, workers: int, measured_on: str, trial_timeout: float | None = None) -> Derivation:
+               trials: int | None, workers: int, measured_on: str, trial_timeout: float | None = None,
+               folds: int = 1) -> Derivation:
     """The ``auto`` space for this data and budget, with the median network timed on ``device``.
 
-    ``seconds_left`` is taken after the timing: the time it takes is the search's.
+    ``seconds_left`` is taken after the timing: the time it takes is the search's. With
+    ``--cv`` a trial trains ``folds`` models, so one of its epochs costs ``folds`` epochs.
     """
     facts = data_facts(images, split)
     started = time.monotonic()
-    seconds = epoch_seconds(TrialConfig.from_dict(median_network(facts), where="auto space"), images, split, device)
+    seconds = folds * epoch_seconds(TrialConfig.from_dict(median_network(facts), where="auto space"), images, split,
+                                    device)
+    if folds > 1:
+        measured_on += f"; x {folds} folds a trial"
     if seconds_left is not None:
         seconds_left = max(0.0, seconds_left - (time.monotonic() - started))
     budget = Budget(seconds=None if seconds_left is None else round(seconds_left, 1), trials=trials, workers=workers,
