@@ -42,11 +42,13 @@ Rules, and why:
    still fits several full trials among many short ones; a long budget trains long.
    With ``--trials`` alone the budget has no time in it: the top is what the median
    network trains in 30 s. Clamped to 3..200 epochs; the range starts at a quarter of it.
-7. **Trial timeout** (unless ``--trial-timeout`` is given): half a time budget, at least
-   two minutes. A network four times as slow as the median still fits at the top of the
-   epoch range, and so does the median one on a machine that slows down twofold after the
-   timing (shared machines do); a much bigger one is cut (PRUNED, reason ``timeout``)
-   rather than running on long after ``--timeout`` stopped new trials.
+7. **Trial timeout** (unless ``--trial-timeout`` is given): four times what the median
+   network takes at the top of the epoch range, which is half a time budget unless rule 6
+   clamped the range up (a budget too short for this machine), and at least two minutes. A
+   network four times as slow as the median still fits, and so does the median one on a
+   machine that slows down fourfold after the timing (shared machines do); a much bigger
+   one is cut (PRUNED, reason ``timeout``) rather than running on long after
+   ``--timeout`` stopped new trials.
 8. **Start points**, tried first and never pruned: the middle of the ranges (median depth,
    the base width, the middle of the epoch range, Adam with a one-cycle schedule, the
    augmentation of rule 5), then the classic residual recipe at the deepest stage count
@@ -74,7 +76,7 @@ NAME = "auto"
 
 FULL_TRIAL_SHARE = 8  # one trial at the top of the epoch range takes 1/8 of a time budget
 UNTIMED_TRIAL_SECONDS = 30.0  # --trials alone: the top of the epoch range trains this long
-TRIAL_TIMEOUT_SHARE, MIN_TRIAL_TIMEOUT = 2, 120.0  # a trial may take half a time budget, at least two minutes
+TRIAL_TIMEOUT_FACTOR, MIN_TRIAL_TIMEOUT = 4, 120.0  # a trial may take 4x the median's top epochs, at least 2 minutes
 MIN_EPOCHS, MAX_EPOCHS = 3, 200
 FEW_PER_CLASS = 300  # training images per class below which regularisation reaches further
 GLYPH_BLANK_FRACTION = 0.5  # share of pixels at the range's ends that makes one-channel data glyph-like
@@ -186,7 +188,7 @@ def derive_space(facts: DataFacts, budget: Budget) -> Derivation:
     epochs, why_epochs = _epochs(budget)
     first = max(1, round(epochs / 4))
     decisions.append((f"epochs {first}-{epochs}, Hyperband maximum {epochs}", why_epochs))
-    trial_timeout, why_timeout = _trial_timeout(budget)
+    trial_timeout, why_timeout = _trial_timeout(budget, epochs)
     decisions.append((f"trial timeout {trial_timeout:g} s" if trial_timeout else "no trial timeout", why_timeout))
     middle = max(first, (first + epochs) // 2)
     decisions.append(("2 start points", f"the middle of the ranges, then a residual net at the deepest stages, both "
@@ -266,14 +268,14 @@ def _epochs(budget: Budget) -> tuple[int, str]:
     return epochs, why
 
 
-def _trial_timeout(budget: Budget) -> tuple[float | None, str]:
+def _trial_timeout(budget: Budget, epochs: int) -> tuple[float | None, str]:
     if budget.trial_timeout is not None:
         return budget.trial_timeout, "--trial-timeout, as given"
     if budget.seconds is None:
         return None, "no --timeout: a trial trains as long as its epochs take"
-    seconds = max(MIN_TRIAL_TIMEOUT, round(budget.seconds / TRIAL_TIMEOUT_SHARE))
-    return seconds, (f"half of {budget.seconds:.0f} s, at least {MIN_TRIAL_TIMEOUT:.0f} s: a much slower config is "
-                     "cut instead of running on past --timeout (--trial-timeout to choose)")
+    seconds = max(MIN_TRIAL_TIMEOUT, round(TRIAL_TIMEOUT_FACTOR * epochs * budget.epoch_seconds))
+    return seconds, (f"{TRIAL_TIMEOUT_FACTOR}x the median network's {epochs} epochs, at least "
+                     f"{MIN_TRIAL_TIMEOUT:.0f} s: a far slower config is cut, not run on past --timeout")
 
 
 def _params(facts: DataFacts, stages: tuple[int, int], base: int, regular: tuple[float, tuple[float, float], float],

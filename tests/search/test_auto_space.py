@@ -78,7 +78,7 @@ def test_the_derivation_is_recorded_shown_by_status_and_kept_on_resume(
     assert attrs["space_name"] == "auto"
     assert recorded["data"]["channels"] == 3 and recorded["data"]["height"] == 32
     assert recorded["budget"]["trials"] is None and recorded["budget"]["epoch_seconds"] > 0
-    assert attrs["trial_timeout"] == recorded["trial_timeout"] == 120  # half the budget, at least two minutes
+    assert attrs["trial_timeout"] == recorded["trial_timeout"] >= 120  # 4x the median network at the top, >= 2 min
     assert [f"{what}: {why}" for what, why in recorded["decisions"]] == _decisions(first)
 
     assert main(["status", "--study", "s"]) == 0

@@ -50,9 +50,11 @@ def test_a_long_budget_trains_longer_than_a_short_one() -> None:
     assert [p["epochs"] for p in long.start] == [125, 125]  # the start points: the middle of the epoch range
 
 
-def test_a_trial_may_take_half_a_time_budget_unless_the_user_says() -> None:
-    assert derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu")).trial_timeout == 1800
+def test_a_trial_may_take_four_times_the_median_network_at_the_top_epochs_unless_the_user_says() -> None:
+    assert derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu")).trial_timeout == 4 * 200 * 1.5
     assert derive_space(DIGITS_28, Budget(100.0, None, 1, 1.5, "cpu")).trial_timeout == 120  # at least two minutes
+    # A machine too slow for the budget: the range is clamped up to 3 epochs, and the timeout lets them train.
+    assert derive_space(DIGITS_28, Budget(200.0, None, 1, 97.0, "cpu")).trial_timeout == 4 * 3 * 97
     assert derive_space(DIGITS_28, Budget(None, 20, 1, 1.5, "cpu")).trial_timeout is None  # --trials alone
     given = derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu", trial_timeout=12.5))
     assert given.trial_timeout == 12.5 and "  trial timeout 12.5 s: --trial-timeout, as given" in given.lines()
