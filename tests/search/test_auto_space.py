@@ -48,8 +48,13 @@ def _study(workdir: Path, name: str) -> optuna.Study:
 
 
 def _decisions(lines: list[str]) -> list[str]:
-    """The indented decision lines that follow ``space auto: ...``."""
-    return [line.strip() for line in lines[1:] if line.startswith("  ")]
+    """The indented decision lines right after ``space auto: ...`` (the best trial's lines come later)."""
+    decisions = []
+    for line in lines[1:]:
+        if not line.startswith("  "):
+            break
+        decisions.append(line.strip())
+    return decisions
 
 
 def test_run_first_says_what_it_derived_and_why_and_photos_differ_from_digits(
