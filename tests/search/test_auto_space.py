@@ -127,3 +127,10 @@ def test_spaces_lists_the_derived_default_and_shows_its_rules(capsys: pytest.Cap
     assert main(["spaces", "show", "auto"]) == 0
     rules = capsys.readouterr().out
     assert "Stages" in rules and "Epochs" in rules and "Start points" in rules
+
+
+def test_no_start_leaves_out_the_derived_start_points(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    lines = _run(capsys, "--study", "n", "--dataset", "digits", "--timeout", "1", "--no-start")
+    assert lines[0].startswith("space auto: derived from the data (8x8 px")
+    assert "--no-start: the space's 2 start point(s) are not tried" in lines
+    assert not [t for t in _study(workdir, "n").trials if t.user_attrs.get("origin") == "start"]
