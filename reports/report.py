@@ -174,8 +174,9 @@ def report_context(study: optuna.Study, *, final_eval: dict[str, Any] | None = N
         "objectives": [{"name": n, "direction": d.name.lower()} for n, d in zip(objectives, study.directions,
                                                                                  strict=False)],
         "multi": len(study.directions) > 1,
+        "ranked_by": _ranked_by(objectives, study.directions),
         "overview": _overview(study, trials, done, acc),
-        "top": [_top_row(t) for t in top],
+        "top": [{**_top_row(t), "value": t.values[0]} for t in top],
         "top_noise": _top_noise(top, n_val),
         "importances": importances,
         "plots": _plots(study, built, done, top, acc, importances, objectives),
@@ -185,6 +186,15 @@ def report_context(study: optuna.Study, *, final_eval: dict[str, Any] | None = N
         "warnings": _warnings(trials, done, n_val, classes),
     }
     return context
+
+
+def _ranked_by(objectives: list[str], directions: list[optuna.study.StudyDirection]) -> dict[str, Any]:
+    """Which metric orders the top trials: the first objective (``column`` when the table lacks it), or the front."""
+    if len(directions) > 1:
+        goal = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(objectives, directions, strict=False))
+        return {"text": f"the Pareto front of {goal}, most accurate first", "column": None}
+    name = objectives[0] if objectives else "value"
+    return {"text": f"{name} ({directions[0].name.lower()})", "column": None if name == "accuracy" else name}
 
 
 def _accuracy_target(objectives: list[str]) -> Accuracy:

@@ -11,6 +11,7 @@ A space file is a mapping::
       batch_norm: {type: bool}
       momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}
       epochs: 3                                             # fixed; also {type: fixed, value: 3}
+    model: {builder: "nets.py:build"}   # optional: your own model (spaces/builder.py); its keys join params
 
 Everything that could go wrong is found here, before a study starts: each problem is a
 :class:`SpaceError` with one line naming the file (or preset), the parameter and key, the
@@ -32,11 +33,15 @@ from typing import Any
 
 import yaml
 
+from spaces.builder import Builder, load_builder
 from spaces.errors import SpaceError
-from spaces.schema import CONFIG_KEYS, check_value, unknown_key_message
+from spaces.schema import CONFIG_KEYS, SCALARS, Key, unknown_key_message
 from spaces.space import Param, Space, dependency_order, same_value, step_count
 
-TOP_KEYS = ("description", "params", "start", "full_grid")
+TOP_KEYS = ("description", "params", "start", "full_grid", "model")
+MODEL_KEYS = ("builder",)
+BUILDER_KEYS = ("builder", "builder_args")
+"""Config keys only a space's `model: {builder: ...}` sets (which also replaces the `model` key's family)."""
 SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "float": ("type", "low", "high", "log", "step", "when"),
     "int": ("type", "low", "high", "log", "step", "when"),
@@ -44,7 +49,6 @@ SPEC_KEYS: dict[str, tuple[str, ...]] = {
     "bool": ("type", "when"),
     "fixed": ("type", "value"),
 }
-SCALARS = (str, int, float, bool, type(None))
 MAX_CHECKED_VALUES = 10_000  # an int range over a key with a fixed set of choices is checked value by value
 MAX_YAML_SIZE = 1_000_000
 """Largest YAML document read, in values plus characters after aliases are expanded (space files are ~2 KB)."""
@@ -54,6 +58,7 @@ MAX_YAML_SIZE = 1_000_000
 _EXPONENT_TEXT = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d+)[eE][-+]?\d+")
 
 EXAMPLE = "params: {lr: {type: float, low: 1.0e-4, high: 0.1, log: true}}"
+BUILDER_EXAMPLE = 'model: {builder: "my_pkg.nets:build"} or model: {builder: "nets.py:build"}'
 
 
 def preset_names() -> list[str]:
@@ -90,14 +95,16 @@ def load_space(ref: str | os.PathLike, strict: bool = True) -> Space:
     except (OSError, UnicodeDecodeError) as err:
         raise SpaceError(f"{text}: cannot read the space file ({err}); give a readable UTF-8 YAML file"
                          ) from None
-    return parse_space(load_yaml(content, text), source=text, strict=strict, name=path.stem)
+    return parse_space(load_yaml(content, text), source=text, strict=strict, name=path.stem,
+                       base_dir=path.parent)
 
 
 def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = True, *,
-                name: str | None = None) -> Space:
+                name: str | None = None, base_dir: str | os.PathLike | None = None) -> Space:
     """Validate an already loaded space definition (the YAML mapping) and build the :class:`Space`.
 
-    ``source`` names the definition in error messages; ``name`` defaults to its file stem.
+    ``source`` names the definition in error messages; ``name`` defaults to its file stem;
+    a builder file (``model: {builder: nets.py:build}``) is found relative to ``base_dir``.
     """
     if name is None:
         name = Path(source).stem if source.endswith((".yaml", ".yml")) else source
@@ -126,22 +133,23 @@ def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = Tr
         raise SpaceError(f"{source}: full_grid={_preview(full_grid)} is not true or false; give full_grid: true "
                          "for a space meant to run every point of its grid")
 
+    builder = _parse_model(source, data.get("model"), base_dir)
+    keys = {**CONFIG_KEYS, **builder.keys} if builder else CONFIG_KEYS
     params: dict[str, Param] = {}
     fixed: dict[str, Any] = {}
     for param_name, spec in raw_params.items():
         if not isinstance(param_name, str) or not param_name:
             raise SpaceError(f"{source}: parameter name {param_name!r} is not a name; "
                              "parameter names are non-empty text, e.g. lr")
-        if strict and param_name not in CONFIG_KEYS:
-            raise SpaceError(unknown_key_message(param_name, f"{source}: params"))
-        ctx = _Context(source, param_name)
+        _check_name(source, param_name, builder, strict)
+        ctx = _Context(source, param_name, keys.get(param_name))
         if isinstance(spec, Mapping) and spec.get("type") != "fixed":
             params[param_name] = _parse_param(ctx, spec)
         else:
             fixed[param_name] = _parse_fixed(ctx, spec)
 
     for param in params.values():
-        _check_conditions(_Context(source, param.name), param, params, fixed)
+        _check_conditions(_Context(source, param.name, keys.get(param.name)), param, params, fixed)
     deps = {n: set(p.when) - set(fixed) for n, p in params.items()}
     try:
         graphlib.TopologicalSorter(deps).prepare()
@@ -153,10 +161,43 @@ def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = Tr
     ordered = {n: params[n] for n in dependency_order(list(params), deps)}
     start = _parse_start(source, data.get("start"), ordered)
     space = Space(name=name, source=source, description=" ".join(description.split()), params=ordered,
-                  fixed=fixed, strict=strict, start=start, full_grid=full_grid)
+                  fixed=fixed, strict=strict, start=start, full_grid=full_grid, builder=builder)
     if full_grid:
         space.grid_size()  # a full grid needs a finite one: refused here, named, before any study
     return space
+
+
+def _parse_model(source: str, raw: Any, base_dir: str | os.PathLike | None) -> Builder | None:
+    """``model: {builder: REF}``: your own model instead of the built-in family (:mod:`spaces.builder`)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or "builder" not in raw:
+        raise SpaceError(f"{source}: model={_preview(raw)} does not name a builder; give {BUILDER_EXAMPLE} "
+                         "(a built-in family is chosen with params: {model: resnet18})")
+    for key in raw:
+        if key not in MODEL_KEYS:
+            raise SpaceError(f"{source}: model: unknown key {key!r}{_hint(key, MODEL_KEYS)}; "
+                             f"accepted keys: {', '.join(MODEL_KEYS)}")
+    return load_builder(raw["builder"], f"{source}: model", base_dir)
+
+
+def _check_name(source: str, name: str, builder: Builder | None, strict: bool) -> None:
+    """Refuse a parameter the trainer does not know, or one a builder space sets itself."""
+    if name in BUILDER_KEYS:
+        raise SpaceError(f"{source}: params: {name!r} is set by the space's top-level `model: {{builder: ...}}`, "
+                         f"not as a parameter; e.g. {BUILDER_EXAMPLE}")
+    if builder is None:
+        if strict and name not in CONFIG_KEYS:
+            raise SpaceError(unknown_key_message(name, f"{source}: params"))
+        return
+    if name == "model":
+        raise SpaceError(f"{source}: params: {name!r} is set by `model: {{builder: ...}}` (the builder is the "
+                         "model); drop it from params")
+    if name not in CONFIG_KEYS and name not in builder.keys:
+        declared = ", ".join(builder.keys) or "(none: give it keyword-only arguments with defaults)"
+        raise SpaceError(f"{source}: params: unknown parameter {name!r}{_hint(name, [*builder.keys, *CONFIG_KEYS])}; "
+                         f"builder {builder.ref} declares: {declared}; the other parameters are "
+                         "cnnsearch's config keys (spaces/schema.py)")
 
 
 def _parse_start(source: str, raw: Any, params: Mapping[str, Param]) -> list[dict[str, Any]]:
@@ -286,21 +327,19 @@ def _check_expanded_size(root: yaml.Node, source: str) -> None:
 class _Context:
     """Where a problem is: builds the one-line messages for one parameter of one file."""
 
-    def __init__(self, source: str, name: str) -> None:
+    def __init__(self, source: str, name: str, key: Key | None) -> None:
         self.source = source
         self.name = name
+        self.key = key  # None: a benchmark's own parameter (strict=False), no domain to check against
 
     def error(self, message: str) -> SpaceError:
         return SpaceError(f"{self.source}: param {self.name!r}: {message}")
 
     def check_domain(self, value: Any, key: str) -> None:
-        """Refuse ``value`` (given as ``key`` of the spec) unless the config key accepts it."""
-        if self.name not in CONFIG_KEYS:
-            return  # strict=False: a benchmark's own parameter, no domain to check against
-        try:
-            check_value(self.name, value, f"{self.source}: param {self.name!r} {key}")
-        except SpaceError as err:
-            raise SpaceError(str(err) + _yaml_number_hint(value)) from None
+        """Refuse ``value`` (given as ``key`` of the spec) unless the config key (or builder's key) accepts it."""
+        if self.key is not None and not self.key.check(value):
+            raise SpaceError(f"{self.source}: param {self.name!r} {key}: {self.name}={value!r} is not accepted; "
+                             f"{self.name} takes {self.key.accepts()}" + _yaml_number_hint(value))
 
 
 def _parse_param(ctx: _Context, spec: Mapping) -> Param:
@@ -319,8 +358,8 @@ def _parse_param(ctx: _Context, spec: Mapping) -> Param:
     if kind in ("float", "int"):
         return _parse_range(ctx, kind, spec, when)
     if kind == "bool":
-        key = CONFIG_KEYS.get(ctx.name)
-        if key is not None and key.kind is not bool:
+        key = ctx.key
+        if key is not None and key.kind not in (bool, object):
             raise ctx.error(f"type=bool cannot give {ctx.name}, which takes {key.accepts()}; "
                             "use type: categorical" + (" or a range" if key.kind in (int, float) else ""))
         return Param(ctx.name, "bool", when=when)
@@ -364,8 +403,8 @@ def _parse_range(ctx: _Context, kind: str, spec: Mapping, when: dict[str, tuple]
 
 
 def _check_range_domain(ctx: _Context, param: Param) -> None:
-    key = CONFIG_KEYS.get(ctx.name)
-    if key is None:
+    key = ctx.key
+    if key is None or key.kind is object:
         return
     if key.kind is bool or key.kind is str:
         use = "bool" if key.kind is bool else "categorical"
@@ -393,7 +432,7 @@ def _parse_choices(ctx: _Context, spec: Mapping) -> tuple:
     if not isinstance(choices, list) or not choices:
         raise ctx.error(f"choices={_preview(choices)} is not a non-empty list; "
                         "give e.g. choices: [32, 64, 128]")
-    key = CONFIG_KEYS.get(ctx.name)
+    key = ctx.key
     normalised: list[Any] = []
     for choice in choices:
         if not isinstance(choice, SCALARS):
@@ -427,7 +466,7 @@ def _parse_fixed(ctx: _Context, spec: Any) -> Any:
     if not isinstance(value, SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
         raise ctx.error(f"fixed value {_preview(value)} is not a single finite value; give text, a number, "
                         "true/false or null")
-    key = CONFIG_KEYS.get(ctx.name)
+    key = ctx.key
     if key is not None and key.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     ctx.check_domain(value, "value")

@@ -19,6 +19,9 @@ from typing import Any, get_args, get_type_hints
 
 from spaces.errors import SpaceError
 
+SCALARS = (str, int, float, bool, type(None))
+"""The values a config key, a searched parameter or a builder's argument may take: single values."""
+
 BACKBONES = ("resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "vgg11_bn", "alexnet", "lenet5")
 
 
@@ -39,8 +42,14 @@ class Key:
         """What this key accepts, in words, for error messages."""
         if self.choices is not None:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind is object:
+            text = "any single value"
+        elif self.kind is dict:
+            text = "a mapping of the builder's keyword arguments to single values"
         elif self.kind is bool:
             text = "true or false"
+        elif self.kind is str:
+            text = "text"
         else:
             name = "an integer" if self.kind is int else "a number"
             if self.low is not None and self.high is not None:
@@ -56,6 +65,11 @@ class Key:
         """Whether ``value`` is in this key's domain."""
         if value is None:
             return self.nullable
+        if self.kind is object:  # a builder's key whose default is None: the loader admits only single values
+            return True
+        if self.kind is dict:
+            return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, SCALARS)
+                                                      for k, v in value.items())
         if self.kind is bool:
             return isinstance(value, bool)
         if isinstance(value, bool):
@@ -76,10 +90,13 @@ class Key:
 
 
 def key(default: Any, doc: str, *, choices: tuple | None = None, low: float | None = None,
-        high: float | None = None, high_open: bool = False) -> Any:
-    """A :class:`TrialConfig` field: its default and domain; type and nullability come from its annotation."""
-    return field(default=default, metadata={"key": {"doc": doc, "choices": choices, "low": low, "high": high,
-                                                    "high_open": high_open}})
+        high: float | None = None, high_open: bool = False, hashed: bool = True) -> Any:
+    """A :class:`TrialConfig` field: its default and domain; type and nullability come from its annotation.
+
+    ``hashed=False`` leaves a mapping-valued key out of the config's hash (a dict has none).
+    """
+    return field(default=default, hash=hashed, metadata={"key": {"doc": doc, "choices": choices, "low": low,
+                                                                 "high": high, "high_open": high_open}})
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,11 @@ class TrialConfig(Mapping):
     pretrained: bool = key(False, "backbones: start from ImageNet weights (weights_path, else the torch hub cache, "
                                   "downloaded into it only with --download-weights)")
     weights_path: str | None = key(None, "backbones: a local weights file to start from")
+    builder: str | None = key(None, "your own model instead of the family above: the space's "
+                              "`model: {builder: ...}` ('module:function' or '/path/file.py:function'); "
+                              "null: the built-in family")
+    builder_args: dict | None = key(None, "with a builder: the values of its keyword arguments (the keys it "
+                                    "declares); null without a builder", hashed=False)
     # --- fine-tuning (mostly for pretrained backbones) ---
     freeze: str = key("none", "parameters that do not train: none, every layer but the output layer (body), or the "
                       "first freeze_stages stages from the input (stages)", choices=("none", "body", "stages"))
@@ -163,6 +185,11 @@ class TrialConfig(Mapping):
     def __post_init__(self, where: str) -> None:
         for name in CONFIG_KEYS:
             check_value(name, getattr(self, name), where)
+        if self.builder_args is not None:
+            if self.builder is None:
+                raise SpaceError(f"{where}: builder_args={self.builder_args!r} without a builder; set builder "
+                                 "(the space's `model: {builder: ...}`) or drop builder_args")
+            object.__setattr__(self, "builder_args", dict(self.builder_args))  # a copy: the config stays as built
 
     @classmethod
     def from_dict(cls, partial: Mapping[str, Any], where: str = "config") -> TrialConfig:
@@ -181,7 +208,10 @@ class TrialConfig(Mapping):
 
     def to_dict(self) -> dict[str, Any]:
         """Every key and its value, in field order: plain JSON and YAML scalars, read back by :meth:`from_dict`."""
-        return {name: getattr(self, name) for name in CONFIG_KEYS}
+        data = {name: getattr(self, name) for name in CONFIG_KEYS}
+        if data["builder_args"] is not None:
+            data["builder_args"] = dict(data["builder_args"])
+        return data
 
     def replace(self, **changes: Any) -> TrialConfig:
         """A copy with ``changes`` applied, checked as :meth:`from_dict` checks a dict."""

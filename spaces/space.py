@@ -25,6 +25,8 @@ from spaces.schema import TrialConfig
 if TYPE_CHECKING:  # optuna is imported only where distributions are built: listing spaces stays fast
     import optuna
 
+    from spaces.builder import Builder
+
 PARAM_TYPES = ("float", "int", "categorical", "bool")
 
 MAX_GRID_POINTS = 1_000_000
@@ -184,12 +186,15 @@ class Space:
     leaves out take their defaults); otherwise it is a plain dict of the space's own keys
     (benchmark spaces whose names are not CNN config keys). ``full_grid`` says the space is
     meant to run every point of its grid (a full factorial table): ``--sampler auto`` then runs
-    the grid. Two spaces are equal when their fingerprints are.
+    the grid. ``builder`` is the space's own model (``model: {builder: ...}``, :mod:`spaces.builder`):
+    the parameters it declares go to the config's ``builder_args``. Two spaces are equal when
+    their fingerprints are.
     """
 
     def __init__(self, name: str, source: str, description: str, params: Mapping[str, Param],
                  fixed: Mapping[str, Any], strict: bool = True,
-                 start: list[dict[str, Any]] | None = None, full_grid: bool = False) -> None:
+                 start: list[dict[str, Any]] | None = None, full_grid: bool = False,
+                 builder: Builder | None = None) -> None:
         self.name = name
         self.source = source
         self.description = description
@@ -198,6 +203,7 @@ class Space:
         self.strict = strict
         self.start: list[dict[str, Any]] = [dict(p) for p in start or []]
         self.full_grid = full_grid
+        self.builder = builder
 
     def __repr__(self) -> str:
         return (f"Space(name={self.name!r}, params={list(self.params)}, fixed={list(self.fixed)}, "
@@ -243,7 +249,13 @@ class Space:
                                  f"{name} takes {param.domain()}")
             chosen[name] = value
         config = {**self.fixed, **chosen}
-        return TrialConfig.from_dict(config, where=self.source) if self.strict else config
+        if not self.strict:
+            return config
+        if self.builder is not None:
+            # The builder's own keys travel in one mapping: every one of them, so a recipe states them all.
+            args = {name: config.pop(name, default) for name, default in self.builder.defaults().items()}
+            config.update(builder=self.builder.ref, builder_args=args)
+        return TrialConfig.from_dict(config, where=self.source)
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """The Optuna distribution of every searched parameter, active or not."""
@@ -361,6 +373,8 @@ class Space:
             data["description"] = self.description
         if self.full_grid:
             data["full_grid"] = True
+        if self.builder is not None:
+            data["model"] = {"builder": self.builder.ref}
         data["params"] = params
         if self.start:
             data["start"] = [dict(p) for p in self.start]
@@ -371,6 +385,7 @@ class Space:
         data = self.to_dict()
         lines = [f"description: {_flow_yaml(data['description'])}"] if "description" in data else []
         lines += ["full_grid: true"] if self.full_grid else []
+        lines += [f"model: {_flow_yaml(data['model'])}"] if "model" in data else []
         lines.append("params:" if data["params"] else "params: {}")
         lines += [f"  {_flow_yaml(name)}: {_flow_yaml(spec)}" for name, spec in data["params"].items()]
         if self.start:
@@ -381,10 +396,12 @@ class Space:
     def fingerprint(self) -> str:
         """16 hex characters naming the definition (description, start points and full_grid excluded).
 
-        Stable across processes and key order; any change of a range, choice, condition or
-        fixed value changes it.
+        Stable across processes and key order; any change of a range, choice, condition,
+        fixed value or builder reference changes it (the builder's source is checked apart:
+        :meth:`spaces.builder.Builder.identity`).
         """
-        canonical = self.to_dict()["params"]
+        data = self.to_dict()
+        canonical = {"params": data["params"], "model": data["model"]} if "model" in data else data["params"]
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -28,6 +28,7 @@ from spaces.derive import NAME as AUTO
 
 if TYPE_CHECKING:
     from search.study.ray_workers import RayOptions
+    from search.study.spec import StudySpec
     from spaces import Space
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,10 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
                         "at most 12 searched parameters, else TPE)")
     p.add_argument("--pruner", default=None, help="none|median|sha|hyperband (default hyperband)")
     p.add_argument("--objectives", default="accuracy",
-                   help="comma-separated: accuracy[,latency|params|flops]")
+                   help="comma-separated; the first ranks the trials and is what the pruner judges each epoch: "
+                        "accuracy, loss, macro_f1, balanced_accuracy, top5_accuracy (on the val split), latency, "
+                        "params, flops, or your function score(y_true, logits) as module:function:max or "
+                        "path/to/file.py:function:min")
     p.add_argument("--trials", type=POSITIVE_INT, help="trial budget of the whole study (all workers together)")
     p.add_argument("--timeout", type=POSITIVE_FLOAT, help="stop starting new trials after this many seconds")
     p.add_argument("--trial-timeout", type=POSITIVE_FLOAT, help="prune a trial that trains longer than this (seconds)")
@@ -70,6 +74,10 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
                    help="keep each completed trial's weights and learning curve in the artifact store "
                         "(`cnnsearch export` then ships the weights with the recipe)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--mlflow", nargs="?", const="mlruns", metavar="URI",
+                   help="log every trial as an MLflow run in the experiment named after the study (default URI: "
+                        "./mlruns; or a tracking server URL, its password in $MLFLOW_TRACKING_PASSWORD); every "
+                        "worker that joins logs too")
     p.add_argument("--deterministic", action="store_true",
                    help="every worker trains with deterministic kernels (slower on GPUs): GPU trials can then be "
                         "replayed exactly by `cnnsearch train --device cuda` on the same GPU model")
@@ -144,8 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         image_size=args.image_size, split_seed=args.split_seed, data_dir=args.data_dir,
         max_params=args.max_params, max_latency_ms=args.max_latency_ms, trial_timeout=args.trial_timeout,
         max_failures=args.max_failures, budget=args.trials, keep_checkpoints=args.keep_checkpoints,
-        deterministic=args.deterministic, cv=args.cv,
+        deterministic=args.deterministic, cv=args.cv, mlflow=_mlflow_uri(args.mlflow),
     )
+    spec.scores()  # a user's score function that cannot be imported is refused before the study is created
     if auto:
         space, derivation = _auto_space(args, workers, started)
         spec = dataclasses.replace(spec, space=space, space_derivation=derivation,
@@ -189,6 +198,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   "and setting up the study count too); give a longer --timeout")
         return 0
     print_best(best, spec.objectives, spec.directions)
+    if spec.mlflow:
+        _attach_best_recipe(spec, args.study, result.storage_url, best[0]["number"])
     # Quoted: the line is for pasting into a shell, and a study name may hold $(...) or quotes.
     print(f"\nreport: cnnsearch report --study {shlex.quote(args.study)}   "
           f"(writes cnnsearch-reports/{args.study}/)")
@@ -252,6 +263,26 @@ def _recorded_auto_space(storage_url: str, study_name: str) -> tuple[Space, dict
     if spec.space_derivation is None:
         return None
     return spec.space, spec.space_derivation
+
+
+def _mlflow_uri(value: str | None) -> str | None:
+    """``--mlflow``'s URI as the study records it: a path made absolute, a password moved where MLflow reads it."""
+    if value is None:
+        return None
+    from search.study.tracking import tracking_uri, use_credentials
+
+    return use_credentials(tracking_uri(value))
+
+
+def _attach_best_recipe(spec: StudySpec, study_name: str, storage_url: str, number: int) -> None:
+    """The best trial's exported recipe as an artifact of its MLflow run (a tracker that is down: warned, skipped)."""
+    from search.results.recipe import export_recipe
+    from search.study.tracking import study_tracker
+
+    tracker = study_tracker(spec.mlflow, study_name, [o.metric for o in spec.objective_list])
+    if tracker.log_best_recipe(number, lambda folder: export_recipe(storage_url, study_name, folder, trial=number)):
+        print(f"MLflow: experiment {study_name!r} at {tracker.shown_uri}; the recipe of trial #{number} is attached "
+              "to its run")
 
 
 def add_worker_args(p: argparse.ArgumentParser) -> Command:

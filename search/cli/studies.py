@@ -56,8 +56,9 @@ METRIC_COLUMNS = (("params", "params", "params"), ("latency_ms", "latency_ms", "
 
 
 def objectives_label(objectives: list[str], directions: list[str]) -> str:
-    """``accuracy max, latency min``: what a Pareto front trades off."""
-    return ", ".join(f"{name} {d[:3]}" for name, d in zip(objectives, directions, strict=True))
+    """``accuracy max, latency min``: what a Pareto front trades off (a user's ``module:function:max`` says it)."""
+    return ", ".join(name if name.endswith((":max", ":min")) else f"{name} {d[:3]}"
+                     for name, d in zip(objectives, directions, strict=True))
 
 
 def _number(value: Any) -> str:
@@ -103,11 +104,12 @@ def print_best(records: list[dict[str, Any]], objectives: list[str] | None = Non
     first = records[0]
     n = len(first["values"]) if "values" in first else 1
     objectives = objectives or (["value"] if n == 1 else [f"value {i}" for i in range(n)])
-    goal = f" ({objectives_label(objectives, directions)})" if directions else ""
+    goal = objectives_label(objectives, directions) if directions else ""
     if n > 1:
-        print(f"Pareto front of {len(records)} trials{goal}")
-    else:
-        print(f"{'best trial' if len(records) == 1 else f'top {len(records)} trials'}{goal}")
+        print(f"Pareto front of {len(records)} trials" + (f" ({goal})" if goal else ""))
+    else:  # which metric ranks them: the study's objective, e.g. val loss (min) or the user's own score
+        print(f"{'best trial' if len(records) == 1 else f'top {len(records)} trials'}"
+              + (f", ranked by {goal}" if goal else ""))
     # A metric that is also an objective is shown once, under the objective's name.
     shown = [(key, label) for key, label, objective in METRIC_COLUMNS if objective not in objectives]
     rows = []

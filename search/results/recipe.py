@@ -33,6 +33,7 @@ from search.trial.datasets import load_dataset
 from search.trial.errors import CnnSearchError, DataError, ModelError
 from search.trial.metrics import TrialMetrics
 from search.trial.train import fit
+from spaces.builder import check_source, load_builder
 from spaces.errors import SpaceError
 from spaces.loader import load_yaml
 from spaces.schema import TrialConfig
@@ -76,7 +77,20 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not isinstance(recipe["config"], dict):
         raise CnnSearchError(f"{where}: config must be a mapping of config keys, got {recipe['config']!r}")
     recipe["config"] = TrialConfig.from_dict(recipe["config"], where=f"{where}: config")
+    _check_builder(recipe, where)
     return recipe
+
+
+def _check_builder(recipe: dict[str, Any], where: str) -> None:
+    """Refuse a recipe whose builder is missing here, or whose source file here is not the one the study used."""
+    ref = recipe["config"].builder
+    if ref is None:
+        return
+    try:
+        builder = load_builder(ref, f"{where}: config")
+        check_source(builder, (recipe.get("builder") or {}).get("sha256"), where)
+    except SpaceError as err:
+        raise CnnSearchError(str(err)) from None
 
 
 def build_model(config_or_recipe: Mapping[str, Any], input_shape: tuple[int, int, int] | list[int] | None = None,
@@ -214,5 +228,7 @@ def export_recipe(storage_url: str, study_name: str, out_dir: str | Path, *, tri
     data = prepare_data(images, split, "cpu", stage="search")
     recipe = build_recipe(study, chosen, mean=data.mean.flatten().tolist(), std=data.std.flatten().tolist(),
                           storage_label=mask_url(storage_url), versions=package_versions())
+    if spec.space.builder is not None:  # its import path and source hash: `train --config` checks its copy
+        recipe["builder"] = spec.space.builder.identity()
     source = checkpoint_source(chosen, storage_url) if weights else None
     return write_export(recipe, out_dir, fmt, source)

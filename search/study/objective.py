@@ -24,7 +24,7 @@ from torch import nn
 from search.study.checkpoints import keep_checkpoint
 from search.study.errors import WorkerStopped
 from search.study.records import INTERRUPTED, TrialOutcome
-from search.study.spec import METRIC_OF, StudySpec
+from search.study.spec import StudySpec
 from search.trial.backbones import native_size
 from search.trial.data import TrialData
 from search.trial.device import available_memory
@@ -33,6 +33,7 @@ from search.trial.measure import count_params
 from search.trial.memory import format_bytes
 from search.trial.metrics import TrialMetrics
 from search.trial.models import as_built, build_model
+from search.trial.scores import Score
 from search.trial.train import fit, training_memory
 from spaces.schema import TrialConfig
 from storage.engine import DATABASE_LOST
@@ -101,15 +102,16 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
         progress = _Progress()
         report = _reporter(trial, spec, progress, prune=origin is None, last_epoch=config.epochs)
+        scores = spec.scores()
         if data.folds:
-            model, metrics = _cross_validate(trial, config, data, device, report, progress, deadline)
+            model, metrics = _cross_validate(trial, config, data, device, report, progress, deadline, scores)
         else:
-            model, metrics = fit(config, data, device, report=report, deadline=deadline)
+            model, metrics = fit(config, data, device, report=report, deadline=deadline, scores=scores)
         _record_metrics(trial, metrics)
         if spec.keep_checkpoints:
             # Before tell(): Optuna records an artifact only on a trial that is still running.
             keep_checkpoint(trial, model)
-        values = [float(getattr(metrics, METRIC_OF[name])) for name in spec.objectives]
+        values = [metrics.value(objective.metric) for objective in spec.objective_list]
         _record_constraints(trial, spec, metrics.attrs())
         study.tell(trial, values)
         return TrialOutcome(trial.number, TrialState.COMPLETE, values)
@@ -166,28 +168,33 @@ def _reporter(trial: optuna.Trial, spec: StudySpec, progress: _Progress, *, prun
     (Optuna's successive halving promotes only the best of the first ``reduction_factor``
     trials at a rung) and cut a good config on the noise of its second epoch. Multi-objective
     trials, which cannot store intermediate values, keep their live curve in user attr
-    ``val_accuracy_curve`` instead.
+    ``val_accuracy_curve`` instead; so do trials of one objective measured only at the end
+    (latency, params, FLOPs: no per-epoch value for the pruner). The value reported is the
+    objective's own (val loss, macro-F1, a user's score...), in the study's direction.
     """
     curve: list[float] = []
-    single = len(spec.objectives) == 1
+    objective = spec.objective_list[0]
+    single = len(spec.objectives) == 1 and objective.per_epoch
 
-    def report(epoch: int, val_accuracy: float, val_loss: float) -> None:
+    def report(epoch: int, values: dict[str, float]) -> None:
         progress.epochs = epoch
         if not single:
-            curve.append(val_accuracy)
+            curve.append(values["val_accuracy"])
             trial.set_user_attr(LIVE_CURVE, list(curve))
         else:
-            trial.report(val_accuracy, step=epoch)
+            value = values[objective.metric]
+            trial.report(value, step=epoch)
             if prune and epoch < last_epoch and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {spec.pruner} at epoch {epoch} "
-                                         f"(val_accuracy {val_accuracy:.4f})")
+                                         f"({objective.metric} {value:.4f})")
 
     return report
 
 
 def _cross_validate(trial: optuna.Trial, config: TrialConfig, data: TrialData, device: torch.device, report,
-                    progress: _Progress, deadline: float | None) -> tuple[nn.Module, TrialMetrics]:
-    """``--cv K``: train once per fold; the metrics are the first fold's with val accuracy and loss averaged.
+                    progress: _Progress, deadline: float | None,
+                    scores: tuple[Score, ...]) -> tuple[nn.Module, TrialMetrics]:
+    """``--cv K``: train once per fold; the metrics are the first fold's with val accuracy, loss and scores averaged.
 
     Only the first fold reports to the pruner (``report``): the intermediate values the pruners
     compare are then all the same fold's curve, and a pruned config costs at most one fold. Each
@@ -199,7 +206,8 @@ def _cross_validate(trial: optuna.Trial, config: TrialConfig, data: TrialData, d
     runs: list[TrialMetrics] = []
     for i in range(len(data.folds)):
         fold_report = report if i == 0 else _epoch_counter(progress, progress.epochs)
-        model, metrics = fit(config, data.fold(i), device, report=fold_report, measure=i == 0, deadline=deadline)
+        model, metrics = fit(config, data.fold(i), device, report=fold_report, measure=i == 0, deadline=deadline,
+                             scores=scores)
         runs.append(metrics)
         trial.set_user_attr(FOLD_VAL_ACCURACY, [m.val_accuracy for m in runs])
     accuracies = [m.val_accuracy for m in runs]
@@ -207,12 +215,13 @@ def _cross_validate(trial: optuna.Trial, config: TrialConfig, data: TrialData, d
     return model, replace(runs[0], val_accuracy=statistics.fmean(accuracies),
                           val_loss=statistics.fmean(m.val_loss for m in runs),
                           best_val_accuracy=statistics.fmean(m.best_val_accuracy for m in runs),
+                          scores={key: statistics.fmean(m.scores[key] for m in runs) for key in runs[0].scores},
                           train_seconds=sum(m.train_seconds for m in runs), epochs_run=sum(m.epochs_run for m in runs))
 
 
 def _epoch_counter(progress: _Progress, done: int):
     """A later fold's report: counts its epochs after the ``done`` of earlier folds; never prunes."""
-    def report(epoch: int, val_accuracy: float, val_loss: float) -> None:
+    def report(epoch: int, values: dict[str, float]) -> None:
         progress.epochs = done + epoch
 
     return report

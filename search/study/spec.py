@@ -33,13 +33,18 @@ from optuna.trial import TrialState
 from search.study.errors import StudyError
 from search.study.samplers import DEFAULT_PRUNER, DEFAULT_SAMPLER, check_pruner, check_sampler, grid_budget
 from search.trial.datasets import absolute_dataset_name
+from search.trial.scores import BUILTIN as BUILTIN_SCORES
+from search.trial.scores import Score, builtin_score, user_score
 from spaces import Space, parse_space
+from spaces.builder import check_source
+from spaces.references import is_file_target
 from spaces.schema import DEFAULT_CONFIG
 from storage.claims import study_lock
 from storage.names import check_study_name
 from storage.records import (
     FIXED_PARAMS,
     ORIGIN,
+    STUDY_BUILDER,
     STUDY_CV,
     STUDY_DATASET,
     STUDY_IMAGE_SIZE,
@@ -55,12 +60,63 @@ from storage.studies import is_original
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = {"accuracy": "maximize", "latency": "minimize", "params": "minimize", "flops": "minimize"}
-"""Objective name -> direction. ``accuracy`` is validation accuracy; ``latency`` ms/image."""
+OBJECTIVES = {"accuracy": "maximize", "loss": "minimize", "macro_f1": "maximize", "balanced_accuracy": "maximize",
+              "top5_accuracy": "maximize", "latency": "minimize", "params": "minimize", "flops": "minimize"}
+"""Objective name -> direction. ``accuracy``, ``loss`` (cross-entropy), ``macro_f1``, ``balanced_accuracy``
+and ``top5_accuracy`` are the validation split's; ``latency`` ms/image. Besides these, a user's function:
+``module:function:max`` or ``path/to/file.py:function:min`` (see :func:`parse_objective`)."""
 
-METRIC_OF = {"accuracy": "val_accuracy", "latency": "latency_ms", "params": "params", "flops": "flops"}
+METRIC_OF = {"accuracy": "val_accuracy", "loss": "val_loss", "latency": "latency_ms", "params": "params",
+             "flops": "flops", **{name: key for name, (key, _) in BUILTIN_SCORES.items()}}
+"""Objective name -> the metric it reads (a trial user attr; for a user's function, ``module:function``)."""
 
-IDENTITY = (STUDY_SPACE_FINGERPRINT, STUDY_DATASET, STUDY_IMAGE_SIZE, STUDY_SPLIT, STUDY_OBJECTIVES, STUDY_CV)
+PER_EPOCH = {"accuracy", "loss", *BUILTIN_SCORES}
+"""The built-in objectives measured by every epoch's validation pass (so the pruner can use them);
+a user's function is too. ``latency``, ``params`` and ``flops`` are measured once, at the end."""
+
+USER_DIRECTIONS = {"max": "maximize", "min": "minimize"}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective of ``--objectives``: what ranks the trials, read from which metric, in which direction."""
+
+    name: str
+    metric: str
+    direction: str
+    per_epoch: bool
+
+    @property
+    def user(self) -> bool:
+        """Whether a user's function computes it (``module:function``), not cnnsearch."""
+        return self.name not in OBJECTIVES
+
+    def score(self) -> Score | None:
+        """What computes it from the validation pass (importing a user's function); None: the trainer measures it."""
+        if self.user:
+            return user_score(self.metric)
+        return builtin_score(self.name) if self.name in BUILTIN_SCORES else None
+
+
+def parse_objective(name: str) -> Objective:
+    """An objective from its name: a built-in one, or ``module:function:max|min`` (a file path is made absolute)."""
+    if name in OBJECTIVES:
+        return Objective(name, METRIC_OF[name], OBJECTIVES[name], name in PER_EPOCH)
+    ref, _, direction = name.rpartition(":")
+    if ":" in ref:
+        module, _, function = ref.rpartition(":")
+        if module and function.isidentifier() and direction in USER_DIRECTIONS:
+            if is_file_target(module):
+                module = os.path.abspath(os.path.expanduser(module))
+            ref = f"{module}:{function}"
+            return Objective(f"{ref}:{direction}", ref, USER_DIRECTIONS[direction], True)
+    elif ref and direction.isidentifier():  # module:function without its direction
+        raise StudyError(f"--objectives: {name!r} needs a direction: {name}:max or {name}:min")
+    raise StudyError(f"--objectives: {name!r} is unknown; choose from {', '.join(OBJECTIVES)} (comma-separated, "
+                     "e.g. accuracy,latency), or your function as module:function:max or path/to/file.py:function:min")
+
+IDENTITY = (STUDY_SPACE_FINGERPRINT, STUDY_DATASET, STUDY_IMAGE_SIZE, STUDY_SPLIT, STUDY_OBJECTIVES, STUDY_CV,
+            STUDY_BUILDER)
 """The attributes a study may never change once created: joining with others is refused."""
 
 
@@ -91,6 +147,8 @@ class StudySpec:
     space_derivation: dict[str, Any] | None = None
     """For the ``auto`` space (``run`` without ``--space``): what it was derived from and why
     (:meth:`spaces.derive.Derivation.to_record`), recorded so that ``status`` can say it."""
+    mlflow: str | None = None
+    """``--mlflow``: the MLflow tracking URI (no password) every worker logs its trials to (search.study.tracking)."""
 
     def __post_init__(self) -> None:
         # Absolute, so workers, exports and retrains started in other directories read the same files
@@ -100,10 +158,8 @@ class StudySpec:
             self.data_dir = os.path.abspath(os.path.expanduser(self.data_dir))
         if not self.objectives:
             raise StudyError("--objectives is empty; name at least accuracy")
-        for name in self.objectives:
-            if name not in OBJECTIVES:
-                raise StudyError(f"--objectives: {name!r} is unknown; choose from {', '.join(OBJECTIVES)} "
-                                 "(comma-separated, e.g. accuracy,latency)")
+        # Recorded as parsed: a function's file by its absolute path, read the same from any directory.
+        self.objectives = [parse_objective(name).name for name in self.objectives]
         if len(set(self.objectives)) != len(self.objectives):
             raise StudyError(f"--objectives names one objective twice: {','.join(self.objectives)}")
         check_sampler(self.sampler, len(self.objectives))
@@ -122,7 +178,16 @@ class StudySpec:
 
     @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[name] for name in self.objectives]
+        return [objective.direction for objective in self.objective_list]
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        """The objectives, parsed; the first ranks the trials and is what the pruner judges each epoch."""
+        return [parse_objective(name) for name in self.objectives]
+
+    def scores(self) -> tuple[Score, ...]:
+        """What each epoch's validation pass computes besides accuracy and loss (imports a user's function)."""
+        return tuple(score for objective in self.objective_list if (score := objective.score()) is not None)
 
     @property
     def max_epochs(self) -> int:
@@ -144,6 +209,7 @@ class StudySpec:
         attrs[STUDY_SPACE_NAME] = self.space.name
         attrs[STUDY_SPACE_STRICT] = self.space.strict
         attrs[STUDY_SPACE_FINGERPRINT] = self.space.fingerprint()
+        attrs[STUDY_BUILDER] = self.space.builder.identity() if self.space.builder else None
         attrs[STUDY_SPLIT] = self.split_args()
         attrs[STUDY_VERSIONS] = package_versions()
         return attrs
@@ -156,6 +222,8 @@ class StudySpec:
                              "user attrs); create it with `cnnsearch run`")
         space = parse_space(attrs[STUDY_SPACE], source=f"study {study_name!r}",
                             strict=attrs.get(STUDY_SPACE_STRICT, True), name=attrs.get(STUDY_SPACE_NAME))
+        if space.builder is not None:  # a worker (or export) whose copy of the builder differs is refused
+            check_source(space.builder, (attrs.get(STUDY_BUILDER) or {}).get("sha256"), f"study {study_name!r}")
         known = {f.name for f in fields(cls)} - {"space"}
         return cls(space=space, **{k: v for k, v in attrs.items() if k in known})
 
@@ -185,6 +253,9 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
                 new = f"{wanted.get(STUDY_SPACE_NAME)} ({new})"
             if key == STUDY_CV:
                 old, new = old or "none", new or "none"
+            if key == STUDY_BUILDER:
+                old, new = (f"{b['builder']} (source sha256 {b['sha256'][:12]}...)" if b else "none"
+                            for b in (old, new))
             out.append(f"{shown}: study has {old}, asked for {new}")
     return out
 
@@ -226,7 +297,7 @@ def _create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: Stu
     if not recorded:
         with warnings.catch_warnings():  # experimental since Optuna 3.2 and unchanged since
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC_OF[name] for name in spec.objectives])  # the dashboard's labels
+            study.set_metric_names([o.metric for o in spec.objective_list])  # the dashboard's labels
     return study
 
 

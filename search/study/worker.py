@@ -28,6 +28,7 @@ from search.study.objective import run_trial, worker_identity
 from search.study.records import TrialOutcome, WorkerSummary
 from search.study.samplers import make_pruner, make_study_sampler
 from search.study.spec import StudySpec, load_spec
+from search.study.tracking import study_tracker
 from search.trial.data import TrialData, prepare_data
 from search.trial.device import resolve_device, use_deterministic_kernels
 from storage import StorageError, mask_url, open_storage
@@ -172,6 +173,7 @@ class Worker:
             raise StudyError(f"no study named {study_name!r} in this storage; create it with `cnnsearch run`") \
                 from None
         self.spec = load_spec(optuna.load_study(study_name=study_name, storage=self.storage))
+        self.spec.scores()  # a user's score function this machine cannot import: refused to join (exit code 2)
         self.study = _open_study(self.storage, study_name, self.spec, settings)
         self.device = resolve_device(settings.device, settings.worker_index)
         if self.device.type == "cuda":
@@ -183,6 +185,7 @@ class Worker:
         self.summary = WorkerSummary(worker=self.identity["worker"], device=str(self.device),
                                      gpu_ids=list(settings.attrs.get(GPU_IDS) or []))
         self.failures_in_a_row = 0
+        self.tracker = study_tracker(self.spec.mlflow, study_name, [o.metric for o in self.spec.objective_list])
         log.info("worker %s joined study %r on %s", self.identity["worker"], study_name, self.device)
 
     def _load_data(self) -> TrialData:
@@ -258,6 +261,8 @@ class Worker:
             # each would keep the peak of its largest trial reserved for ever. No gc.collect here
             # (~0.2-1 s with a worker's heap): the finished trial's tensors are freed by refcount.
             torch.cuda.empty_cache()
+        if self.tracker is not None:  # logged by the worker that ran it; never raises
+            self.tracker.trial_ended(self.storage.get_trial(trial_id))
         return outcome
 
     def _fail_lost(self, trial_id: int) -> None:

@@ -20,9 +20,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from spaces.schema import TrialConfig
 
 
-def output_layer(model: nn.Module) -> nn.Linear:
-    """The model's output layer: the last ``nn.Linear`` it registers (true of every model we build)."""
-    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+def output_layer(model: nn.Module) -> nn.Linear | None:
+    """The model's output layer: the last ``nn.Linear`` it registers (true of every model we build).
+
+    None for a model without one (a user's builder may end in a conv): it is all head.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
 
 
 def param_groups(model: nn.Module, config: TrialConfig) -> list[dict]:
@@ -30,7 +34,8 @@ def param_groups(model: nn.Module, config: TrialConfig) -> list[dict]:
 
     The head comes first so that ``param_groups[0]["lr"]`` (the learning-rate curve) is the peak rate.
     """
-    head = list(output_layer(model).parameters())
+    layer = output_layer(model)
+    head = list((layer or model).parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
     groups = [{"params": head, "lr": config.lr, "name": "head"}]
@@ -75,7 +80,7 @@ def freeze(model: nn.Module, config: TrialConfig) -> Frozen:
             notes.append(f"freeze_stages {config.freeze_stages} lowered to {count}: {type(model).__name__} has "
                          f"{len(stages)} stages")
         modules = [m for stage in stages[:count] for m in stage]
-    head_ids = {id(p) for p in head.parameters()}
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     frozen = Frozen(notes=notes)
     for module in modules:
         for parameter in module.parameters():

@@ -8,7 +8,7 @@ iterates over ``METRICS``, the one list.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from storage.records import METRICS
@@ -27,7 +27,9 @@ class TrialMetrics:
     time of training and per-epoch validation; ``amp`` the autocast dtype (``"bfloat16"``)
     or None; ``notes`` the adjustments the model builder made (e.g. a clamped depth).
     ``latency_ms`` (ms/image at batch 1) and ``throughput`` (inference images/s) are None
-    when the trial was not measured.
+    when the trial was not measured. ``scores`` holds the last epoch's validation scores the
+    objectives asked for (``val_macro_f1``, a user's ``module:function``...), each recorded as
+    its own user attr; their per-epoch values are in ``curves`` under the same keys.
     """
 
     val_accuracy: float
@@ -43,16 +45,23 @@ class TrialMetrics:
     notes: list[str]
     latency_ms: float | None = None
     throughput: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of every field, in field order; unmeasured ``latency_ms``/``throughput`` left out."""
+        """A JSON-able dict of every field, in order; unmeasured ``latency_ms``/``throughput``, empty ``scores`` out."""
         data = asdict(self)
         for name in MEASURED:
             if data[name] is None:
                 del data[name]
+        if not self.scores:
+            del data["scores"]
         return data
 
     def attrs(self) -> dict[str, Any]:
-        """The per-metric trial user attrs: each name of ``storage.records.METRICS`` this trial has."""
+        """The per-metric trial user attrs: each name of ``storage.records.METRICS`` this trial has, and its scores."""
         data = self.to_dict()
-        return {name: data[name] for name in METRICS if name in data}
+        return {**{name: data[name] for name in METRICS if name in data}, **self.scores}
+
+    def value(self, metric: str) -> float:
+        """The metric an objective reads: a score's key or a field's name."""
+        return self.scores[metric] if metric in self.scores else float(getattr(self, metric))

@@ -30,6 +30,7 @@ from torch import nn
 from torchvision.ops.misc import SqueezeExcitation
 
 from search.trial.backbones import build_backbone
+from search.trial.builders import build_with_builder
 from search.trial.errors import ModelError
 from search.trial.hog import Hog
 from spaces.schema import TrialConfig
@@ -51,7 +52,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 def build_model(config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Build the model a config describes, for images of ``input_shape`` (C, H, W).
 
-    ``config.model == "cnn"`` builds the custom family; any other value a torchvision
+    ``config.builder`` calls your own builder (:mod:`search.trial.builders`); otherwise
+    ``config.model == "cnn"`` builds the custom family, any other value a torchvision
     backbone (:func:`search.trial.backbones.build_backbone`). The returned module has
     ``notes: list[str]``, one line per adjustment made to fit the input (empty when none).
     Weights are initialised from ``config.seed`` without touching the caller's global
@@ -61,15 +63,17 @@ def build_model(config: TrialConfig, input_shape: tuple[int, int, int], num_clas
     _check_shape(input_shape, num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        if config.model == "cnn":
-            model: nn.Module = Cnn(config, input_shape, num_classes)
+        if config.builder is not None:
+            model: nn.Module = build_with_builder(config, input_shape, num_classes)
+        elif config.model == "cnn":
+            model = Cnn(config, input_shape, num_classes)
         else:
             model = build_backbone(config, input_shape, num_classes)
             if config.hog:
                 model.notes.append(f"hog ignored: HOG fusion is a choice of the custom CNN (model 'cnn'), "
                                    f"not of {config.model!r}")
     for note in model.notes:
-        logger.info("%s: %s", config.model, note)
+        logger.info("%s: %s", config.builder or config.model, note)
     return model
 
 
@@ -147,7 +151,7 @@ def as_built(config: TrialConfig, input_shape: tuple[int, int, int]) -> TrialCon
     ``config``: this is the config a trial records and a recipe exports, so what a user reads
     is what was trained. The adjustment itself is in the model's ``notes``.
     """
-    if config.model != "cnn":
+    if config.model != "cnn" or config.builder is not None:
         return config
     return config.replace(depth=len(plan_cnn(config, input_shape).convs))
 
@@ -158,7 +162,7 @@ def space_fit_warning(space: Space, input_shape: tuple[int, ...]) -> str | None:
     Said once when a study's workers start: every trial asking for more is built at the
     depth the input holds (and notes it), so those depths are one network under several names.
     """
-    if not space.strict:
+    if not space.strict or space.builder is not None:
         return None
     model = space.params.get("model")
     models = model.options() if model is not None else (space.fixed.get("model", TrialConfig().model),)

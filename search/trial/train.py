@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +29,14 @@ from search.trial.measure import activation_bytes, count_flops, count_params, me
 from search.trial.memory import eval_batch_size, oom_as_trial_failed
 from search.trial.metrics import TrialMetrics
 from search.trial.models import build_model
+from search.trial.scores import Score, validation_scores
 from spaces.schema import TrialConfig
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[int, float, float], None]
-"""``report(epoch, val_accuracy, val_loss)`` after every epoch (epochs count from 1).
+Report = Callable[[int, dict[str, float]], None]
+"""``report(epoch, values)`` after every epoch (epochs count from 1); ``values`` holds the epoch's
+``val_accuracy``, ``val_loss`` and each requested score (:mod:`search.trial.scores`) by its key.
 
 It may raise (``optuna.TrialPruned`` from a pruner): training stops and the exception
 propagates unchanged to the caller.
@@ -90,11 +92,13 @@ def make_loss(config: TrialConfig) -> Callable[[torch.Tensor, torch.Tensor], tor
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: TrialData, x: torch.Tensor, y: torch.Tensor,
-             amp: torch.dtype | None = None, deadline: float | None = None) -> tuple[float, float]:
+             amp: torch.dtype | None = None, deadline: float | None = None,
+             logits_out: list[torch.Tensor] | None = None) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of ``model`` on uint8 images ``x`` with labels ``y``.
 
     Past ``deadline`` (``time.monotonic()``), checked after every batch, it raises
-    :class:`TrialFailed` with reason ``timeout``.
+    :class:`TrialFailed` with reason ``timeout``. ``logits_out``, when given, receives each
+    batch's float32 logits (on the device): what the scores are computed from, without a second pass.
     """
     model.eval()
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
@@ -107,6 +111,8 @@ def evaluate(model: nn.Module, data: TrialData, x: torch.Tensor, y: torch.Tensor
         with autocast:
             logits = model(xb)
         loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        if logits_out is not None:
+            logits_out.append(logits.float())
         correct += (logits.argmax(1) == yb).sum()
         _check_deadline(deadline, "in a validation pass")
     n = max(1, len(y))
@@ -124,8 +130,12 @@ def _to_input(data: TrialData, x_uint8: torch.Tensor, augment: Augmenter | None 
 
 def fit(config: TrialConfig, data: TrialData, device: torch.device | str,
         report: Report | None = None, *, measure: bool = True,
-        deadline: float | None = None) -> tuple[nn.Module, TrialMetrics]:
+        deadline: float | None = None, scores: tuple[Score, ...] = ()) -> tuple[nn.Module, TrialMetrics]:
     """Train one model from ``config`` on ``data``; return the model and its metrics.
+
+    ``scores`` are computed from every epoch's validation pass besides accuracy and loss
+    (their curves and last values are in the metrics); one that raises fails the trial
+    (:class:`search.trial.scores.ScoreFailed`).
 
     ``deadline`` is a ``time.monotonic()`` value after which the trial fails with reason
     ``timeout``. NaN/inf loss fails it with ``nan_loss``, running out of device or host
@@ -137,7 +147,7 @@ def fit(config: TrialConfig, data: TrialData, device: torch.device | str,
     cuda_devices = [device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
-        return oom_as_trial_failed(lambda: _fit(config, data, device, report, measure, deadline), device)
+        return oom_as_trial_failed(lambda: _fit(config, data, device, report, measure, deadline, scores), device)
 
 
 def train(config: TrialConfig, data: TrialData, device: torch.device | str,
@@ -195,9 +205,11 @@ class _Run:
 
 
 def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Report | None,
-         measure: bool, deadline: float | None) -> tuple[nn.Module, TrialMetrics]:
+         measure: bool, deadline: float | None, scores: tuple[Score, ...]) -> tuple[nn.Module, TrialMetrics]:
     run = _start(config, data, device)
-    curves: dict[str, list[float]] = {"val_accuracy": [], "val_loss": [], "train_loss": [], "lr": []}
+    curves: dict[str, list[float]] = {"val_accuracy": [], "val_loss": [], "train_loss": [], "lr": [],
+                                      **{score.key: [] for score in scores}}
+    y_true = data.val_y.cpu().numpy() if scores else None
     started = time.perf_counter()
     eval_seconds = 0.0
     for epoch in range(1, config.epochs + 1):
@@ -206,19 +218,24 @@ def _fit(config: TrialConfig, data: TrialData, device: torch.device, report: Rep
         curves["lr"].append(run.optimizer.param_groups[0]["lr"])
         loss_sum = _train_epoch(run, data, device, epoch, deadline)
         eval_started = time.perf_counter()
+        logits: list[torch.Tensor] | None = [] if scores else None
         # evaluate() ends in .item(): synced
-        val_acc, val_loss = evaluate(run.model, data, data.val_x, data.val_y, run.amp, deadline)
+        val_acc, val_loss = evaluate(run.model, data, data.val_x, data.val_y, run.amp, deadline, logits)
         eval_seconds = time.perf_counter() - eval_started
         curves["train_loss"].append(loss_sum.item() / run.steps_per_epoch)
-        curves["val_accuracy"].append(val_acc)
-        curves["val_loss"].append(val_loss)
         log.debug("epoch %d: val_accuracy %.4f val_loss %.4f", epoch, val_acc, val_loss)
         if not math.isfinite(val_loss):
             raise TrialFailed("nan_loss", f"validation loss is {val_loss} after epoch {epoch}")
+        values = {"val_accuracy": val_acc, "val_loss": val_loss}
+        if logits is not None:  # after the NaN check: a diverged trial is pruned for it, not failed by a score
+            values.update(validation_scores(scores, y_true, torch.cat(logits).cpu().numpy()))
+        for key, value in values.items():
+            curves[key].append(value)
         if report is not None:
-            report(epoch, val_acc, val_loss)
+            report(epoch, values)
     train_seconds = time.perf_counter() - started
-    return run.model, _metrics(run, data, device, curves, train_seconds, eval_seconds if measure else None)
+    metrics = _metrics(run, data, device, curves, train_seconds, eval_seconds if measure else None)
+    return run.model, replace(metrics, scores={score.key: curves[score.key][-1] for score in scores})
 
 
 def _start(config: TrialConfig, data: TrialData, device: torch.device) -> _Run:

@@ -20,7 +20,14 @@ def metrics(**measured: float) -> TrialMetrics:
 def test_every_recorded_metric_is_a_field() -> None:
     fields = {f.name for f in dataclasses.fields(TrialMetrics)}
     assert set(METRICS) <= fields
-    assert fields - set(METRICS) == {"curves", "device"}
+    assert fields - set(METRICS) == {"curves", "device", "scores"}
+
+
+def test_scores_are_recorded_each_under_its_own_key_and_an_objective_reads_them() -> None:
+    scored = metrics(scores={"val_macro_f1": 0.7, "my_pkg.metrics:score": 0.25})
+    assert scored.attrs()["val_macro_f1"] == 0.7 and scored.attrs()["my_pkg.metrics:score"] == 0.25
+    assert scored.value("my_pkg.metrics:score") == 0.25 and scored.value("val_loss") == 0.5
+    assert "scores" not in metrics().to_dict()
 
 
 def test_unmeasured_latency_and_throughput_are_left_out() -> None:
