@@ -105,7 +105,7 @@ def test_a_worker_joining_trains_in_the_recorded_auto_space(workdir: Path, capsy
     assert main(["worker", "--study", "j", "--trials", "1", "--device", "cpu"]) == 0
     [trial] = [t for t in _study(workdir, "j").trials if t.state.is_finished()]
     assert trial.state == optuna.trial.TrialState.COMPLETE
-    assert trial.params == recorded.start[0]  # the derived space's first start point
+    assert trial.params == recorded.start[0]  # the derived space's start point
     wanted = recorded.distributions()
     assert {k: wanted[k] for k in trial.distributions} == trial.distributions
 
@@ -132,5 +132,5 @@ def test_spaces_lists_the_derived_default_and_shows_its_rules(capsys: pytest.Cap
 def test_no_start_leaves_out_the_derived_start_points(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     lines = _run(capsys, "--study", "n", "--dataset", "digits", "--timeout", "1", "--no-start")
     assert lines[0].startswith("space auto: derived from the data (8x8 px")
-    assert "--no-start: the space's 2 start point(s) are not tried" in lines
+    assert "--no-start: the space's 1 start point(s) are not tried" in lines
     assert not [t for t in _study(workdir, "n").trials if t.user_attrs.get("origin") == "start"]
