@@ -126,7 +126,7 @@ def test_spaces_lists_the_derived_default_and_shows_its_rules(capsys: pytest.Cap
     assert first.startswith("auto ") and "derived from the data and the budget" in first
     assert main(["spaces", "show", "auto"]) == 0
     rules = capsys.readouterr().out
-    assert "Stages" in rules and "Epochs" in rules and "Start points" in rules
+    assert "Stages" in rules and "Epochs" in rules and "Start point" in rules
 
 
 def test_no_start_leaves_out_the_derived_start_points(workdir: Path, capsys: pytest.CaptureFixture) -> None:
