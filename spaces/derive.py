@@ -33,9 +33,9 @@ Rules, and why:
    4-px crops of 32-px photos), a tenth for glyphs (strokes must stay inside); rotations up
    to 15 degrees (beyond ~20 a 6 starts to look like a 9).
 6. **Epochs** and Hyperband's maximum resource, from the budget and the measured seconds
-   per epoch ``s`` of the median network (the first start point; a few of its training
-   steps and a val batch timed on the real training images, on the device and threads a
-   worker gets, scaled to the split's sizes): with a
+   per epoch ``s`` of the median network (the start point; its training steps and a val
+   batch timed on the real training images, on the device and threads a worker gets, the
+   fastest of a few short windows, scaled to the split's sizes): with a
    time budget of ``T`` seconds left and ``J`` workers, the top of the epoch range is
    ``J * T / (8 * s)`` (with ``--trials`` under 8 too: ``J * T / (trials * s)``), so one
    trial at the top of the range takes an eighth of the budget and Hyperband (reduction 3)
