@@ -117,6 +117,8 @@ STUDY_CV = "cv"
 """The number of cross-validation folds (``run --cv K``), or None: trials train on train, judged on val."""
 STUDY_DETERMINISTIC = "deterministic"
 """Whether its trials train with deterministic kernels (``run --deterministic``): GPU trials then replay."""
+STUDY_SPACE_DERIVATION = "space_derivation"
+"""How the ``auto`` space was derived (``spaces.derive``): its data facts, budget and decisions; None otherwise."""
 
 # --- study user attrs: what the first worker found in the data -----------------------------------
 SPLIT_FINGERPRINT = "split_fingerprint"

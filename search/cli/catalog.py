@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from search.cli.flags import Command
+from spaces.derive import NAME as AUTO
 
 
 def add_spaces_args(p: argparse.ArgumentParser) -> Command:
@@ -21,7 +22,13 @@ def add_spaces_args(p: argparse.ArgumentParser) -> Command:
 def cmd_spaces(args: argparse.Namespace) -> int:
     from spaces import SpaceError, list_presets, load_space
 
-    if args.action == "show":
+    if args.action == "show" and args.space == AUTO:
+        import inspect
+
+        import spaces.derive
+
+        print(inspect.getdoc(spaces.derive))  # its rules: the space itself exists only for given data and budget
+    elif args.action == "show":
         print(load_space(args.space).to_yaml().rstrip())
     elif args.action == "validate":
         space = load_space(args.file)
@@ -35,6 +42,8 @@ def cmd_spaces(args: argparse.Namespace) -> int:
         for warning in space.start_warnings():
             print(f"cnnsearch: warning: {warning}", file=sys.stderr)
     else:
+        print(f"{AUTO:<16} derived from the data and the budget: what `cnnsearch run` searches without --space "
+              f"(`cnnsearch spaces show {AUTO}`: the rules)")
         for name, description in list_presets():
             print(f"{name:<16} {description}")
     return 0

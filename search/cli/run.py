@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import shlex
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from search.cli.data import host_data_args
 from search.cli.flags import (
@@ -22,10 +24,12 @@ from search.cli.flags import (
 )
 from search.cli.studies import no_best, print_best
 from search.trial.errors import CnnSearchError
+from spaces.derive import NAME as AUTO
 
 if TYPE_CHECKING:
     from search.study.ray_workers import RayOptions
     from search.study.spec import StudySpec
+    from spaces import Space
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,8 @@ log = logging.getLogger(__name__)
 def add_run_args(p: argparse.ArgumentParser) -> Command:
     study_arg(p)
     storage_arg(p)
-    p.add_argument("--space", default="default", help="a preset name (see `cnnsearch spaces`) or a YAML file")
+    p.add_argument("--space", help="a preset name (see `cnnsearch spaces`) or a YAML file (default: auto, a space "
+                                   "derived from the data and the budget; `run` prints what it derived and why)")
     p.add_argument("--dataset", default="mnist5k", help="dataset name (see `cnnsearch datasets`)")
     p.add_argument("--data-dir", help="where torchvision datasets live")
     p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir first")
@@ -133,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.study.samplers import default_pruner, resolve_sampler
     from search.study.spec import StudySpec
     from search.trial.memory import data_memory_setting, worker_memory_setting
-    from spaces import load_space
+    from spaces import load_space, parse_space
     from storage.heartbeat import heartbeat_settings
 
     heartbeat_settings()  # the workers read it when they start: refused now, before the study is created
@@ -141,15 +146,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_memory_setting()
     workers = _worker_count(args)
     ray = _ray_options(args, workers)
-    space = load_space(args.space)
-    if args.no_start and space.start:
-        print(f"--no-start: the space's {len(space.start)} start point(s) are not tried")
-        space.start = []
+    auto = args.space in (None, AUTO)
+    # The auto space is derived once the flags are known to be good (deriving loads the data and times
+    # a network); until then an empty stand-in takes its place.
+    space = parse_space({"params": {}}, source=AUTO, name=AUTO) if auto else load_space(args.space)
     sampler = resolve_sampler(args.sampler, space)
     if args.trials is None and args.timeout is None and sampler != "grid":
         return usage("give --trials N (study-wide budget) or --timeout SECONDS, or both")
-    for warning in space.start_warnings():
-        log.warning(warning)
     spec = StudySpec(
         space=space, dataset=args.dataset, objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
         sampler=sampler, pruner=args.pruner or default_pruner(sampler), seed=args.seed,
@@ -159,6 +162,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         deterministic=args.deterministic, cv=args.cv, mlflow=_mlflow_uri(args.mlflow),
     )
     spec.scores()  # a user's score function that cannot be imported is refused before the study is created
+    if auto:
+        space, derivation = _auto_space(args, workers, started)
+        spec = dataclasses.replace(spec, space=space, space_derivation=derivation,
+                                   trial_timeout=spec.trial_timeout if args.trial_timeout is not None
+                                   else derivation.get("trial_timeout"))
+    if args.no_start and space.start:
+        print(f"--no-start: the space's {len(space.start)} start point(s) are not tried")
+        space.start = []
+    for warning in space.start_warnings():
+        log.warning(warning)
     if spec.sampler == "grid":
         space.grid()  # refuses a space without a finite grid before anything is created
         if args.trials is not None and args.trials > (size := space.grid_size()):
@@ -198,6 +211,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nreport: cnnsearch report --study {shlex.quote(args.study)}   "
           f"(writes cnnsearch-reports/{args.study}/)")
     return 0
+
+
+def _auto_space(args: argparse.Namespace, workers: int, started: float) -> tuple[Space, dict[str, Any]]:
+    """The ``auto`` space of this run and its derivation, after printing what was derived and why.
+
+    A study that already holds an ``auto`` space resumes with it (derived again, from a new
+    timing, it could differ, and the study would refuse it); otherwise the space is derived
+    from the data and the budget (:mod:`spaces.derive`, :mod:`search.study.auto_space`).
+    """
+    from search.study.auto_space import derive_for
+    from search.study.local import cpu_threads_per_worker
+    from search.trial.data import make_split
+    from search.trial.datasets import absolute_dataset_name, load_dataset
+    from search.trial.device import resolve_device
+    from storage import resolve_storage_url
+
+    url = resolve_storage_url(args.storage)
+    recorded = _recorded_auto_space(url, args.study)
+    if recorded is not None:
+        space, derivation = recorded
+        print(f"space {AUTO}: as derived when study {args.study!r} was created")
+        for what, why in derivation.get("decisions", []):
+            print(f"  {what}: {why}")
+        return space, derivation
+    import torch
+
+    device = resolve_device("cpu" if args.backend == "ray" else args.device)
+    images = load_dataset(absolute_dataset_name(args.dataset), download=args.download, image_size=args.image_size,
+                          data_dir=os.path.abspath(os.path.expanduser(args.data_dir)) if args.data_dir else None)
+    split = make_split(images.labels, seed=args.split_seed, parts=images.parts)
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        threads = max(1, int(args.cpus_per_trial or 1)) if args.backend == "ray" else cpu_threads_per_worker(workers)
+        torch.set_num_threads(threads)
+        where = f"this machine's CPU, {threads} thread{'s' if threads > 1 else ''}"
+    left = None if args.timeout is None else args.timeout - (time.time() - started)
+    derivation = derive_for(images, split, device, seconds_left=left, trials=args.trials, workers=workers,
+                            measured_on=where, trial_timeout=args.trial_timeout, folds=args.cv or 1)
+    for line in derivation.lines():
+        print(line)
+    return derivation.space, derivation.to_record()
+
+
+def _recorded_auto_space(storage_url: str, study_name: str) -> tuple[Space, dict[str, Any]] | None:
+    """The ``auto`` space and derivation study ``study_name`` was made with; None for a new study or another space."""
+    from search.study.errors import user_errors
+    from search.study.spec import load_spec
+    from storage import open_storage
+    from storage.engine import DATABASE_LOST
+    from storage.studies import load_study
+
+    try:
+        spec = load_spec(load_study(open_storage(storage_url, heartbeat_interval=None, read_only=True), study_name))
+    except (*user_errors(), *DATABASE_LOST):
+        return None  # no such study (or database) yet: creating it says what is wrong, if anything
+    if spec.space_derivation is None:
+        return None
+    return spec.space, spec.space_derivation
 
 
 def _mlflow_uri(value: str | None) -> str | None:

@@ -150,6 +150,7 @@ def _counts(counts: dict[str, int]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from reports.summary import status_record
+    from storage.records import STUDY_SPACE_DERIVATION
 
     study = _open_study(args)
     rec = status_record(study)
@@ -159,6 +160,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     budget = f" (budget {rec['budget']})" if rec.get("budget") else ""
     print(f"study {rec['study']} ({rec['dataset']}, space {rec['space']}): {_counts(rec['counts'])}{budget}; "
           f"elapsed {rec['elapsed_s']:.0f} s")
+    for what, why in (study.user_attrs.get(STUDY_SPACE_DERIVATION) or {}).get("decisions", []):
+        print(f"  {what}: {why}")  # how the auto space was derived, as `run` said it
     best, objectives = rec["best_value"], rec["objectives"]
     if best is None:
         print(f"best: {no_best(study)}")

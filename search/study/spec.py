@@ -144,6 +144,9 @@ class StudySpec:
     deterministic: bool = False
     cv: int | None = None
     """``--cv K``: each trial trains once per fold of train + val; its value is the mean val accuracy."""
+    space_derivation: dict[str, Any] | None = None
+    """For the ``auto`` space (``run`` without ``--space``): what it was derived from and why
+    (:meth:`spaces.derive.Derivation.to_record`), recorded so that ``status`` can say it."""
     mlflow: str | None = None
     """``--mlflow``: the MLflow tracking URI (no password) every worker logs its trials to (search.study.tracking)."""
 

@@ -1,0 +1,136 @@
+"""`cnnsearch run` without --space: the auto space, derived from the data and the budget, said, recorded and kept.
+
+The runs here give ``--timeout 1``: deriving (loading the data, timing a network) uses that
+second, so the study is created and recorded and no trial trains unless a test asks a worker to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from search.cli import main
+from spaces import load_space, parse_space
+
+QUICK_SPACE = """
+params:
+  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
+  epochs: 1
+  depth: 1
+"""
+
+
+@pytest.fixture
+def photos(workdir: Path) -> str:
+    """A small folder of coloured 32-px photographs, two classes: crops of scikit-learn's two sample images."""
+    rng = np.random.default_rng(0)
+    for name, image in zip(("china", "flower"), load_sample_images().images, strict=True):
+        folder = workdir / "photos" / name
+        folder.mkdir(parents=True)
+        for i in range(40):
+            top, left = rng.integers(0, image.shape[0] - 32), rng.integers(0, image.shape[1] - 32)
+            Image.fromarray(image[top:top + 32, left:left + 32]).save(folder / f"{i}.png")
+    return f"imagefolder:{workdir / 'photos'}"
+
+
+def _run(capsys: pytest.CaptureFixture, *args: str) -> list[str]:
+    assert main(["run", "--no-progress", *args]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def _study(workdir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'cnnsearch.db'}")
+
+
+def _decisions(lines: list[str]) -> list[str]:
+    """The indented decision lines right after ``space auto: ...`` (the best trial's lines come later)."""
+    decisions = []
+    for line in lines[1:]:
+        if not line.startswith("  "):
+            break
+        decisions.append(line.strip())
+    return decisions
+
+
+def test_run_first_says_what_it_derived_and_why_and_photos_differ_from_digits(
+        workdir: Path, photos: str, capsys: pytest.CaptureFixture) -> None:
+    colour = _run(capsys, "--study", "c", "--dataset", photos, "--timeout", "1")
+    digits = _run(capsys, "--study", "d", "--dataset", "mnist5k", "--timeout", "1")
+    assert colour[0].startswith("space auto: derived from the data (32x32 px, 3 channels, 2 classes, ")
+    assert digits[0].startswith("space auto: derived from the data (28x28 px, 1 channel, 10 classes, 4,000 ")
+    assert "1 s left" in colour[0] or "0 s left" in colour[0]  # the budget, less what deriving took
+    assert [d.split(":")[0] for d in _decisions(colour)][:2] == ["stages 2-4", "first layer stride 1"]
+    assert _decisions(digits)[0].startswith("stages 1-3: 28-px images hold 3 halvings")
+    colour_aug = next(d for d in _decisions(colour) if "shifts" in d)
+    digits_aug = next(d for d in _decisions(digits) if "shifts" in d)
+    assert colour_aug.startswith("flips searched (start: on), shifts 0-4 px") and "photos" in colour_aug
+    assert digits_aug.startswith("no flips, shifts 0-3 px") and "glyph-like" in digits_aug
+    assert any(d.startswith("epochs ") and "Hyperband maximum" in d for d in _decisions(colour))
+    spaces = {name: parse_space(_study(workdir, name).user_attrs["space"], name="auto") for name in "cd"}
+    assert spaces["c"].params["aug_flip"].type == "bool" and spaces["d"].fixed["aug_flip"] is False
+
+
+def test_the_derivation_is_recorded_shown_by_status_and_kept_on_resume(
+        workdir: Path, photos: str, capsys: pytest.CaptureFixture) -> None:
+    first = _run(capsys, "--study", "s", "--dataset", photos, "--timeout", "1")
+    attrs = _study(workdir, "s").user_attrs
+    recorded = attrs["space_derivation"]
+    assert attrs["space_name"] == "auto"
+    assert recorded["data"]["channels"] == 3 and recorded["data"]["height"] == 32
+    assert recorded["budget"]["trials"] is None and recorded["budget"]["epoch_seconds"] > 0
+    assert attrs["trial_timeout"] == recorded["trial_timeout"] >= 120  # 4x the median network at the top, >= 2 min
+    assert [f"{what}: {why}" for what, why in recorded["decisions"]] == _decisions(first)
+
+    assert main(["status", "--study", "s"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert status[0].startswith("study s (") and "space auto" in status[0]
+    assert [line.strip() for line in status[1:1 + len(recorded["decisions"])]] == _decisions(first)
+
+    # A new timing could derive another space, which the study would refuse: the recorded one is reused.
+    again = _run(capsys, "--study", "s", "--dataset", photos, "--timeout", "1")
+    assert again[0] == "space auto: as derived when study 's' was created"
+    assert _decisions(again) == _decisions(first)
+    assert _study(workdir, "s").user_attrs["space_fingerprint"] == attrs["space_fingerprint"]
+
+
+@pytest.mark.slow
+def test_a_worker_joining_trains_in_the_recorded_auto_space(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    _run(capsys, "--study", "j", "--dataset", "digits", "--timeout", "1")
+    recorded = parse_space(_study(workdir, "j").user_attrs["space"], name="auto")
+    assert main(["worker", "--study", "j", "--trials", "1", "--device", "cpu"]) == 0
+    [trial] = [t for t in _study(workdir, "j").trials if t.state.is_finished()]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.params == recorded.start[0]  # the derived space's start point
+    wanted = recorded.distributions()
+    assert {k: wanted[k] for k in trial.distributions} == trial.distributions
+
+
+@pytest.mark.parametrize("given", ["default", "quick.yaml"])
+def test_a_given_space_is_searched_as_it_is(workdir: Path, capsys: pytest.CaptureFixture, given: str) -> None:
+    (workdir / "quick.yaml").write_text(QUICK_SPACE)
+    lines = _run(capsys, "--study", "g", "--dataset", "digits", "--space", given, "--timeout", "1")
+    assert not any("auto" in line for line in lines)
+    attrs = _study(workdir, "g").user_attrs
+    assert attrs["space_fingerprint"] == load_space(given).fingerprint()
+    assert attrs["space_name"] == Path(given).stem and attrs.get("space_derivation") is None
+
+
+def test_spaces_lists_the_derived_default_and_shows_its_rules(capsys: pytest.CaptureFixture) -> None:
+    assert main(["spaces"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("auto ") and "derived from the data and the budget" in first
+    assert main(["spaces", "show", "auto"]) == 0
+    rules = capsys.readouterr().out
+    assert "Stages" in rules and "Epochs" in rules and "Start point" in rules
+
+
+def test_no_start_leaves_out_the_derived_start_points(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    lines = _run(capsys, "--study", "n", "--dataset", "digits", "--timeout", "1", "--no-start")
+    assert lines[0].startswith("space auto: derived from the data (8x8 px")
+    assert "--no-start: the space's 1 start point(s) are not tried" in lines
+    assert not [t for t in _study(workdir, "n").trials if t.user_attrs.get("origin") == "start"]

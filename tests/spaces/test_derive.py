@@ -1,0 +1,78 @@
+"""The rules of the ``auto`` space (spaces/derive.py): what each fact of the data and the budget changes."""
+
+from __future__ import annotations
+
+from spaces.derive import Budget, DataFacts, derive_space
+
+DIGITS_28 = DataFacts(channels=1, height=28, width=28, classes=10, train_images=4000, blank_fraction=0.9)
+PHOTOS_32 = DataFacts(channels=3, height=32, width=32, classes=10, train_images=4000, blank_fraction=0.05)
+BUDGET = Budget(seconds=240.0, trials=None, workers=1, epoch_seconds=1.5, measured_on="cpu, 2 threads")
+
+
+def _range(space, name: str) -> tuple:
+    param = space.params.get(name)
+    if param is None:
+        return (space.fixed[name],)
+    return param.options() if param.type in ("bool", "categorical") else (param.low, param.high)
+
+
+def test_colour_photos_get_more_stages_wider_filters_flips_and_larger_crops_than_grayscale_digits() -> None:
+    digits, photos = derive_space(DIGITS_28, BUDGET).space, derive_space(PHOTOS_32, BUDGET).space
+    assert _range(digits, "depth") == (1, 3) and _range(photos, "depth") == (2, 4)  # 28 px: 3 halvings, 32 px: 4
+    assert _range(digits, "width") == (8, 32) and _range(photos, "width") == (16, 64)  # colour: base 32, not 16
+    assert _range(digits, "aug_flip") == (False,) and _range(photos, "aug_flip") == (False, True)
+    assert _range(digits, "aug_translate") == (0, 3) and _range(photos, "aug_translate") == (0, 4)
+    assert [p.get("aug_flip") for p in photos.start] == [True]  # photos start flipped
+    assert all("aug_flip" not in p for p in digits.start)
+
+
+def test_grayscale_that_is_not_glyph_like_searches_flips_but_starts_without() -> None:
+    gray = DataFacts(channels=1, height=28, width=28, classes=10, train_images=4000, blank_fraction=0.2)
+    space = derive_space(gray, BUDGET).space
+    assert _range(space, "aug_flip") == (False, True)
+    assert [p.get("aug_flip") for p in space.start] == [False]
+
+
+def test_few_images_per_class_reach_for_more_regularisation() -> None:
+    few = DataFacts(channels=1, height=28, width=28, classes=10, train_images=900, blank_fraction=0.9)
+    many, little = derive_space(DIGITS_28, BUDGET).space, derive_space(few, BUDGET).space
+    assert _range(many, "dropout")[1] < _range(little, "dropout")[1]
+    assert _range(many, "weight_decay")[1] < _range(little, "weight_decay")[1]
+    assert _range(many, "label_smoothing")[1] < _range(little, "label_smoothing")[1]
+    assert _range(little, "width") == (4, 16)  # fewer than 1,000 training images: half the base width
+
+
+def test_a_long_budget_trains_longer_than_a_short_one() -> None:
+    short = derive_space(DIGITS_28, Budget(60.0, None, 1, 1.5, "cpu")).space
+    long = derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu")).space
+    assert _range(short, "epochs")[1] < _range(long, "epochs")[1]  # the top is also Hyperband's maximum
+    assert _range(short, "epochs")[0] < _range(long, "epochs")[0]
+    assert [p["epochs"] for p in long.start] == [125]  # the start point: the middle of the epoch range
+
+
+def test_a_trial_may_take_four_times_the_median_network_at_the_top_epochs_unless_the_user_says() -> None:
+    assert derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu")).trial_timeout == 4 * 200 * 1.5
+    assert derive_space(DIGITS_28, Budget(100.0, None, 1, 1.5, "cpu")).trial_timeout == 120  # at least two minutes
+    # A machine too slow for the budget: the range is clamped up to 3 epochs, and the timeout lets them train.
+    assert derive_space(DIGITS_28, Budget(200.0, None, 1, 97.0, "cpu")).trial_timeout == 4 * 3 * 97
+    assert derive_space(DIGITS_28, Budget(None, 20, 1, 1.5, "cpu")).trial_timeout is None  # --trials alone
+    given = derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu", trial_timeout=12.5))
+    assert given.trial_timeout == 12.5 and "  trial timeout 12.5 s: --trial-timeout, as given" in given.lines()
+
+
+def test_more_workers_and_a_faster_machine_train_longer_in_the_same_time() -> None:
+    one = derive_space(DIGITS_28, Budget(240.0, None, 1, 1.5, "cpu")).space
+    four = derive_space(DIGITS_28, Budget(240.0, None, 4, 1.5, "cpu")).space
+    faster = derive_space(DIGITS_28, Budget(240.0, None, 1, 0.5, "cpu")).space
+    assert _range(one, "epochs")[1] < _range(four, "epochs")[1]
+    assert _range(one, "epochs")[1] < _range(faster, "epochs")[1]
+
+
+def test_each_decision_is_one_short_line_after_the_facts_it_was_made_from() -> None:
+    lines = derive_space(PHOTOS_32, BUDGET).lines()
+    assert lines[0].startswith("space auto: derived from the data (32x32 px, 3 channels, 10 classes, 4,000 "
+                               "training images) and the budget (240 s left, 1 worker;")
+    decisions = [line.strip() for line in lines[1:]]
+    assert [d.split(":")[0].split(" ")[0] for d in decisions] == [
+        "stages", "first", "width", "dropout", "flips", "epochs", "trial", "1"]
+    assert all("\n" not in d and len(d) < 160 for d in decisions)
