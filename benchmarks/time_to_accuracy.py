@@ -20,7 +20,7 @@ imports, data loading and a cluster's start count; at the budget the harness sto
 since that start, val accuracy); anything after the budget is dropped. The order of the sides
 rotates from seed to seed, so that none always runs first.
 
-Figures per dataset, medians over seeds with their spread (min-max): the best val accuracy at
+Figures per dataset, medians over seeds with their spread (min–max): the best val accuracy at
 15/30/60/120/300 s (the columns within the budget); time to parity, how long each side takes to
 reach the script's final best val (the median over seeds of its best at the budget); and the
 test accuracy of each side's pick (its best val trial within the budget, retrained with its own
@@ -33,7 +33,7 @@ part cut to 1,000 images (stratified; the same val and test), written as an imag
 
     python benchmarks/time_to_accuracy.py                     # 3 datasets x 4 sides x 5 seeds x 300 s (~6 h)
     python benchmarks/time_to_accuracy.py --datasets mnist5k --seeds 2 --budget 120 --save tta.json
-    python benchmarks/time_to_accuracy.py --quick             # digits, 1 seed, 20 s (about 2 minutes)
+    python benchmarks/time_to_accuracy.py --quick             # digits, 1 seed, 15 s (about 90 s)
 """
 
 from __future__ import annotations
@@ -244,9 +244,9 @@ def seconds_to(run: Run, target: float) -> float | None:
 
 
 def spread(values: list[float | None], digits: int = 3, missing: str = "-", none_is: float = -math.inf) -> str:
-    """``median (min-max)`` of ``values``; a missing value (``none_is``: -inf for no trial yet, +inf for a
+    """``median (min–max)`` of ``values``; a missing value (``none_is``: -inf for no trial yet, +inf for a
     target never reached) counts as the worst and prints as ``missing``."""
-    if not values:
+    if all(v is None for v in values):
         return missing
     numbers = [none_is if v is None else v for v in values]
 
@@ -254,7 +254,7 @@ def spread(values: list[float | None], digits: int = 3, missing: str = "-", none
         return missing if math.isinf(v) else f"{v:.{digits}f}"
 
     text = show(statistics.median(numbers))
-    return text + (f" ({show(min(numbers))}-{show(max(numbers))})" if len(numbers) > 1 else "")
+    return text + (f" ({show(min(numbers))}–{show(max(numbers))})" if len(numbers) > 1 else "")
 
 
 def report(runs: list[Run], datasets: list[str], budget: float) -> str:
@@ -266,7 +266,7 @@ def report(runs: list[Run], datasets: list[str], budget: float) -> str:
         seeds = len(mine[SIDES[0]])
         script_final = [best_at(r, budget) for r in mine[BASELINE]]
         target = statistics.median([v for v in script_final if v is not None]) if any(script_final) else None
-        print(f"\n{name}: best val accuracy at each time (median over {seeds} seeds (min-max); '-': no finished "
+        print(f"\n{name}: best val accuracy at each time (median over {seeds} seeds (min–max); '-': no finished "
               f"trial yet)")
         print(table(["side", *[f"{t:g} s" for t in columns], "finished trials"],
                     [[side, *[spread([best_at(r, t) for r in rs]) for t in columns],
@@ -289,7 +289,7 @@ def report(runs: list[Run], datasets: list[str], budget: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = parser_with_modes(__doc__, quick="digits, 1 seed, 20 s per side (about 2 minutes)",
+    parser, _ = parser_with_modes(__doc__, quick="digits, 1 seed, 15 s per side (about 90 s)",
                                   smoke="digits, 1 seed, 10 s per side (for tests)")
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, of {', '.join(DATASETS)}")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per dataset (default 5)")
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", metavar="FILE", help="also write every run's events to FILE (JSON)")
     args = parser.parse_args(argv)
     if args.quick or args.smoke:
-        args.datasets, args.seeds, args.budget = "digits", 1, 20.0 if args.quick else 10.0
+        args.datasets, args.seeds, args.budget = "digits", 1, 15.0 if args.quick else 10.0
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown or not datasets:
@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(run)
                     print(progress_line(run), flush=True)
     if args.save:
-        Path(args.save).write_text(json.dumps([r.__dict__ for r in runs]), encoding="utf-8")
+        Path(args.save).write_text(json.dumps({"budget": args.budget, "threads": args.threads, "datasets": datasets,
+                                               "runs": [r.__dict__ for r in runs]}), encoding="utf-8")
     print(f"\n{args.seeds} seed(s) x {args.budget:g} s per side, {args.threads} core(s) and torch threads per side, "
           f"sides in rotating order; {time.time() - started:.0f} s in all")
     print(machine_line() + f"; 1-min load average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
