@@ -33,11 +33,13 @@ part cut to 1,000 images (stratified; the same val and test), written as an imag
 
     python benchmarks/time_to_accuracy.py                     # 3 datasets x 4 sides x 5 seeds x 300 s (~6 h)
     python benchmarks/time_to_accuracy.py --datasets mnist5k --seeds 2 --budget 120 --save tta.json
+    python benchmarks/time_to_accuracy.py --merge a.json b.json  # tables of runs split over commands
     python benchmarks/time_to_accuracy.py --quick             # digits, 1 seed, 15 s (about 90 s)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -289,8 +291,10 @@ def report(runs: list[Run], datasets: list[str], budget: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = parser_with_modes(__doc__, quick="digits, 1 seed, 15 s per side (about 90 s)",
-                                  smoke="digits, 1 seed, 10 s per side (for tests)")
+    parser, mode = parser_with_modes(__doc__, quick="digits, 1 seed, 15 s per side (about 90 s)",
+                                     smoke="digits, 1 seed, 10 s per side (for tests)")
+    mode.add_argument("--merge", nargs="+", metavar="FILE",
+                      help="print the tables of runs saved with --save (e.g. one command per dataset)")
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, of {', '.join(DATASETS)}")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per dataset (default 5)")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per side and seed (default 300)")
@@ -298,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cores (and torch threads) every side gets (default: all of this process's)")
     parser.add_argument("--save", metavar="FILE", help="also write every run's events to FILE (JSON)")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(parser, args.merge)
     if args.quick or args.smoke:
         args.datasets, args.seeds, args.budget = "digits", 1, 15.0 if args.quick else 10.0
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -334,6 +340,20 @@ def main(argv: list[str] | None = None) -> int:
           f"sides in rotating order; {time.time() - started:.0f} s in all")
     print(machine_line() + f"; 1-min load average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     print("\n" + result_line("time_to_accuracy", report(runs, datasets, args.budget)))
+    return 0
+
+
+def merge(parser: argparse.ArgumentParser, files: list[str]) -> int:
+    """Print the tables of the runs saved in ``files``, which must share one budget."""
+    saved = [json.loads(Path(f).read_text(encoding="utf-8")) for f in files]
+    budgets = {s["budget"] for s in saved}
+    if len(budgets) != 1:
+        parser.error(f"--merge: the files were run with different budgets ({', '.join(map(str, budgets))} s); "
+                     "their tables would not compare")
+    runs = [Run(**r) for s in saved for r in s["runs"]]
+    datasets = list(dict.fromkeys(d for s in saved for d in s["datasets"]))
+    print(f"merged from {', '.join(files)}: {budgets.pop():g} s per side")
+    print("\n" + result_line("time_to_accuracy", report(runs, datasets, saved[0]["budget"])))
     return 0
 
 
