@@ -1,195 +1,361 @@
-"""Time to accuracy on mnist5k: cnnsearch's defaults vs a hand-written Optuna script.
+"""Time to accuracy: cnnsearch's defaults against a hand-written Optuna script and Ray Tune, on the same data.
 
-Both run in fresh processes (imports and data loading count, as for a user), on the same
-data and the same train/val split, for the same wall-clock budget, with 2 CPU threads,
-interleaved seed by seed (A B A B ...) so machine noise hits both alike. Reported per
-side, median over seeds: seconds until the best validation accuracy first reaches the
-target, and the best validation accuracy after 60 s and after the budget.
+Sides (each one search, in a fresh process):
 
-The baseline is what a careful user writes by hand from Optuna's tutorial: TPE,
-MedianPruner, a DataLoader over a TensorDataset, a small CNN with the usual knobs,
-5 epochs, per-epoch reporting.
+- ``cnnsearch``: ``cnnsearch run --dataset D --timeout B --seed S`` with every other option at its
+  default (no ``--space``: whatever space ``cnnsearch run`` picks by itself);
+- ``cnnsearch --no-start``: the same without the space's start points;
+- ``optuna-script``: ``benchmarks/sides/optuna_script.py``, TPE + MedianPruner + a DataLoader loop
+  over a small CNN, as a user writes it from Optuna's tutorial;
+- ``ray-tune``: ``benchmarks/sides/ray_tune.py``, ``Tuner`` + ``OptunaSearch`` + ``ASHAScheduler``
+  over the same model family and loop, on a local Ray cluster (loopback only).
 
-    python benchmarks/time_to_accuracy.py            # 3 seeds x 120 s (about 13 minutes)
-    python benchmarks/time_to_accuracy.py --quick    # 1 seed x 30 s
+What is alike for every side: the data and its train/val/test split (cnnsearch's own, split seed
+0); torch's threads (the harness pins each process to ``--threads`` cores and sets
+``OMP_NUM_THREADS`` to match; cnnsearch takes as many threads as it has cores, the scripts take
+torch's default, which follows ``OMP_NUM_THREADS``, and Ray gets that many CPUs, all for one
+trial); the wall-clock budget, counted by the harness from just before it starts the process, so
+imports, data loading and a cluster's start count; at the budget the harness stops the process
+(SIGINT, then SIGKILL of its process group). Each side's events are its finished trials (seconds
+since that start, val accuracy); anything after the budget is dropped. The order of the sides
+rotates from seed to seed, so that none always runs first.
+
+Figures per dataset, medians over seeds with their spread (min–max): the best val accuracy at
+15/30/60/120/300 s (the columns within the budget); time to parity, how long each side takes to
+reach the script's final best val (the median over seeds of its best at the budget); and the
+test accuracy of each side's pick (its best val trial within the budget, retrained with its own
+seed on train + val, as cnnsearch's final evaluation does, and measured on the test split no
+search saw).
+
+Datasets: ``mnist5k``; ``digits`` (8x8, as is); ``mnist5k-1k``, mnist5k's split with the train
+part cut to 1,000 images (stratified; the same val and test), written as an image folder with
+``train/``, ``val/`` and ``test/`` so that ``cnnsearch run`` reads exactly that split.
+
+    python benchmarks/time_to_accuracy.py                     # 3 datasets x 4 sides x 5 seeds x 300 s (~6 h)
+    python benchmarks/time_to_accuracy.py --datasets mnist5k --seeds 2 --budget 120 --save tta.json
+    python benchmarks/time_to_accuracy.py --merge a.json b.json  # tables of runs split over commands
+    python benchmarks/time_to_accuracy.py --quick             # digits, 1 seed, 15 s (about 90 s)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path[0] = str(ROOT)  # benchmarks/spaces/ would shadow the `spaces` package
 
-from benchmarks.common import result_line  # noqa: E402
+import torch  # noqa: E402
 
-GOAL_TARGET, GOAL_SPEEDUP = 0.97, 3.0
-"""Goal: cnnsearch reaches 0.97 val accuracy at least 3x sooner than the script."""
-GOAL_SECONDS, GOAL_BEST = 120.0, 0.985
-"""Goal: cnnsearch's best val accuracy within 120 s is at least 0.985."""
+from benchmarks.common import machine_line, parser_with_modes, result_line, table  # noqa: E402
+from benchmarks.sides import handwritten  # noqa: E402
+
+SIDES = ("cnnsearch", "cnnsearch --no-start", "optuna-script", "ray-tune")
+BASELINE = "optuna-script"
+"""The side whose final best val sets the parity target."""
+DATASETS = ("mnist5k", "digits", "mnist5k-1k")
+ANYTIME = (15.0, 30.0, 60.0, 120.0, 300.0)
+STOP_GRACE = 15.0
+"""Seconds a side may take to end after SIGINT at its budget before its process group is killed."""
+SMALL_TRAIN = 1000
 
 
-def cnnsearch_side(seed: int, budget: float, workdir: str) -> list[tuple[float, float]]:
-    """(seconds since start, val accuracy) of each completed trial of `cnnsearch run` with defaults."""
-    t0 = time.time()
-    db = Path(workdir) / f"cnnsearch-{seed}.db"
-    subprocess.run(
-        [sys.executable, "-m", "search.cli", "run", "--study", "tta", "--dataset", "mnist5k", "--space", "default",
-         "--timeout", str(budget), "--seed", str(seed), "--storage", f"sqlite:///{db}", "--no-progress"],
-        cwd=workdir, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+@dataclass
+class DataSource:
+    """A benchmark dataset as every side names it: a ``--dataset`` value and the image size to ask for."""
+
+    name: str
+    dataset: str
+    image_size: int | None = None
+
+
+@dataclass
+class Run:
+    """One side's search on one dataset with one seed: its finished trials and the test accuracy of its pick."""
+
+    side: str
+    dataset: str
+    seed: int
+    order: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)
+    test_accuracy: float | None = None
+    wall: float = 0.0
+
+
+def small_train_folder(folder: Path) -> DataSource:
+    """mnist5k's split, its train part cut to :data:`SMALL_TRAIN` images (stratified), as an image folder."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.model_selection import train_test_split
+
+    from search.trial.data import make_split
+    from search.trial.datasets import load_dataset
+
+    images = load_dataset("mnist5k")
+    split = make_split(images.labels, seed=0)
+    labels = images.labels.numpy()
+    train = np.asarray(split.train)
+    train, _ = train_test_split(train, train_size=SMALL_TRAIN, random_state=0, stratify=labels[train])
+    for part, index in (("train", np.sort(train)), ("val", split.val), ("test", split.test)):
+        for i in np.asarray(index):
+            out = folder / part / images.classes[labels[i]]
+            out.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images.images[i, 0].numpy(), mode="L").save(out / f"{i}.png")
+    return DataSource("mnist5k-1k", f"imagefolder:{folder}", image_size=28)
+
+
+def command(side: str, source: DataSource, seed: int, budget: float, t0: float, workdir: Path) -> list[str]:
+    """The command line of ``side``'s process."""
+    size = ["--image-size", str(source.image_size)] if source.image_size else []
+    if side.startswith("cnnsearch"):
+        db = _db_file(side, source, seed, workdir)
+        return [sys.executable, "-m", "search.cli", "run", "--study", "tta", "--dataset", source.dataset, *size,
+                "--timeout", f"{budget:g}", "--seed", str(seed), "--storage", f"sqlite:///{db}", "--no-progress",
+                *(["--no-start"] if side.endswith("--no-start") else [])]
+    script = ROOT / "benchmarks" / "sides" / ("optuna_script.py" if side == BASELINE else "ray_tune.py")
+    return [sys.executable, str(script), "--dataset", source.dataset, *size, "--seed", str(seed),
+            "--budget", f"{budget:g}", "--t0", repr(t0), "--events", str(_events_file(side, source, seed, workdir))]
+
+
+def run_side(side: str, source: DataSource, seed: int, order: int, budget: float, threads: int,
+             workdir: Path) -> Run:
+    """Start ``side`` in a fresh process on ``threads`` cores, stop it at ``budget`` seconds, read its events."""
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray: loopback only
+    log = open(workdir / f"{_slug(side)}-{source.name}-{seed}.log", "w", encoding="utf-8")  # noqa: SIM115
+    t0 = time.time()  # the budget counts from here: process start, imports and data loading included
+    proc = subprocess.Popen(command(side, source, seed, budget, t0, workdir), cwd=workdir, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, cores))
+    try:
+        proc.wait(timeout=max(0.0, t0 + budget - time.time()))
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGINT)
+        try:
+            proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        _signal_group(proc, signal.SIGKILL)  # whatever of the group is left (Ray's workers, a stuck child)
+        proc.wait()
+        log.close()
+    run = Run(side, source.name, seed, order, wall=time.time() - t0)
+    if side.startswith("cnnsearch"):
+        run.events, run.threads = _cnnsearch_events(_db_file(side, source, seed, workdir), t0)
+    else:
+        path = _events_file(side, source, seed, workdir)
+        run.events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        run.threads = sorted({e.pop("threads") for e in run.events})
+    run.events = [e for e in run.events if e["t"] <= budget]
+    return run
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the process's own group: start_new_session made it its leader
+    except ProcessLookupError:
+        pass
+
+
+def _cnnsearch_events(db: Path, t0: float) -> tuple[list[dict[str, Any]], list[int]]:
     import optuna
 
+    from storage.records import THREADS
+
+    if not db.exists():
+        return [], []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name="tta", storage=f"sqlite:///{db}")
-    return sorted((t.datetime_complete.timestamp() - t0, t.value) for t in study.get_trials()
-                  if t.state.name == "COMPLETE")
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    events = sorted(({"t": t.datetime_complete.timestamp() - t0, "value": t.value, "trial": t.number}
+                     for t in done), key=lambda e: e["t"])
+    return events, sorted({t.user_attrs.get(THREADS) for t in study.trials if THREADS in t.user_attrs})
 
 
-BASELINE = r'''
-import json, sys, time
-t0 = float(sys.argv[1]); seed = int(sys.argv[2]); budget = float(sys.argv[3])
-import optuna, torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-from search.trial.datasets import load_dataset
-from search.trial.data import make_split
-torch.set_num_threads(2)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-images = load_dataset("mnist5k")
-split = make_split(images.labels, seed=0)  # the same split cnnsearch uses
-x = images.images.float() / 255.0
-mean, std = x[split.train].mean(), x[split.train].std()
-x = (x - mean) / std
-train = TensorDataset(x[split.train], images.labels[split.train])
-val_x, val_y = x[split.val], images.labels[split.val]
-done = []
-
-def objective(trial):
-    torch.manual_seed(trial.number)
-    n_layers = trial.suggest_int("n_layers", 1, 3)
-    filters = trial.suggest_categorical("filters", [16, 32, 64])
-    kernel = trial.suggest_categorical("kernel", [3, 5])
-    dropout = trial.suggest_float("dropout", 0.0, 0.5)
-    lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-    batch = trial.suggest_categorical("batch_size", [32, 64, 128])
-    opt_name = trial.suggest_categorical("optimizer", ["adam", "sgd"])
-    layers, c, side = [], 1, 28
-    for i in range(n_layers):
-        layers += [nn.Conv2d(c, filters * 2 ** i, kernel, padding=kernel // 2), nn.ReLU(), nn.MaxPool2d(2)]
-        c, side = filters * 2 ** i, side // 2
-    model = nn.Sequential(*layers, nn.Flatten(), nn.Dropout(dropout), nn.Linear(c * side * side, 10))
-    opt = (torch.optim.Adam(model.parameters(), lr=lr) if opt_name == "adam"
-           else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
-    loader = DataLoader(train, batch_size=batch, shuffle=True)
-    for epoch in range(5):
-        model.train()
-        for xb, yb in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            acc = (model(val_x).argmax(1) == val_y).float().mean().item()
-        trial.report(acc, epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned()
-    done.append((time.time() - t0, acc))
-    return acc
-
-study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                            pruner=optuna.pruners.MedianPruner())
-study.optimize(objective, timeout=budget - (time.time() - t0))
-print(json.dumps(done))
-'''
+def _db_file(side: str, source: DataSource, seed: int, workdir: Path) -> Path:
+    return workdir / f"{_slug(side)}-{source.name}-{seed}.db"
 
 
-def baseline_side(seed: int, budget: float, workdir: str) -> list[tuple[float, float]]:
-    """(seconds since start, val accuracy) of each completed trial of the hand-written script."""
-    t0 = time.time()
-    out = subprocess.run([sys.executable, "-c", BASELINE, str(t0), str(seed), str(budget)], cwd=workdir,
-                         check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return [tuple(p) for p in json.loads(out.stdout.strip().splitlines()[-1])]
+def _events_file(side: str, source: DataSource, seed: int, workdir: Path) -> Path:
+    return workdir / f"{_slug(side)}-{source.name}-{seed}.jsonl"
 
 
-def summarise(points: list[tuple[float, float]], target: float, at: list[float]) -> dict[str, float | None]:
-    """Seconds to reach ``target`` and the best accuracy at each time in ``at``."""
-    best, reached = 0.0, None
-    out: dict[str, float | None] = {}
-    for t, acc in sorted(points):
-        best = max(best, acc)
-        if reached is None and best >= target:
-            reached = t
-    out["seconds_to_target"] = reached
-    for limit in at:
-        out[f"best_at_{limit:g}s"] = max((a for t, a in points if t <= limit), default=None)
-    return out
+def _slug(side: str) -> str:
+    return side.replace(" --", "-").replace(" ", "-")
 
 
-def median(values: list[float | None]) -> float | None:
-    """Median where a run that never got there counts as infinitely late."""
-    finite = [v if v is not None else float("inf") for v in values]
-    m = statistics.median(finite)
-    return None if m == float("inf") else m
+def pick(run: Run) -> dict[str, Any] | None:
+    """The trial the side would hand its user: the best val within the budget (the earliest of equals)."""
+    return max(run.events, key=lambda e: (e["value"], -e["t"]), default=None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--budget", type=float, default=120.0, help="seconds per run")
-    parser.add_argument("--target", type=float, default=0.97)
-    parser.add_argument("--quick", action="store_true", help="1 seed x 30 s")
-    args = parser.parse_args()
-    if args.quick:
-        args.seeds, args.budget = 1, 30.0
-    at = sorted({min(60.0, args.budget), args.budget})
-    results: dict[str, list[dict]] = {"cnnsearch": [], "optuna-script": []}
-    with tempfile.TemporaryDirectory() as workdir:
-        for seed in range(args.seeds):
-            for name, side in (("cnnsearch", cnnsearch_side), ("optuna-script", baseline_side)):
-                points = side(seed, args.budget, workdir)
-                results[name].append(summarise(points, args.target, at))
-                print(f"seed {seed} {name:<14} {len(points):>3} trials  {results[name][-1]}", flush=True)
-    print(f"\nmedian of {args.seeds} seeds, {args.budget:g} s each, 2 CPU threads, mnist5k (val split of 500)")
-    keys = ["seconds_to_target", *[f"best_at_{t:g}s" for t in at]]
-    print(f"{'':<14} " + " ".join(f"{k:>18}" for k in keys))
-    medians = {name: {k: median([r[k] for r in runs]) for k in keys} for name, runs in results.items()}
-    for name, m in medians.items():
-        print(f"{name:<14} " + " ".join(f"{'never' if m[k] is None else round(m[k], 4):>18}" for k in keys))
-    a, b = medians["cnnsearch"]["seconds_to_target"], medians["optuna-script"]["seconds_to_target"]
-    if a and b:
-        print(f"\ncnnsearch reaches {args.target} {b / a:.1f}x sooner than the hand-written script")
-    print(result_line("time_to_accuracy", verdict(medians, args.target, args.budget)))
+def test_accuracy(run: Run, source: DataSource, workdir: Path, cache: dict[str, Any]) -> float | None:
+    """The pick retrained with its seed on train + val and measured on the test split."""
+    chosen = pick(run)
+    if chosen is None:
+        return None
+    if "trial" not in chosen:
+        if source.name not in cache:
+            cache[source.name] = handwritten.load(source.dataset, source.image_size)
+        return handwritten.test_accuracy(cache[source.name], chosen["params"], chosen["seed"])
+    import optuna
+
+    from search.study.dataset import load_study_data
+    from search.study.spec import load_spec
+    from search.trial.data import prepare_data
+    from search.trial.train import train
+    from spaces.schema import TrialConfig
+    from storage.records import CONFIG
+
+    study = optuna.load_study(study_name="tta", storage=f"sqlite:///{_db_file(run.side, source, run.seed, workdir)}")
+    config = TrialConfig.from_dict(study.trials[chosen["trial"]].user_attrs[CONFIG])
+    images, split = load_study_data(load_spec(study))
+    final = prepare_data(images, split, "cpu", stage="final")  # trains on train + val; its "val" is test
+    return train(config, final, "cpu", measure=False).val_accuracy
 
 
-def verdict(medians: dict[str, dict[str, float | None]], target: float, budget: float) -> str:
-    """The headline: speed-up to ``target`` and cnnsearch's best at the budget, against the goals."""
-    ours, theirs = medians["cnnsearch"], medians["optuna-script"]
-    a, b = ours["seconds_to_target"], theirs["seconds_to_target"]
-    best = ours[f"best_at_{budget:g}s"]
-    if a is None:
-        speed = f"cnnsearch never reached {target:g}"
-    elif b is None:
-        speed = f"cnnsearch reached {target:g} in {a:.0f} s, the script never did"
-    else:
-        speed = f"{b / a:.1f}x sooner to {target:g} ({a:.0f} s vs {b:.0f} s)"
-    goals = []
-    if target == GOAL_TARGET:
-        goals.append(f">= {GOAL_SPEEDUP:g}x: " + ("met" if a is not None and (b is None or b / a >= GOAL_SPEEDUP)
-                                                 else "NOT met"))
-    at = f"best {'-' if best is None else f'{best:.4f}'} within {budget:g} s"
-    if budget == GOAL_SECONDS:
-        goals.append(f">= {GOAL_BEST:g} within {GOAL_SECONDS:g} s: "
-                     + ("met" if best is not None and best >= GOAL_BEST else "NOT met"))
-    return f"{speed}; {at}" + (f" (goals {'; '.join(goals)})" if goals else " (goals checked at 0.97 and 120 s only)")
+def progress_line(run: Run) -> str:
+    """One run as it finishes: its place in the seed's order, trials, best val (and when), the pick's test."""
+    best = pick(run)
+    found = "-" if best is None else f"{best['value']:.4f} at {best['t']:.0f} s"
+    test = "-" if run.test_accuracy is None else f"{run.test_accuracy:.4f}"
+    return (f"{run.dataset} seed {run.seed} #{run.order + 1} {run.side:<21} {len(run.events):>3} finished trials, "
+            f"best val {found}, pick's test {test}, torch threads {run.threads}, {run.wall:.0f} s")
+
+
+def best_at(run: Run, seconds: float) -> float | None:
+    return max((e["value"] for e in run.events if e["t"] <= seconds), default=None)
+
+
+def seconds_to(run: Run, target: float) -> float | None:
+    return next((e["t"] for e in sorted(run.events, key=lambda e: e["t"]) if e["value"] >= target), None)
+
+
+def spread(values: list[float | None], digits: int = 3, missing: str = "-", none_is: float = -math.inf) -> str:
+    """``median (min–max)`` of ``values``; a missing value (``none_is``: -inf for no trial yet, +inf for a
+    target never reached) counts as the worst and prints as ``missing``."""
+    if all(v is None for v in values):
+        return missing
+    numbers = [none_is if v is None else v for v in values]
+
+    def show(v: float) -> str:
+        return missing if math.isinf(v) else f"{v:.{digits}f}"
+
+    text = show(statistics.median(numbers))
+    return text + (f" ({show(min(numbers))}–{show(max(numbers))})" if len(numbers) > 1 else "")
+
+
+def report(runs: list[Run], datasets: list[str], budget: float) -> str:
+    """Print each dataset's tables; return the headline for the RESULT line."""
+    columns = [t for t in ANYTIME if t < budget] + [budget]
+    headline = []
+    for name in datasets:
+        mine = {side: [r for r in runs if r.dataset == name and r.side == side] for side in SIDES}
+        seeds = len(mine[SIDES[0]])
+        script_final = [best_at(r, budget) for r in mine[BASELINE]]
+        target = statistics.median([v for v in script_final if v is not None]) if any(script_final) else None
+        print(f"\n{name}: best val accuracy at each time (median over {seeds} seeds (min–max); '-': no finished "
+              f"trial yet)")
+        print(table(["side", *[f"{t:g} s" for t in columns], "finished trials"],
+                    [[side, *[spread([best_at(r, t) for r in rs]) for t in columns],
+                      spread([float(len(r.events)) for r in rs], 0)] for side, rs in mine.items()]))
+        parity = "-" if target is None else f"{target:.3f}"
+        print(f"\n{name}: seconds to reach the script's final best val ({parity}), and the pick's test accuracy "
+              f"(retrained with its seed on train + val)")
+        rows = []
+        for side, rs in mine.items():
+            reached = [None if target is None else seconds_to(r, target) for r in rs]
+            rows.append([side, spread(reached, 0, missing=f">{budget:g}", none_is=math.inf),
+                         f"{sum(v is not None for v in reached)}/{len(rs)}",
+                         spread([(pick(r) or {}).get("value") for r in rs]), spread([r.test_accuracy for r in rs]),
+                         ", ".join(str(t) for t in sorted({t for r in rs for t in r.threads})) or "-"])
+        print(table(["side", "seconds to parity", "reached", "pick's val", "pick's test", "torch threads"], rows))
+        tests = {side: [r.test_accuracy for r in rs] for side, rs in mine.items()}
+        headline.append(f"{name} test acc of the pick " + ", ".join(
+            f"{side} {spread(v).split(' ')[0]}" for side, v in tests.items()))
+    return "; ".join(headline)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, mode = parser_with_modes(__doc__, quick="digits, 1 seed, 15 s per side (about 90 s)",
+                                     smoke="digits, 1 seed, 10 s per side (for tests)")
+    mode.add_argument("--merge", nargs="+", metavar="FILE",
+                      help="print the tables of runs saved with --save (e.g. one command per dataset)")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, of {', '.join(DATASETS)}")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per dataset (default 5)")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds per side and seed (default 300)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="cores (and torch threads) every side gets (default: all of this process's)")
+    parser.add_argument("--save", metavar="FILE", help="also write every run's events to FILE (JSON)")
+    args = parser.parse_args(argv)
+    if args.merge:
+        return merge(parser, args.merge)
+    if args.quick or args.smoke:
+        args.datasets, args.seeds, args.budget = "digits", 1, 15.0 if args.quick else 10.0
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown or not datasets:
+        parser.error(f"--datasets: unknown {unknown or args.datasets!r}; choose from {', '.join(DATASETS)}")
+    if args.seeds < 1 or args.budget <= 0 or not 1 <= args.threads <= len(os.sched_getaffinity(0)):
+        parser.error(f"--seeds {args.seeds}, --budget {args.budget:g}, --threads {args.threads}: need seeds >= 1, "
+                     f"budget > 0 and 1 <= threads <= {len(os.sched_getaffinity(0))}")
+
+    runs: list[Run] = []
+    started, load_before = time.time(), os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="cnnsearch-tta-") as tmp:
+        workdir = Path(tmp)
+        os.environ["CNNSEARCH_CACHE_DIR"] = str(workdir / "cache")  # the harness's and every side's
+        torch.set_num_threads(args.threads)  # the retraining of the picks
+        sources = {name: small_train_folder(workdir / name) if name == "mnist5k-1k" else DataSource(name, name)
+                   for name in datasets}
+        test_data: dict[str, Any] = {}
+        for name in datasets:
+            # Decoded before any side starts, so no side pays for the image folder's first decoding.
+            test_data[name] = handwritten.load(sources[name].dataset, sources[name].image_size)
+            for seed in range(args.seeds):
+                order = list(SIDES[seed % len(SIDES):] + SIDES[:seed % len(SIDES)])
+                for position, side in enumerate(order):
+                    run = run_side(side, sources[name], seed, position, args.budget, args.threads, workdir)
+                    run.test_accuracy = test_accuracy(run, sources[name], workdir, test_data)
+                    runs.append(run)
+                    print(progress_line(run), flush=True)
+    if args.save:
+        Path(args.save).write_text(json.dumps({"budget": args.budget, "threads": args.threads, "datasets": datasets,
+                                               "runs": [r.__dict__ for r in runs]}), encoding="utf-8")
+    print(f"\n{args.seeds} seed(s) x {args.budget:g} s per side, {args.threads} core(s) and torch threads per side, "
+          f"sides in rotating order; {time.time() - started:.0f} s in all")
+    print(machine_line() + f"; 1-min load average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+    print("\n" + result_line("time_to_accuracy", report(runs, datasets, args.budget)))
+    return 0
+
+
+def merge(parser: argparse.ArgumentParser, files: list[str]) -> int:
+    """Print the tables of the runs saved in ``files``, which must share one budget."""
+    saved = [json.loads(Path(f).read_text(encoding="utf-8")) for f in files]
+    budgets = {s["budget"] for s in saved}
+    if len(budgets) != 1:
+        parser.error(f"--merge: the files were run with different budgets ({', '.join(map(str, budgets))} s); "
+                     "their tables would not compare")
+    runs = [Run(**r) for s in saved for r in s["runs"]]
+    datasets = list(dict.fromkeys(d for s in saved for d in s["datasets"]))
+    print(f"merged from {', '.join(files)}: {budgets.pop():g} s per side")
+    print("\n" + result_line("time_to_accuracy", report(runs, datasets, saved[0]["budget"])))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
