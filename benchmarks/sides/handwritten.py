@@ -9,6 +9,7 @@ images and is judged on the same val (and, for the pick, test) images.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -35,6 +36,18 @@ class Data:
     test_y: torch.Tensor
     trainval: TensorDataset
     classes: int
+
+
+def side_args() -> argparse.Namespace:
+    """The command line every side gets from the harness: its data, seed, budget, clock start and event file."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--budget", type=float, required=True)
+    parser.add_argument("--t0", type=float, required=True)
+    parser.add_argument("--events", required=True)
+    return parser.parse_args()
 
 
 def load(dataset: str, image_size: int | None = None) -> Data:

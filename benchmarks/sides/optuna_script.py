@@ -9,7 +9,6 @@ appended to ``--events`` (seconds since ``--t0``, the harness's clock when it st
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -34,14 +33,7 @@ def suggest(trial: optuna.Trial) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--budget", type=float, required=True)
-    parser.add_argument("--t0", type=float, required=True)
-    parser.add_argument("--events", required=True)
-    args = parser.parse_args()
+    args = handwritten.side_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = handwritten.load(args.dataset, args.image_size)
 

@@ -11,7 +11,6 @@ same torch threads as the other sides. Each trial that trains all its epochs is 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -51,14 +50,7 @@ def trainable(config: dict, data: handwritten.Data, t0: float, events: str) -> N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--budget", type=float, required=True)
-    parser.add_argument("--t0", type=float, required=True)
-    parser.add_argument("--events", required=True)
-    args = parser.parse_args()
+    args = handwritten.side_args()
     cpus = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
     data = handwritten.load(args.dataset, args.image_size)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
