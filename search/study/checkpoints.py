@@ -40,6 +40,7 @@ from torch import nn
 
 from storage import artifact_store_for
 from storage.artifacts import WholeFileArtifactStore
+from storage.engine import short_reason
 from storage.errors import StorageError
 from storage.records import ARTIFACT_ERROR, CHECKPOINT, CHECKPOINT_EPOCH, CHECKPOINT_STEP, RESUME_NOTE
 
@@ -136,10 +137,16 @@ class TrialCheckpoint:
         storage = self._trial.storage
         try:
             self.store.write(self.artifact_id, body)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not stop the training
+            log.warning("trial %d: checkpoint after epoch %d not written: %s", self._trial.number, epoch,
+                        short_reason(exc))
+            return
+        try:
             storage.set_trial_user_attr(self._trial_id, CHECKPOINT_EPOCH, epoch)
             storage.set_trial_user_attr(self._trial_id, CHECKPOINT_STEP, step)
-        except Exception as exc:  # noqa: BLE001 - a full disk or a lost database must not stop the training
-            log.warning("trial %d: checkpoint after epoch %d not written: %s", self._trial.number, epoch, exc)
+        except Exception as exc:  # noqa: BLE001 - nor a lost database: the file is there, a resume finds it
+            log.warning("trial %d: checkpoint after epoch %d written, but the study does not say so yet "
+                        "(status shows an earlier epoch): %s", self._trial.number, epoch, short_reason(exc))
 
     def resumed(self, epoch: int, step: int, curves: dict[str, list[float]]) -> None:
         self._on_resume(epoch, step, curves)
