@@ -23,15 +23,7 @@ from search.study.spec import StudySpec
 from search.trial.data import make_split, prepare_data
 from search.trial.datasets import load_dataset
 from spaces import parse_space
-
-SPACE = """
-params:
-  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
-  width: 4
-  depth: 1
-  epochs: 2
-  batch_size: 128
-"""
+from tests.support.studies import QUICK_LR_SPACE
 
 USER_METRICS = """
 import numpy as np
@@ -53,7 +45,7 @@ def fails_once(y_true, logits):
 @pytest.fixture
 def workdir(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The working directory with the space and a user's metrics both as a file and as package ``my_pkg``."""
-    (workdir / "quick.yaml").write_text(SPACE)
+    (workdir / "quick.yaml").write_text(QUICK_LR_SPACE)
     (workdir / "mine.py").write_text(USER_METRICS)
     (workdir / "my_pkg").mkdir()
     (workdir / "my_pkg" / "__init__.py").write_text("")

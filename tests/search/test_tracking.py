@@ -22,15 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
-
-SPACE = """
-params:
-  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
-  width: 4
-  depth: 1
-  epochs: 2
-  batch_size: 128
-"""
+from tests.support.studies import QUICK_LR_SPACE
 
 FAILS_ONCE = """
 import os
@@ -45,7 +37,7 @@ def score(y_true, logits):
 
 @pytest.fixture
 def workdir(workdir: Path) -> Path:
-    (workdir / "quick.yaml").write_text(SPACE)
+    (workdir / "quick.yaml").write_text(QUICK_LR_SPACE)
     (workdir / "mine.py").write_text(FAILS_ONCE)
     return workdir
 

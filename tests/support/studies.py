@@ -17,6 +17,16 @@ import pytest
 from search.cli import main
 
 STUDY = "tiny"
+
+QUICK_LR_SPACE = """
+params:
+  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
+  width: 4
+  depth: 1
+  epochs: 2
+  batch_size: 128
+"""
+"""A space of two-epoch, width-4 trials that differ only in their learning rate: studies of seconds."""
 RUN_ARGS = ["--dataset", "digits", "--space", "tiny", "--trials", "5", "--seed", "2", "--keep-checkpoints",
             "--no-progress"]
 
