@@ -104,21 +104,58 @@ class Heartbeat:
         return True
 
 
-def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int) -> None:
-    """Fail the running trials whose worker stopped beating, each with its reason, and queue their retries.
+class StaleTrials:
+    """Fails the running trials whose worker stopped beating, each with its reason, and queues their retries.
 
-    What Optuna's ``fail_stale_trials`` does, plus the reason (``interrupted``). The stale trials are
-    read as Optuna reads them (``_get_stale_trial_ids``, the heartbeat storages' own query). Another
-    worker failing the same trial at the same moment is no error: one of the two does it.
+    What Optuna's ``fail_stale_trials`` does, plus the reason (``interrupted``), plus the trials
+    Optuna's check cannot see. Optuna reads its heartbeat rows (``_get_stale_trial_ids``, the
+    heartbeat storages' own query, on the database's clock) and skips a running trial that has no
+    row: one whose worker died, or lost the database, between claiming it and its first beat. Such
+    a trial stayed RUNNING for ever and the study never ended. So this checker also remembers, on
+    its own monotonic clock (workers' clocks and time zones may differ), the
+    :data:`~storage.records.LAST_HEARTBEAT` each running trial showed when first seen: a trial
+    still running with the same value a grace period later had no beat in that time. One instance
+    per worker, asked before each claim. Another worker failing the same trial at the same moment
+    is no error: one of the two does it.
     """
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
-    if not interval:
-        return
-    for trial_id in storage._get_stale_trial_ids(study_id):
-        if fail_and_retry(study, storage, trial_id, "interrupted",
-                          "no heartbeat within the grace period: its worker was killed or lost the database"):
-            log.warning("trial %d failed: its worker stopped sending heartbeats; queued for a retry",
-                        storage.get_trial(trial_id).number)
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[object, float]] = {}
+
+    def fail(self, study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int) -> None:
+        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        if not interval:
+            return
+        unbeaten = self._unbeaten(storage, study_id, _grace(storage, interval))
+        stale = set(storage._get_stale_trial_ids(study_id)) | unbeaten
+        for trial_id in sorted(stale):
+            self._seen.pop(trial_id, None)
+            if fail_and_retry(study, storage, trial_id, "interrupted",
+                              "no heartbeat within the grace period: its worker was killed or lost the database"):
+                log.warning("trial %d failed: its worker stopped sending heartbeats; queued for a retry",
+                            storage.get_trial(trial_id).number)
+
+    def _unbeaten(self, storage: optuna.storages.BaseStorage, study_id: int, grace: float) -> set[int]:
+        """The running trials whose last beat this checker saw unchanged for ``grace`` seconds."""
+        now = time.monotonic()
+        running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        seen, self._seen = self._seen, {}
+        stale = set()
+        for trial in running:
+            beat = trial.user_attrs.get(LAST_HEARTBEAT)
+            first = seen.get(trial._trial_id)
+            if first is None or first[0] != beat:
+                first = (beat, now)
+            elif now - first[1] > grace:
+                stale.add(trial._trial_id)
+            self._seen[trial._trial_id] = first
+        return stale
+
+
+def _grace(storage: optuna.storages.BaseStorage, interval: int) -> float:
+    """The storage's grace period as Optuna reads it (two intervals when unset)."""
+    backend = getattr(storage, "_backend", storage)  # get_storage wraps an RDBStorage in a cache
+    return getattr(backend, "grace_period", None) or 2 * interval
 
 
 def fail_and_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int, reason: str,

@@ -35,7 +35,7 @@ from search.trial.device import resolve_device, use_deterministic_kernels
 from storage import StorageError, mask_url, open_storage
 from storage.claims import claim_waiting_trial, hand_back_trial, study_lock
 from storage.engine import DATABASE_LOST, short_reason
-from storage.heartbeat import Heartbeat, fail_and_retry, fail_stale_trials, heartbeat_settings
+from storage.heartbeat import Heartbeat, StaleTrials, fail_and_retry, heartbeat_settings
 from storage.records import GPU_IDS, STUDY_BUDGET
 from storage.studies import is_original
 
@@ -108,7 +108,7 @@ def worker_loop(storage_url: str, study_name: str, settings: WorkerSettings | No
         except DATABASE_LOST as exc:
             # The database went away (a restart, a network cut). A trial it broke mid-way was failed
             # and queued again by Worker.run if the database was back by then; if not, it stays
-            # RUNNING without heartbeats, and the next fail_stale_trials (here or in another worker)
+            # RUNNING without heartbeats, and the next stale-trial check (here or in another worker)
             # fails it with its reason and queues its retry.
             outage.wait(exc)
             continue
@@ -195,6 +195,7 @@ class Worker:
         self.summary = WorkerSummary(worker=self.identity["worker"], device=str(self.device),
                                      gpu_ids=list(settings.attrs.get(GPU_IDS) or []))
         self.failures_in_a_row = 0
+        self.stale = StaleTrials()
         self.tracker = study_tracker(self.spec.mlflow, study_name, [o.metric for o in self.spec.objective_list])
         self.held: int | None = None
         """The id of the trial this worker claimed and has not ended yet."""
@@ -226,7 +227,7 @@ class Worker:
         """
         self.held = None  # what an earlier trial left (another worker ended it) is not this worker's
         with stops_held():
-            fail_stale_trials(self.study, self.storage, self.study_id)
+            self.stale.fail(self.study, self.storage, self.study_id)
             with study_lock(self.lock_url, self.study.study_name):
                 trial_id = claim_waiting_trial(self.storage, self.study_id)
                 if trial_id is None and self._under_budget():

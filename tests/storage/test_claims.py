@@ -11,7 +11,7 @@ import pytest
 
 from storage import open_storage
 from storage.claims import claim_waiting_trial, hand_back_trial, study_lock
-from storage.heartbeat import fail_stale_trials
+from storage.heartbeat import Heartbeat, StaleTrials
 
 
 def _claim_all(url: str, out: multiprocessing.Queue) -> None:
@@ -55,10 +55,45 @@ def test_a_trial_handed_back_long_ago_is_not_failed_as_stale_when_claimed_again(
     storage.record_heartbeat(trial_id)  # its first worker's last beat
     assert hand_back_trial(storage, trial_id)
     time.sleep(3)  # longer than the grace period: that beat is stale now
-    fail_stale_trials(study, storage, study_id)
+    StaleTrials().fail(study, storage, study_id)
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.WAITING]  # a waiting trial is left alone
     assert claim_waiting_trial(storage, study_id) == trial_id
-    fail_stale_trials(study, storage, study_id)  # another worker's check, before the new worker's first beat
+    StaleTrials().fail(study, storage, study_id)  # another worker's check, before the new worker's first beat
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.RUNNING
     assert trial.user_attrs["handed_back"] == 1
+
+
+def test_a_trial_claimed_and_never_beaten_is_failed_and_retried_after_the_grace_period(tmp_path: Path) -> None:
+    # Its worker died (or lost the database) between the claim and its first heartbeat: Optuna's own
+    # check skips a running trial without a heartbeat row, and the study would wait for it for ever.
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    storage = optuna.storages.get_storage(open_storage(url, heartbeat_interval=1, grace_period=2))
+    study = optuna.create_study(study_name="n", storage=storage)
+    study.enqueue_trial({"x": 1})
+    study_id = storage.get_study_id_from_name("n")
+    trial_id = claim_waiting_trial(storage, study_id)
+    check = StaleTrials()
+    check.fail(study, storage, study_id)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.RUNNING]  # first seen: not judged
+    time.sleep(2.5)
+    check.fail(study, storage, study_id)
+    dead, retry = study.get_trials()
+    assert dead._trial_id == trial_id and dead.state == optuna.trial.TrialState.FAIL
+    assert dead.user_attrs["fail_reason"] == "interrupted"
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs["failed_trial"] == dead.number
+
+
+def test_a_running_trial_that_keeps_beating_is_never_failed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    storage = optuna.storages.get_storage(open_storage(url, heartbeat_interval=1, grace_period=2))
+    study = optuna.create_study(study_name="b", storage=storage)
+    study.enqueue_trial({})
+    study_id = storage.get_study_id_from_name("b")
+    trial_id = claim_waiting_trial(storage, study_id)
+    check = StaleTrials()
+    with Heartbeat(storage, trial_id):
+        for _ in range(5):
+            check.fail(study, storage, study_id)
+            time.sleep(1)
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.RUNNING]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -76,7 +77,8 @@ class Workers:
 
     def __init__(self, cluster: PgCluster, logs: Path) -> None:
         self.url = cluster.url_for(password=None)  # the password travels in PGPASSWORD only
-        self.env = {**os.environ, **FAST_HEARTBEAT, "PGPASSWORD": cluster.password}
+        # PYTHONFAULTHANDLER: a worker that hangs is sent SIGABRT and prints every thread's stack.
+        self.env = {**os.environ, **FAST_HEARTBEAT, "PGPASSWORD": cluster.password, "PYTHONFAULTHANDLER": "1"}
         self.env.pop("CNNSEARCH_STORAGE", None)
         self.logs = logs
         self.procs: list[subprocess.Popen] = []
@@ -93,8 +95,13 @@ class Workers:
         return proc
 
     def wait(self, proc: subprocess.Popen, timeout: float = 90) -> str:
-        """Wait for ``proc`` to exit 0 and return its output."""
-        proc.wait(timeout=timeout)
+        """Wait for ``proc`` to exit 0 and return its output; a hung one fails with its stacks."""
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            pytest.fail(f"worker {proc.pid} still running after {timeout:g} s:\n{proc.log.read_text()}")  # type: ignore[attr-defined]
         output = proc.log.read_text()  # type: ignore[attr-defined]
         assert proc.returncode == 0, output
         return output
