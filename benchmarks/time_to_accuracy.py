@@ -8,7 +8,11 @@ Sides (each one search, in a fresh process):
 - ``optuna-script``: ``benchmarks/sides/optuna_script.py``, TPE + MedianPruner + a DataLoader loop
   over a small CNN, as a user writes it from Optuna's tutorial;
 - ``ray-tune``: ``benchmarks/sides/ray_tune.py``, ``Tuner`` + ``OptunaSearch`` + ``ASHAScheduler``
-  over the same model family and loop, on a local Ray cluster (loopback only).
+  over the same model family and loop, on a local Ray cluster (loopback only);
+- ``reference`` (not a search; ``--no-reference`` leaves it out): ``benchmarks/sides/reference.py``,
+  each of a few hand-picked networks trained, in a process of its own, for the whole 180 s (or the
+  budget if shorter); its figure is the best of their final val accuracies, which the searches'
+  best val at 180 s is compared with, and that network's test accuracy.
 
 What is alike for every side: the data and its train/val/test split (cnnsearch's own, split seed
 0); torch's threads (the harness pins each process to ``--threads`` cores and sets
@@ -31,7 +35,7 @@ Datasets: ``mnist5k``; ``digits`` (8x8, as is); ``mnist5k-1k``, mnist5k's split 
 part cut to 1,000 images (stratified; the same val and test), written as an image folder with
 ``train/``, ``val/`` and ``test/`` so that ``cnnsearch run`` reads exactly that split.
 
-    python benchmarks/time_to_accuracy.py                     # 3 datasets x 4 sides x 5 seeds x 300 s (~6 h)
+    python benchmarks/time_to_accuracy.py                     # 3 datasets x 5 seeds x (4 x 300 + 3 x 180 s) (~7.5 h)
     python benchmarks/time_to_accuracy.py --datasets mnist5k --seeds 2 --budget 120 --save tta.json
     python benchmarks/time_to_accuracy.py --merge a.json b.json  # tables of runs split over commands
     python benchmarks/time_to_accuracy.py --quick             # digits, 1 seed, 15 s (about 90 s)
@@ -65,6 +69,12 @@ from benchmarks.sides import handwritten  # noqa: E402
 SIDES = ("cnnsearch", "cnnsearch --no-start", "optuna-script", "ray-tune")
 BASELINE = "optuna-script"
 """The side whose final best val sets the parity target."""
+REFERENCE = "reference"
+"""Not a search: the best of a few hand-picked networks, each trained for the whole reference time."""
+REFERENCE_SECONDS = 180.0
+"""The time the goal compares at: the search's best val after it, and what one network trains in it."""
+WITHIN = 0.02
+"""How close to the reference the search's best val at REFERENCE_SECONDS should be (issue 18)."""
 DATASETS = ("mnist5k", "digits", "mnist5k-1k")
 ANYTIME = (15.0, 30.0, 60.0, 120.0, 300.0)
 STOP_GRACE = 15.0
@@ -120,6 +130,10 @@ def small_train_folder(folder: Path) -> DataSource:
 def command(side: str, source: DataSource, seed: int, budget: float, t0: float, workdir: Path) -> list[str]:
     """The command line of ``side``'s process."""
     size = ["--image-size", str(source.image_size)] if source.image_size else []
+    if side.startswith(REFERENCE):  # reference:NETWORK
+        return [sys.executable, str(ROOT / "benchmarks" / "sides" / "reference.py"), "--network",
+                side.split(":", 1)[1], "--dataset", source.dataset, *size, "--seed", str(seed), "--budget",
+                f"{budget:g}", "--t0", repr(t0), "--events", str(_events_file(REFERENCE, source, seed, workdir))]
     if side.startswith("cnnsearch"):
         db = _db_file(side, source, seed, workdir)
         return [sys.executable, "-m", "search.cli", "run", "--study", "tta", "--dataset", source.dataset, *size,
@@ -157,10 +171,23 @@ def run_side(side: str, source: DataSource, seed: int, order: int, budget: float
     if side.startswith("cnnsearch"):
         run.events, run.threads = _cnnsearch_events(_db_file(side, source, seed, workdir), t0)
     else:
-        path = _events_file(side, source, seed, workdir)
+        path = _events_file(side.split(":")[0], source, seed, workdir)
         run.events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         run.threads = sorted({e.pop("threads") for e in run.events})
     run.events = [e for e in run.events if e["t"] <= budget]
+    return run
+
+
+def run_reference(source: DataSource, seed: int, order: int, seconds: float, threads: int, workdir: Path) -> Run:
+    """Each hand-picked network in a process of its own with ``seconds`` from its start; one Run of them all."""
+    from benchmarks.sides.reference import NETWORKS
+
+    run = Run(REFERENCE, source.name, seed, order)
+    for network in NETWORKS:
+        one = run_side(f"{REFERENCE}:{network}", source, seed, order, seconds, threads, workdir)
+        run.wall += one.wall
+    # Every network appended to one events file; the last read holds them all.
+    run.events, run.threads = one.events, one.threads
     return run
 
 
@@ -208,6 +235,8 @@ def test_accuracy(run: Run, source: DataSource, workdir: Path, cache: dict[str, 
     chosen = pick(run)
     if chosen is None:
         return None
+    if "config" in chosen:  # the reference's network
+        return _retrained(chosen["config"], source)
     if "trial" not in chosen:
         if source.name not in cache:
             cache[source.name] = handwritten.load(source.dataset, source.image_size)
@@ -226,6 +255,19 @@ def test_accuracy(run: Run, source: DataSource, workdir: Path, cache: dict[str, 
     images, split = load_study_data(load_spec(study))
     final = prepare_data(images, split, "cpu", stage="final")  # trains on train + val; its "val" is test
     return train(config, final, "cpu", measure=False).val_accuracy
+
+
+def _retrained(config: dict[str, Any], source: DataSource) -> float:
+    """A config trained by cnnsearch's trainer on train + val of the split every side uses, measured on test."""
+    from benchmarks.sides.handwritten import SPLIT_SEED
+    from search.trial.data import make_split, prepare_data
+    from search.trial.datasets import load_dataset
+    from search.trial.train import train
+    from spaces.schema import TrialConfig
+
+    images = load_dataset(source.dataset, image_size=source.image_size)
+    final = prepare_data(images, make_split(images.labels, seed=SPLIT_SEED, parts=images.parts), "cpu", stage="final")
+    return train(TrialConfig.from_dict(config), final, "cpu", measure=False).val_accuracy
 
 
 def progress_line(run: Run) -> str:
@@ -285,9 +327,44 @@ def report(runs: list[Run], datasets: list[str], budget: float) -> str:
                          ", ".join(str(t) for t in sorted({t for r in rs for t in r.threads})) or "-"])
         print(table(["side", "seconds to parity", "reached", "pick's val", "pick's test", "torch threads"], rows))
         tests = {side: [r.test_accuracy for r in rs] for side, rs in mine.items()}
-        headline.append(f"{name} test acc of the pick " + ", ".join(
-            f"{side} {spread(v).split(' ')[0]}" for side, v in tests.items()))
+        line = f"{name} test acc of the pick " + ", ".join(
+            f"{side} {spread(v).split(' ')[0]}" for side, v in tests.items())
+        references = [r for r in runs if r.dataset == name and r.side == REFERENCE]
+        if references:
+            line += "; " + reference_table(name, mine, references, min(REFERENCE_SECONDS, budget))
+        headline.append(line)
     return "; ".join(headline)
+
+
+def reference_table(name: str, mine: dict[str, list[Run]], references: list[Run], seconds: float) -> str:
+    """Print the searches' best val at ``seconds`` next to the reference's; return the goal's verdict."""
+
+    def median_at(rs: list[Run]) -> float:  # a run with nothing finished by then counts as the worst
+        return statistics.median(-math.inf if v is None else v for v in (best_at(r, seconds) for r in rs))
+
+    reference = median_at(references)
+    print(f"\n{name}: best val at {seconds:g} s against the reference, the best of {', '.join(_networks())} "
+          f"each trained for {seconds:g} s (goal: cnnsearch within {WITHIN:g} of it)")
+    rows = []
+    for side, rs in mine.items():
+        gap = median_at(rs) - reference
+        rows.append([side, spread([best_at(r, seconds) for r in rs]), "-" if math.isinf(gap) else f"{gap:+.3f}", ""])
+    picked = ", ".join(sorted({(pick(r) or {}).get("network", "none") for r in references}))
+    rows.append([REFERENCE, spread([best_at(r, seconds) for r in references]), "",
+                 f"{spread([r.test_accuracy for r in references])} (picked: {picked})"])
+    print(table(["side", f"best val at {seconds:g} s", "minus the reference", "pick's test"], rows))
+    mine_at = median_at(mine[SIDES[0]])
+    if math.isinf(mine_at) or math.isinf(reference):
+        return f"{name} reference at {seconds:g} s: no figure on one side"
+    verdict = "met" if mine_at >= reference - WITHIN else f"NOT met by {reference - WITHIN - mine_at:.3f}"
+    return (f"{name} cnnsearch at {seconds:g} s {mine_at:.3f} vs reference {reference:.3f} "
+            f"(within {WITHIN:g}: {verdict})")
+
+
+def _networks() -> list[str]:
+    from benchmarks.sides.reference import NETWORKS
+
+    return list(NETWORKS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per side and seed (default 300)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="cores (and torch threads) every side gets (default: all of this process's)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="leave out the hand-picked reference networks (benchmarks/sides/reference.py)")
     parser.add_argument("--save", metavar="FILE", help="also write every run's events to FILE (JSON)")
     args = parser.parse_args(argv)
     if args.merge:
@@ -326,10 +405,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in datasets:
             # Decoded before any side starts, so no side pays for the image folder's first decoding.
             test_data[name] = handwritten.load(sources[name].dataset, sources[name].image_size)
+            sides = SIDES if args.no_reference else (*SIDES, REFERENCE)
             for seed in range(args.seeds):
-                order = list(SIDES[seed % len(SIDES):] + SIDES[:seed % len(SIDES)])
+                order = list(sides[seed % len(sides):] + sides[:seed % len(sides)])
                 for position, side in enumerate(order):
-                    run = run_side(side, sources[name], seed, position, args.budget, args.threads, workdir)
+                    if side == REFERENCE:
+                        run = run_reference(sources[name], seed, position, min(REFERENCE_SECONDS, args.budget),
+                                            args.threads, workdir)
+                    else:
+                        run = run_side(side, sources[name], seed, position, args.budget, args.threads, workdir)
                     run.test_accuracy = test_accuracy(run, sources[name], workdir, test_data)
                     runs.append(run)
                     print(progress_line(run), flush=True)

@@ -93,11 +93,16 @@ def test_time_to_accuracy_quick_runs_every_side_and_prints_its_tables():
     out = run_script("time_to_accuracy", "--quick")
     for side in ("cnnsearch", "cnnsearch --no-start", "optuna-script", "ray-tune"):
         rows = [line for line in out.splitlines() if line.startswith("| ") and line.split("|")[1].strip() == side]
-        assert len(rows) == 2, out  # the anytime table and the parity/test table
+        assert len(rows) == 3, out  # the anytime table, the parity/test table and the reference's
     assert "| side " in out and "| 15 s " in out and "seconds to parity" in out
     assert "pick's test" in out and "torch threads" in out and "cores (nproc)" in out
     assert "1 seed(s) x 15 s per side" in out
     assert "RESULT time_to_accuracy: digits test acc of the pick cnnsearch" in out
+    # The hand-picked networks, each trained in its own process for the whole 15 s, and the goal's verdict.
+    assert "digits: best val at 15 s against the reference, the best of cnn-bn-adam, resnet-sgd" in out
+    reference = [line for line in out.splitlines() if line.startswith("| reference ")]
+    assert len(reference) == 1 and "picked: " in reference[0] and "picked: none" not in reference[0], out
+    assert "digits cnnsearch at 15 s " in out and " vs reference 0." in out
 
 
 def test_time_to_accuracy_tables_show_medians_spreads_and_a_target_never_reached(capsys):
@@ -120,6 +125,21 @@ def test_time_to_accuracy_tables_show_medians_spreads_and_a_target_never_reached
     assert [c.strip() for c in script[1]][:2] == ["50 (50–>60)", "2/3"]
     ray = [[c.strip() for c in line.split("|")[2:-1]] for line in lines if line.startswith("| ray-tune")]
     assert ray[0][:3] == ["-", "-", "-"] and ray[1][:3] == [">60", "0/3", "-"]
+
+
+def test_time_to_accuracy_says_by_how_much_the_search_misses_the_reference(capsys):
+    from benchmarks.time_to_accuracy import REFERENCE, SIDES, Run, report
+
+    runs = [Run(side, "digits", seed, 0, events=[{"t": 100.0, "value": 0.95}]) for side in SIDES for seed in range(2)]
+    runs += [Run(REFERENCE, "digits", seed, 0, test_accuracy=0.97,
+                 events=[{"t": 170.0, "value": 0.99, "network": "resnet-sgd"}]) for seed in range(2)]
+    headline = report(runs, ["digits"], 300.0)
+    out = capsys.readouterr().out
+    assert "digits cnnsearch at 180 s 0.950 vs reference 0.990 (within 0.02: NOT met by 0.020)" in headline
+    row = [c.strip() for c in next(line for line in out.splitlines() if line.startswith("| cnnsearch ")
+                                   and "-0.040" in line).split("|")[1:-1]]
+    assert row[:3] == ["cnnsearch", "0.950 (0.950–0.950)", "-0.040"]
+    assert "0.970 (0.970–0.970) (picked: resnet-sgd)" in out
 
 
 def test_sampler_cost_names_the_sampler_auto_picks_per_space():
