@@ -10,12 +10,14 @@ data set's val split: they are the textbook shapes of small CNNs, scaled by the 
 Rules, and why:
 
 1. **Stages** (``depth``): each stage halves the feature map, and a map below 2 px holds
-   nothing; an S-px image holds ``h`` halvings (28 px: 3, 32 px: 4, 8 px: 2). The range is
-   ``[max(1, top - 2), top]`` with ``top = min(h, 4)``: four halvings (16x) already give
-   the last stage a view of the whole of a 64-px image.
-2. **First layer**: stride 1. Up to 64 px every pixel carries detail a strided first layer
-   would throw away; the custom CNN family has no strided first layer, so larger images
-   are best resized (``--image-size 64``) and the line says so.
+   nothing; the map rule 2's first layer leaves of an S-px image (``ceil(S / stride)`` px)
+   holds ``h`` halvings (28 px: 3, 32 px: 4, 8 px: 2; 224 px at stride 4: 56 px, 4). The
+   range is ``[max(1, top - 2), top]`` with ``top = min(h, 4)``: four halvings (16x)
+   already give the last stage a view of the whole of a 64-px map.
+2. **First layer** (``stem_stride``, fixed, not searched): stride 1 up to 64 px, where every
+   pixel carries detail a strided first layer would throw away; 2 for 65-128 px, 4 above
+   (ResNet's stem takes a 224-px image down 4x before its first stage): a network at full
+   resolution on large images spends its time on a map larger than what it learns from.
 3. **Width** (filters of the first stage, doubling per stage up to ``growth``): base 16 for
    one channel (edges and strokes), 32 for colour (colour and texture filters besides
    edges); twice that from 20,000 training images (more data supports more filters without
@@ -158,20 +160,24 @@ def median_network(facts: DataFacts) -> dict[str, Any]:
     """The start point (the middle of the ranges) less its epochs: the network whose speed is measured."""
     low, high = _stages(facts)
     return {**_recipe(facts), "depth": (low + high + 1) // 2, "batch_size": 64, "optimizer": "adam",
-            "lr": 0.003, "schedule": "onecycle", "head": "flatten", "residual": False}
+            "lr": 0.003, "schedule": "onecycle", "head": "flatten", "residual": False,
+            "stem_stride": _stem_stride(facts.side)}
 
 
 def derive_space(facts: DataFacts, budget: Budget) -> Derivation:
     """The ``auto`` space for data with ``facts`` and a study with ``budget``, by the rules of this module."""
     decisions: list[tuple[str, str]] = []
     low, high = _stages(facts)
-    halvings = _halvings(facts.side)
+    stride = _stem_stride(facts.side)
+    mapped = _after_stem(facts.side)
+    halvings = _halvings(mapped)
     stages = f"stages {low}-{high}" if low < high else f"stage {low}"
-    decisions.append((stages, f"{facts.side}-px images hold {halvings} halving{'s' if halvings != 1 else ''} "
+    after = f" ({mapped} px after the first layer)" if stride > 1 else ""
+    decisions.append((stages, f"{facts.side}-px images{after} hold {halvings} halving{'s' if halvings != 1 else ''} "
                       f"to >= 2 px{'; at most 4' if halvings > 4 else ''}"))
-    decisions.append(("first layer stride 1", "every pixel of a <= 64-px image carries detail" if facts.side <= 64
-                      else f"{facts.side}-px images: the CNN family has no strided first layer; --image-size 64 "
-                           "would train faster"))
+    decisions.append((f"first layer stride {stride}", "every pixel of a <= 64-px image carries detail" if stride == 1
+                      else f"{facts.side}-px images ({'65-128' if stride == 2 else '> 128'} px): a stride-{stride} "
+                           f"first layer trains on a {mapped}-px map instead of the full image"))
     base, why_width = _base_width(facts)
     decisions.append((f"width {base // 2}-{base * 2}", why_width))
     few = facts.per_class < FEW_PER_CLASS
@@ -194,7 +200,9 @@ def derive_space(facts: DataFacts, budget: Budget) -> Derivation:
     decisions.append(("1 start point", f"the middle of the ranges (the timed median network), {middle} epochs "
                       "(--no-start skips it)"))
     params = _params(facts, (low, high), base, (dropout, decay, smoothing), (first, epochs))
-    starts = [{**median_network(facts), "epochs": middle, "dropout": round(dropout / 2, 2)}]
+    start = {**median_network(facts), "epochs": middle, "dropout": round(dropout / 2, 2)}
+    del start["stem_stride"]  # fixed in the space: a start point names searched parameters only
+    starts = [start]
     description = (f"{NAME}: derived from the data ({facts.height}x{facts.width}x{facts.channels}, "
                    f"{facts.classes} classes, {facts.train_images} training images) and the budget")
     space = parse_space({"description": description, "params": params, "start": starts}, source=NAME, name=NAME)
@@ -209,8 +217,17 @@ def _halvings(side: int) -> int:
     return count
 
 
+def _stem_stride(side: int) -> int:
+    return 1 if side <= 64 else 2 if side <= 128 else 4
+
+
+def _after_stem(side: int) -> int:
+    """The side of the map rule 2's first layer leaves (a padded strided conv rounds up)."""
+    return -(-side // _stem_stride(side))
+
+
 def _stages(facts: DataFacts) -> tuple[int, int]:
-    top = max(1, min(_halvings(facts.side), 4))
+    top = max(1, min(_halvings(_after_stem(facts.side)), 4))
     return max(1, top - 2), top
 
 
@@ -289,6 +306,7 @@ def _params(facts: DataFacts, stages: tuple[int, int], base: int, regular: tuple
         "epochs": {"type": "int", "low": epochs[0], "high": epochs[1]},
         "loss": {"type": "categorical", "choices": ["cross_entropy", "focal"]},
         "label_smoothing": {"type": "float", "low": 0.0, "high": smoothing},
+        "stem_stride": _stem_stride(facts.side),
         "depth": {"type": "int", "low": stages[0], "high": stages[1]},
         "width": {"type": "int", "low": base // 2, "high": base * 2, "step": base // 2},
         "growth": {"type": "float", "low": 1.0, "high": 2.0, "step": 0.5},

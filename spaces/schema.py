@@ -135,6 +135,8 @@ class TrialConfig(Mapping):
     gray_to_rgb: str = key("average", "pretrained backbones on grayscale images: average the first conv's RGB "
                            "filters, or replicate the grey channel three times", choices=("average", "replicate"))
     # --- custom CNN architecture ---
+    stem_stride: int = key(1, "stride of the first conv layer: each 2 halves the image before the first stage "
+                           "(large images)", choices=(1, 2, 4))
     depth: int = key(2, "number of conv stages; each stage halves the feature map", low=1, high=8)
     layers: int | None = key(None, "total conv layers spread over the stages (default: one per stage)",
                              low=1, high=64)
@@ -322,6 +324,9 @@ INERT: tuple[Inert, ...] = (
     Inert("input_size", ("model",), lambda v, c: v is not None and c["model"] == "cnn" and c["builder"] is None,
           lambda v, c: "model 'cnn' is built for the data's size; input_size resizes a backbone's input",
           "pick a backbone (model: resnet18, ...), or leave input_size out"),
+    Inert("stem_stride", ("model",), lambda v, c: c["model"] != "cnn" and c["builder"] is None,
+          lambda v, c: f"model {c['model']!r} has its own first layer; stem_stride strides the custom CNN's",
+          "give model: cnn, or leave stem_stride out (input_size resizes a backbone's images)"),
     Inert("pretrained", ("model",), lambda v, c: v is True and c["model"] in ("cnn", "lenet5") and c["builder"] is None,
           lambda v, c: f"model {c['model']!r} has no published pretrained weights (its trials would fail)",
           f"pick a backbone with weights ({', '.join(b for b in BACKBONES if b != 'lenet5')}), or pretrained: false"),

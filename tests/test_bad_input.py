@@ -17,6 +17,7 @@ SPACE_ERRORS = [
     ("params:\n  lr: {type: float, low: 0.0, high: 0.1, log: true}\n", "log"),
     ("params:\n  optimizer: {type: categorical, choices: []}\n", "choices"),
     ("params:\n  momentum: {type: float, low: 0.8, high: 0.9, when: {optimiser: sgd}}\n", "optimiser"),
+    ("params:\n  model: resnet18\n  stem_stride: 2\n", "stem_stride=2 has no effect"),
 ]
 
 

@@ -8,16 +8,20 @@ is a :class:`spaces.schema.TrialConfig`, valid by construction: nothing here che
 
 What the custom family builds (config keys are documented in ``spaces/schema.py``)::
 
+    stem:               stage 1's first conv has stride `stem_stride` (1, 2 or 4; padding kernel // 2),
+                        so an S-px input becomes a ceil(S / stride)-px map before the first pool
     stage 1 .. depth:   [conv(kernel) -> [BN] -> act] x its share of `layers`
-                        (residual: wrapped as act(body(x) + shortcut(x)))
+                        (residual: wrapped as act(body(x) + shortcut(x)); the shortcut is a
+                        strided 1x1 projection where the stage changes channels or strides)
                         -> [attention] -> pool 2x2
     head:               gap | flatten -> [Linear(fc_units) -> act] -> Dropout -> Linear(classes)
     hog: true:          gap | flatten, concatenated with the input's HOG features
                         (search/trial/hog.py), then the head's Linear layers
 
-Where the input cannot hold what the config asks for (``depth: 6`` on 8x8 digits) the
-architecture is adjusted rather than refused, and every adjustment is written in the
-module's ``notes`` so it ends up on the trial instead of being silent.
+Where the input cannot hold what the config asks for (``depth: 6`` on 8x8 digits,
+``stem_stride: 4`` on 12x12 images) the architecture is adjusted rather than refused, and
+every adjustment is written in the module's ``notes`` so it ends up on the trial instead
+of being silent.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 MAX_CHANNELS = 512
 MIN_MAP_SIZE = 2  # no pooling stage may shrink the feature map below 2x2
+MIN_STEM_MAP = 2 * MIN_MAP_SIZE  # the stem leaves at least a 4x4 map: one stage can still halve it
+STEM_STRIDES = (4, 2, 1)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -90,10 +96,12 @@ def _check_shape(input_shape: tuple[int, int, int], num_classes: int) -> None:
 class CnnPlan:
     """The custom family's architecture after fitting the config to the input.
 
-    ``convs[i]`` is the number of conv layers of stage ``i``, ``channels[i]`` its filters,
-    ``pooled`` whether the stages end in a 2x2 pool, ``notes`` what was adjusted and why.
+    ``stem_stride`` is the stride of stage 1's first conv, ``convs[i]`` the number of conv
+    layers of stage ``i``, ``channels[i]`` its filters, ``pooled`` whether the stages end in
+    a 2x2 pool, ``notes`` what was adjusted and why.
     """
 
+    stem_stride: int
     convs: tuple[int, ...]
     channels: tuple[int, ...]
     pooled: bool
@@ -108,15 +116,42 @@ def downsampling_capacity(height: int, width: int) -> int:
     return stages
 
 
-def plan_cnn(config: TrialConfig, input_shape: tuple[int, int, int]) -> CnnPlan:
-    """Fit ``depth``, ``layers`` and channel counts of ``config`` to ``input_shape``.
+def after_stem(height: int, width: int, stride: int) -> tuple[int, int]:
+    """The map a ``stride`` first conv (padding kernel // 2) makes of a ``height x width`` input."""
+    return -(-height // stride), -(-width // stride)
 
-    Depth is clamped to the downsampling stages the input holds, then to ``layers`` (each
-    stage needs a conv); layers are spread as evenly as possible, earlier stages getting
-    the extra ones; channels are ``round(width * growth**i)`` capped at ``MAX_CHANNELS``.
+
+def fit_stem_stride(stride: int, height: int, width: int) -> int:
+    """The largest of 4, 2, 1 up to ``stride`` that leaves a ``height x width`` input at least 4x4 (else 1)."""
+    return next((s for s in STEM_STRIDES if s <= stride and min(after_stem(height, width, s)) >= MIN_STEM_MAP), 1)
+
+
+def _input_words(height: int, width: int, stride: int) -> str:
+    """``the 64x64 input (16x16 after stem_stride 4)``: what a note says the stages were fitted to."""
+    if stride == 1:
+        return f"the {height}x{width} input"
+    return "the {}x{} input ({}x{} after stem_stride {})".format(height, width, *after_stem(height, width, stride),
+                                                                   stride)
+
+
+def plan_cnn(config: TrialConfig, input_shape: tuple[int, int, int]) -> CnnPlan:
+    """Fit ``stem_stride``, ``depth``, ``layers`` and channel counts of ``config`` to ``input_shape``.
+
+    The stem stride is lowered (4, 2, 1) until the map after it is at least 4x4, so that a
+    stage can still halve it; depth is clamped to the downsampling stages that map holds,
+    then to ``layers`` (each stage needs a conv); layers are spread as evenly as possible,
+    earlier stages getting the extra ones; channels are ``round(width * growth**i)`` capped
+    at ``MAX_CHANNELS``.
     """
     _, height, width = input_shape
     notes: list[str] = []
+    stride = fit_stem_stride(config.stem_stride, height, width)
+    if stride != config.stem_stride:
+        small = "x".join(map(str, after_stem(height, width, config.stem_stride)))
+        notes.append(f"stem_stride {config.stem_stride} clamped to {stride}: the {height}x{width} input would be "
+                     f"{small} after it, and a stage needs at least {MIN_STEM_MAP}x{MIN_STEM_MAP} to halve")
+    where = _input_words(height, width, stride)
+    height, width = after_stem(height, width, stride)
     depth = config.depth
     capacity = downsampling_capacity(height, width)
     pooled = capacity > 0
@@ -127,7 +162,7 @@ def plan_cnn(config: TrialConfig, input_shape: tuple[int, int, int]) -> CnnPlan:
         notes.append(f"no pooling: the {height}x{width} input cannot be halved and stay >= 2x2")
         depth = 1
     elif depth > capacity:
-        notes.append(f"depth {depth} clamped to {capacity}: the {height}x{width} input holds "
+        notes.append(f"depth {depth} clamped to {capacity}: {where} holds "
                      f"{capacity} downsampling stage{'s' if capacity > 1 else ''}")
         depth = capacity
     layers = config.layers
@@ -141,11 +176,11 @@ def plan_cnn(config: TrialConfig, input_shape: tuple[int, int, int]) -> CnnPlan:
     channels = tuple(min(MAX_CHANNELS, n) for n in wanted)
     if wanted[-1] > MAX_CHANNELS:
         notes.append(f"channels {wanted} capped at {MAX_CHANNELS}")
-    return CnnPlan(convs=convs, channels=channels, pooled=pooled, notes=tuple(notes))
+    return CnnPlan(stem_stride=stride, convs=convs, channels=channels, pooled=pooled, notes=tuple(notes))
 
 
 def as_built(config: TrialConfig, input_shape: tuple[int, int, int]) -> TrialConfig:
-    """``config`` with the values :func:`build_model` actually uses for ``input_shape`` (a clamped depth).
+    """``config`` with the values :func:`build_model` actually uses for ``input_shape`` (a clamped depth or stride).
 
     Building the result gives the same network, with the same initial weights, as building
     ``config``: this is the config a trial records and a recipe exports, so what a user reads
@@ -153,7 +188,8 @@ def as_built(config: TrialConfig, input_shape: tuple[int, int, int]) -> TrialCon
     """
     if config.model != "cnn" or config.builder is not None:
         return config
-    return config.replace(depth=len(plan_cnn(config, input_shape).convs))
+    plan = plan_cnn(config, input_shape)
+    return config.replace(depth=len(plan.convs), stem_stride=plan.stem_stride)
 
 
 def space_fit_warning(space: Space, input_shape: tuple[int, ...]) -> str | None:
@@ -161,6 +197,7 @@ def space_fit_warning(space: Space, input_shape: tuple[int, ...]) -> str | None:
 
     Said once when a study's workers start: every trial asking for more is built at the
     depth the input holds (and notes it), so those depths are one network under several names.
+    What the input holds is counted after the space's smallest stem stride (the least it shrinks).
     """
     if not space.strict or space.builder is not None:
         return None
@@ -171,13 +208,16 @@ def space_fit_warning(space: Space, input_shape: tuple[int, ...]) -> str | None:
         asked = space.fixed.get("depth", TrialConfig().depth)
     else:
         asked = max(depth.options()) if depth.type == "categorical" else depth.high
+    stem = space.params.get("stem_stride")
+    stride = min(stem.options()) if stem is not None else space.fixed.get("stem_stride", TrialConfig().stem_stride)
     _, height, width = input_shape
-    capacity = max(1, downsampling_capacity(height, width))
+    stride = fit_stem_stride(stride, height, width)
+    capacity = max(1, downsampling_capacity(*after_stem(height, width, stride)))
     if "cnn" not in models or asked <= capacity:
         return None
-    return (f"space {space.name!r} asks for depth up to {asked}, but the {height}x{width} input holds {capacity} "
-            f"downsampling stage{'s' if capacity > 1 else ''}: deeper configs are built (and recorded) with depth "
-            f"{capacity}, the same network; widen the images (--image-size) or lower the space's depth")
+    return (f"space {space.name!r} asks for depth up to {asked}, but {_input_words(height, width, stride)} holds "
+            f"{capacity} downsampling stage{'s' if capacity > 1 else ''}: deeper configs are built (and recorded) "
+            f"with depth {capacity}, the same network; widen the images (--image-size) or lower the space's depth")
 
 
 class SpatialAttention(nn.Module):
@@ -220,20 +260,21 @@ class Stage(nn.Module):
 
     Residual: ``act(body(x) + shortcut(x))`` as in ResNet, so the body's last conv has no
     activation of its own, and attention sits in the body before the sum (as SE-ResNet and
-    CBAM place it). The shortcut is a 1x1 conv [+ BN] projection when channels change.
-    ``map_size`` is the larger side of the stage's input map (it sizes the spatial
-    attention kernel); ``pooled`` says whether the stage ends in the config's 2x2 pool.
+    CBAM place it). The shortcut is a 1x1 conv [+ BN] projection, with the stage's
+    ``stride``, when channels or size change. ``stride`` is that of the first conv (the
+    stem's, in stage 1); ``map_size`` is the larger side of the map after it (it sizes the
+    spatial attention kernel); ``pooled`` says whether the stage ends in the config's 2x2 pool.
     """
 
     def __init__(self, in_channels: int, out_channels: int, convs: int, map_size: int, pooled: bool,
-                 config: TrialConfig) -> None:
+                 config: TrialConfig, stride: int = 1) -> None:
         super().__init__()
         activation = ACTIVATIONS[config.activation]
         batch_norm, residual, kernel = config.batch_norm, config.residual, config.kernel
         body: list[nn.Module] = []
         for i in range(convs):
             body.append(nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, kernel,
-                                  padding=kernel // 2, bias=not batch_norm))
+                                  stride=stride if i == 0 else 1, padding=kernel // 2, bias=not batch_norm))
             if batch_norm:
                 body.append(nn.BatchNorm2d(out_channels))
             if not (residual and i == convs - 1):
@@ -243,10 +284,11 @@ class Stage(nn.Module):
         self.shortcut: nn.Module | None = None
         self.activation: nn.Module | None = None
         if residual:
-            if in_channels == out_channels:
+            if in_channels == out_channels and stride == 1:
                 self.shortcut = nn.Identity()
             else:
-                projection: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 1, bias=not batch_norm)]
+                projection: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 1, stride=stride,
+                                                         bias=not batch_norm)]
                 if batch_norm:
                     projection.append(nn.BatchNorm2d(out_channels))
                 self.shortcut = nn.Sequential(*projection)
@@ -285,10 +327,12 @@ class Cnn(nn.Module):
         if config.input_size is not None:
             self.notes.append(f"input_size {config.input_size} ignored: model 'cnn' is built for the data's size")
         channels, height, width = input_shape
+        stride = self.plan.stem_stride
+        height, width = after_stem(height, width, stride)
         stages: list[nn.Module] = []
         for convs, out_channels in zip(self.plan.convs, self.plan.channels, strict=True):
-            stages.append(Stage(channels, out_channels, convs, max(height, width), self.plan.pooled, config))
-            channels = out_channels
+            stages.append(Stage(channels, out_channels, convs, max(height, width), self.plan.pooled, config, stride))
+            channels, stride = out_channels, 1
             if self.plan.pooled:
                 height, width = height // 2, width // 2
         self.features = nn.Sequential(*stages)

@@ -15,7 +15,9 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from search.cli import main
+from search.trial.models import as_built
 from spaces import load_space, parse_space
+from spaces.derive import Budget, DataFacts, derive_space
 
 QUICK_SPACE = """
 params:
@@ -25,17 +27,21 @@ params:
 """
 
 
-@pytest.fixture
-def photos(workdir: Path) -> str:
-    """A small folder of coloured 32-px photographs, two classes: crops of scikit-learn's two sample images."""
+def _crops(folder: Path, side: int, count: int) -> str:
+    """A folder of coloured ``side``-px photographs, two classes: crops of scikit-learn's two sample images."""
     rng = np.random.default_rng(0)
     for name, image in zip(("china", "flower"), load_sample_images().images, strict=True):
-        folder = workdir / "photos" / name
-        folder.mkdir(parents=True)
-        for i in range(40):
-            top, left = rng.integers(0, image.shape[0] - 32), rng.integers(0, image.shape[1] - 32)
-            Image.fromarray(image[top:top + 32, left:left + 32]).save(folder / f"{i}.png")
-    return f"imagefolder:{workdir / 'photos'}"
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            top, left = rng.integers(0, image.shape[0] - side), rng.integers(0, image.shape[1] - side)
+            Image.fromarray(image[top:top + side, left:left + side]).save(folder / name / f"{i}.png")
+    return f"imagefolder:{folder}"
+
+
+@pytest.fixture
+def photos(workdir: Path) -> str:
+    """A small folder of coloured 32-px photographs, two classes."""
+    return _crops(workdir / "photos", 32, 40)
 
 
 def _run(capsys: pytest.CaptureFixture, *args: str) -> list[str]:
@@ -137,3 +143,27 @@ def test_no_start_leaves_out_the_derived_start_points(workdir: Path, capsys: pyt
     assert lines[0].startswith("space auto: derived from the data (8x8 px")
     assert "--no-start: the space's 1 start point(s) are not tried" in lines
     assert not [t for t in _study(workdir, "n").trials if t.user_attrs.get("origin") == "start"]
+
+
+@pytest.mark.parametrize("side,stride", [(32, 1), (100, 2), (224, 4)])
+def test_the_derived_networks_are_built_at_the_derived_stride_and_depths(side: int, stride: int) -> None:
+    facts = DataFacts(channels=3, height=side, width=side, classes=10, train_images=4000, blank_fraction=0.05)
+    space = derive_space(facts, Budget(240.0, None, 1, 1.5, "cpu")).space
+    shape = (3, side, side)
+    start = space.config_from_params(space.start[0])
+    assert start.stem_stride == stride and as_built(start, shape) == start  # built as derived: nothing clamped
+    for depth in space.params["depth"].options():
+        config = space.config_from_params({**space.start[0], "depth": depth})
+        assert as_built(config, shape) == config
+
+
+@pytest.mark.slow
+def test_run_on_larger_photos_says_it_strides_the_first_layer_and_why(workdir: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    lines = _run(capsys, "--study", "big", "--dataset", _crops(workdir / "big", 96, 12), "--timeout", "1")
+    decisions = _decisions(lines)
+    assert decisions[0].startswith("stages 2-4: 96-px images (48 px after the first layer) hold 4 halvings")
+    assert decisions[1] == ("first layer stride 2: 96-px images (65-128 px): a stride-2 first layer trains on a "
+                            "48-px map instead of the full image")
+    recorded = parse_space(_study(workdir, "big").user_attrs["space"], name="auto")
+    assert recorded.fixed["stem_stride"] == 2

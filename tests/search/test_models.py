@@ -15,8 +15,8 @@ from torch import nn
 import search
 from search.trial.errors import ModelError
 from search.trial.measure import activation_bytes, count_flops, count_params
-from search.trial.models import build_model
-from spaces import load_space
+from search.trial.models import as_built, build_model, space_fit_warning
+from spaces import load_space, parse_space
 from spaces.schema import DEFAULT_CONFIG, TrialConfig
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
@@ -123,6 +123,68 @@ def test_residual_with_several_convs_per_stage_trains():
     model = build_model(config, (1, 8, 8), 10)
     assert stage_convs(model) == [3, 2]
     assert sgd_step(model, (1, 8, 8), 10).shape == (2, 10)
+
+
+@pytest.mark.parametrize("stride,params", [(1, 112 + 296 + 8 * 16 * 16 * 10 + 10), (2, 112 + 296 + 8 * 8 * 8 * 10 + 10),
+                                           (4, 112 + 296 + 8 * 4 * 4 * 10 + 10)])
+def test_a_strided_stem_shrinks_the_image_before_the_first_stage(stride, params):
+    config = TrialConfig.from_dict({"width": 4, "depth": 2, "batch_norm": False, "head": "flatten",
+                                    "stem_stride": stride})
+    model = build_model(config, (3, 64, 64), 10)
+    assert model.notes == [] and as_built(config, (3, 64, 64)) == config
+    assert model.features(torch.zeros(2, 3, 64, 64)).shape == (2, 8, 16 // stride, 16 // stride)
+    assert count_params(model) == params  # the convs keep their weights; only the head reads a smaller map
+    if stride == 1:
+        return
+    # An odd side rounds up, as a padded strided conv does: 63 px at stride 2 is a 32-px map.
+    odd = build_model(config, (3, 63, 63), 10)
+    assert odd.features(torch.zeros(2, 3, 63, 63)).shape == model.features(torch.zeros(2, 3, 64, 64)).shape
+    assert sgd_step(odd, (3, 63, 63), 10).shape == (2, 10)
+
+
+def test_a_residual_first_stage_with_a_strided_stem_has_a_strided_projection_shortcut():
+    # Three channels in and out: an identity shortcut would fit the channels, but not the halved map.
+    config = TrialConfig.from_dict({"width": 3, "depth": 2, "residual": True, "stem_stride": 2, "head": "gap"})
+    model = build_model(config, (3, 32, 32), 10)
+    first, second = model.features
+    projection = first.shortcut[0]
+    assert isinstance(projection, nn.Conv2d) and (projection.kernel_size, projection.stride) == ((1, 1), (2, 2))
+    assert second.shortcut[0].stride == (1, 1)  # later stages do not stride
+    assert model.features(torch.zeros(2, 3, 32, 32)).shape == (2, 6, 4, 4)
+    assert sgd_step(model, (3, 32, 32), 10).shape == (2, 10)
+
+
+@pytest.mark.parametrize("shape,asked,built,small", [((1, 12, 12), 4, 2, "3x3"), ((1, 6, 6), 2, 1, "3x3")])
+def test_a_stem_stride_too_large_for_the_image_is_clamped_noted_and_recorded(shape, asked, built, small):
+    config = TrialConfig.from_dict({"width": 4, "depth": 3, "stem_stride": asked, "attention": "spatial"})
+    model = build_model(config, shape, 10)
+    side = f"{shape[1]}x{shape[2]}"
+    assert model.notes[0] == (f"stem_stride {asked} clamped to {built}: the {side} input would be {small} after it, "
+                              "and a stage needs at least 4x4 to halve")
+    recorded = as_built(config, shape)
+    assert recorded.stem_stride == built
+    rebuilt = build_model(recorded, shape, 10)  # what the trial records builds the network it trained
+    assert not any("stem_stride" in note for note in rebuilt.notes)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values(),
+                                                 strict=True))
+    assert sgd_step(model, shape, 10).shape == (2, 10)
+    # 13 px at stride 4 is a 4-px map: enough for one stage, so the stride is kept.
+    assert as_built(config, (1, 13, 13)).stem_stride == asked
+
+
+def test_depth_is_fitted_to_the_map_after_the_stem():
+    model = build_model(TrialConfig.from_dict({"width": 4, "depth": 8, "stem_stride": 4}), (3, 64, 64), 10)
+    assert len(model.features) == 3  # 16 px after the stem: 8, 4, 2
+    assert model.notes == ["depth 8 clamped to 3: the 64x64 input (16x16 after stem_stride 4) holds 3 "
+                           "downsampling stages"]
+
+
+def test_the_depth_warning_counts_the_stages_left_after_the_stem():
+    space = parse_space({"params": {"stem_stride": 4, "depth": {"type": "int", "low": 2, "high": 6}}}, name="s4")
+    assert space_fit_warning(space, (3, 128, 128)).startswith(
+        "space 's4' asks for depth up to 6, but the 128x128 input (32x32 after stem_stride 4) holds 4 downsampling "
+        "stages: deeper configs are built (and recorded) with depth 4")
+    assert space_fit_warning(parse_space({"params": {"depth": 6}}, name="s1"), (3, 128, 128)) is None  # stride 1: 6
 
 
 def test_stage_channels_grow_and_are_capped_at_512_with_a_note():

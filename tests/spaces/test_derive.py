@@ -76,3 +76,22 @@ def test_each_decision_is_one_short_line_after_the_facts_it_was_made_from() -> N
     assert [d.split(":")[0].split(" ")[0] for d in decisions] == [
         "stages", "first", "width", "dropout", "flips", "epochs", "trial", "1"]
     assert all("\n" not in d and len(d) < 160 for d in decisions)
+
+
+def photos(side: int) -> DataFacts:
+    return DataFacts(channels=3, height=side, width=side, classes=10, train_images=4000, blank_fraction=0.05)
+
+
+def test_larger_images_get_a_strided_first_layer_and_stages_counted_on_the_map_after_it() -> None:
+    for side, stride, stages, mapped in [(32, 1, (2, 4), 32), (64, 1, (2, 4), 64), (100, 2, (2, 4), 50),
+                                         (128, 2, (2, 4), 64), (224, 4, (2, 4), 56), (12, 1, (1, 2), 12)]:
+        derivation = derive_space(photos(side), BUDGET)
+        space = derivation.space
+        assert space.fixed["stem_stride"] == stride and "stem_stride" not in space.params  # fixed, not searched
+        assert _range(space, "depth") == stages
+        lines = [line.strip() for line in derivation.lines()]
+        first = next(line for line in lines if line.startswith("first layer"))
+        assert first.startswith(f"first layer stride {stride}: ")
+        if stride > 1:
+            assert f"{mapped}-px map" in first and f"({mapped} px after the first layer)" in lines[1]
+        assert space.config_from_params(space.start[0]).stem_stride == stride  # the start point (the timed network)

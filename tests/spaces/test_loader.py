@@ -228,6 +228,9 @@ BAD_SPACES = {
     "input_size_of_the_custom_family": ("params:\n  input_size: 64\n",
                                         ["param 'input_size'", "model 'cnn' is built for the data's size",
                                          "pick a backbone"]),
+    "stem_stride_of_a_backbone": ("params:\n  model: resnet18\n  stem_stride: 2\n",
+                                  ["param 'stem_stride'", "stem_stride=2 has no effect",
+                                   "model 'resnet18' has its own first layer", "give model: cnn"]),
     "pretrained_without_weights_for_any_model": (
         "params:\n  pretrained: true\n  model: {type: categorical, choices: [cnn, lenet5]}\n",
         ["param 'pretrained'", "pretrained=True cannot be used", "no published pretrained weights",
@@ -294,6 +297,7 @@ def test_an_alias_bomb_is_refused_before_it_expands(tmp_path, where):
     "params:\n  freeze: {type: categorical, choices: [none, body]}\n  unfreeze_epoch: {type: int, low: 2, high: 3}\n",
     "params:\n  freeze: body\n  unfreeze_epoch: {type: int, low: 2, high: 6}\n  epochs: 4\n",
     "params:\n  pretrained: true\n  model: {type: categorical, choices: [lenet5, resnet18]}\n",
+    "params:\n  stem_stride: 4\n  model: {type: categorical, choices: [cnn, resnet18]}\n",
     # A `when` keeps the key to the trials where it acts.
     "params:\n  freeze: {type: categorical, choices: [none, body]}\n"
     "  unfreeze_epoch: {type: int, low: 2, high: 3, when: {freeze: body}}\n",
@@ -304,8 +308,8 @@ def test_a_combination_that_only_some_trials_hold_is_accepted(tmp_path, text):
     load_space(write(tmp_path, text), strict="freeze_stages: 2" not in text)
 
 
-def test_a_builders_space_may_set_input_size_and_pretrained_its_builder_reads_them(tmp_path):
+def test_a_builders_space_may_set_input_size_pretrained_and_stem_stride_its_builder_reads_them(tmp_path):
     (tmp_path / "nets.py").write_text("def build(config, input_shape, num_classes):\n    return None\n")
     space = load_space(write(tmp_path, 'model: {builder: "nets.py:build"}\nparams:\n  input_size: 64\n'
-                                      "  pretrained: true\n"))
-    assert space.fixed == {"input_size": 64, "pretrained": True}
+                                      "  pretrained: true\n  stem_stride: 2\n"))
+    assert space.fixed == {"input_size": 64, "pretrained": True, "stem_stride": 2}
