@@ -6,6 +6,7 @@ these machines are shared, so a timing assert would fail for reasons unrelated t
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,7 +103,9 @@ def test_time_to_accuracy_quick_runs_every_side_and_prints_its_tables():
     assert "digits: best val at 15 s against the reference, the best of cnn-bn-adam, resnet-sgd" in out
     reference = [line for line in out.splitlines() if line.startswith("| reference ")]
     assert len(reference) == 1 and "picked: " in reference[0] and "picked: none" not in reference[0], out
-    assert "digits cnnsearch at 15 s " in out and " vs reference 0." in out
+    # The verdict (or, when no cnnsearch trial finished in the 15 s of a loaded machine, why there is none).
+    assert re.search(r"digits (cnnsearch at 15 s [01]\.\d{3} vs reference [01]\.\d{3} \(within 0\.02: (met|NOT met by "
+                     r"0\.\d{3})\)|reference at 15 s: no figure on one side)", out), out
 
 
 def test_time_to_accuracy_tables_show_medians_spreads_and_a_target_never_reached(capsys):
