@@ -130,6 +130,15 @@ def test_time_to_accuracy_tables_show_medians_spreads_and_a_target_never_reached
     assert ray[0][:3] == ["-", "-", "-"] and ray[1][:3] == [">60", "0/3", "-"]
 
 
+def test_time_to_accuracy_parity_is_reached_by_the_same_share_of_val_images_computed_exactly():
+    from benchmarks.time_to_accuracy import Run, seconds_to
+
+    # 492/500 as a float32 mean (0.984000027) is the same score as 492/500 computed exactly (0.984).
+    run = Run("cnnsearch", "mnist5k", 0, 0, events=[{"t": 10.0, "value": 0.98}, {"t": 30.0, "value": 492 / 500}])
+    assert seconds_to(run, 0.984000027179718) == 30.0
+    assert seconds_to(run, 0.986) is None
+
+
 def test_time_to_accuracy_says_by_how_much_the_search_misses_the_reference(capsys):
     from benchmarks.time_to_accuracy import REFERENCE, SIDES, Run, report
 

@@ -96,7 +96,7 @@ def fit(params: dict[str, Any], seed: int, train: TensorDataset, eval_x: torch.T
             opt.step()
         model.eval()
         with torch.no_grad():
-            acc = (model(eval_x).argmax(1) == eval_y).float().mean().item()
+            acc = (model(eval_x).argmax(1) == eval_y).sum().item() / len(eval_y)  # exact, as cnnsearch's
         if report is not None:
             report(epoch, acc)
     return acc
