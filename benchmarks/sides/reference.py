@@ -81,13 +81,14 @@ def config_for(network: str, seed: int, epochs: int, input_shape: tuple[int, ...
 
 def main() -> None:
     a = args()
+    from benchmarks.sides.handwritten import SPLIT_SEED
     from search.trial.data import make_split, prepare_data
     from search.trial.datasets import load_dataset
     from search.trial.train import train
     from spaces.schema import TrialConfig
 
     images = load_dataset(a.dataset, image_size=a.image_size)
-    split = make_split(images.labels, seed=0, parts=images.parts)  # cnnsearch's default split, as every side
+    split = make_split(images.labels, seed=SPLIT_SEED, parts=images.parts)  # the split every side uses
     shape = tuple(images.images.shape[1:])
     data = prepare_data(images, split, "cpu")
     started = time.time()
