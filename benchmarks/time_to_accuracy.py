@@ -421,14 +421,21 @@ def main(argv: list[str] | None = None) -> int:
                     run.test_accuracy = test_accuracy(run, sources[name], workdir, test_data)
                     runs.append(run)
                     print(progress_line(run), flush=True)
-    if args.save:
-        Path(args.save).write_text(json.dumps({"budget": args.budget, "threads": args.threads, "datasets": datasets,
-                                               "runs": [r.__dict__ for r in runs]}), encoding="utf-8")
+                    if args.save:  # after every run: a run cut off after hours keeps what it measured
+                        save(Path(args.save), args.budget, args.threads, datasets, runs)
     print(f"\n{args.seeds} seed(s) x {args.budget:g} s per side, {args.threads} core(s) and torch threads per side, "
           f"sides in rotating order; {time.time() - started:.0f} s in all")
     print(machine_line() + f"; 1-min load average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     print("\n" + result_line("time_to_accuracy", report(runs, datasets, args.budget)))
     return 0
+
+
+def save(path: Path, budget: float, threads: int, datasets: list[str], runs: list[Run]) -> None:
+    """Write ``runs`` for ``--merge``: to a temporary name, then renamed, so the file is never half-written."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"budget": budget, "threads": threads, "datasets": datasets,
+                                   "runs": [r.__dict__ for r in runs]}), encoding="utf-8")
+    os.replace(partial, path)
 
 
 def merge(parser: argparse.ArgumentParser, files: list[str]) -> int:

@@ -90,8 +90,9 @@ def test_run_all_refuses_an_unknown_benchmark_name():
     assert "nope" in done.stderr and "train_throughput" in done.stderr
 
 
-def test_time_to_accuracy_quick_runs_every_side_and_prints_its_tables():
-    out = run_script("time_to_accuracy", "--quick")
+def test_time_to_accuracy_quick_runs_every_side_and_prints_its_tables(tmp_path):
+    saved = tmp_path / "quick.json"
+    out = run_script("time_to_accuracy", "--quick", "--save", str(saved))
     for side in ("cnnsearch", "cnnsearch --no-start", "optuna-script", "ray-tune"):
         rows = [line for line in out.splitlines() if line.startswith("| ") and line.split("|")[1].strip() == side]
         assert len(rows) == 3, out  # the anytime table, the parity/test table and the reference's
@@ -106,6 +107,11 @@ def test_time_to_accuracy_quick_runs_every_side_and_prints_its_tables():
     # The verdict (or, when no cnnsearch trial finished in the 15 s of a loaded machine, why there is none).
     assert re.search(r"digits (cnnsearch at 15 s [01]\.\d{3} vs reference [01]\.\d{3} \(within 0\.02: (met|NOT met by "
                      r"0\.\d{3})\)|reference at 15 s: no figure on one side)", out), out
+    # The saved runs print the same tables again (--merge), and no temporary file is left beside them.
+    merged = run_script("time_to_accuracy", "--merge", str(saved))
+    tables = "digits: best val accuracy at each time"
+    assert merged[merged.index(tables):] == out[out.index(tables):], merged
+    assert [p.name for p in tmp_path.iterdir()] == ["quick.json"]
 
 
 def test_time_to_accuracy_tables_show_medians_spreads_and_a_target_never_reached(capsys):
