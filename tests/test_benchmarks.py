@@ -195,3 +195,13 @@ def test_transfer_compares_fine_tuning_with_scratch_on_a_disjoint_target():
     out = run_script("transfer", "--smoke")
     assert "| seed" in out and "fine-tuned test acc" in out and "| median" in out
     assert "RESULT transfer: fine-tuned" in out and "vs scratch" in out
+
+
+def test_the_reference_trains_as_many_epochs_as_fill_its_time_and_a_config_accepts():
+    from benchmarks.sides.reference import FILL, epochs_for
+    from spaces.schema import TrialConfig
+
+    assert epochs_for(2.0, 100.0) == int(FILL * 50)
+    assert epochs_for(200.0, 100.0) == 1  # a network slower than the time left still trains an epoch
+    most = epochs_for(0.1, 180.0)  # digits: 0.1 s an epoch would ask for 1,440
+    assert most < FILL * 1800 and TrialConfig.from_dict({"epochs": most}, where="test").epochs == most
