@@ -188,6 +188,11 @@ def run_reference(source: DataSource, seed: int, order: int, seconds: float, thr
         run.wall += one.wall
     # Every network appended to one events file; the last read holds them all.
     run.events, run.threads = one.events, one.threads
+    for network in sorted(set(NETWORKS) - {e["network"] for e in run.events}):
+        # Said, not only left out of the table: a network that failed would otherwise look merely slow.
+        lines = (workdir / f"{_slug(f'{REFERENCE}:{network}')}-{source.name}-{seed}.log").read_text().splitlines()
+        print(f"{source.name} seed {seed} reference {network}: no result within {seconds:g} s"
+              f"{'; its last line: ' + lines[-1] if lines else ''}", flush=True)
     return run
 
 

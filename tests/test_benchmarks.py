@@ -195,3 +195,29 @@ def test_transfer_compares_fine_tuning_with_scratch_on_a_disjoint_target():
     out = run_script("transfer", "--smoke")
     assert "| seed" in out and "fine-tuned test acc" in out and "| median" in out
     assert "RESULT transfer: fine-tuned" in out and "vs scratch" in out
+
+
+def test_the_reference_trains_as_many_epochs_as_fill_its_time_and_a_config_accepts():
+    from benchmarks.sides.reference import FILL, epochs_for
+    from spaces.schema import TrialConfig
+
+    assert epochs_for(2.0, 100.0) == int(FILL * 50)
+    assert epochs_for(200.0, 100.0) == 1  # a network slower than the time left still trains an epoch
+    most = epochs_for(0.1, 180.0)  # digits: 0.1 s an epoch would ask for 1,440
+    assert most < FILL * 1800 and TrialConfig.from_dict({"epochs": most}, where="test").epochs == most
+
+
+def test_a_reference_network_without_a_result_is_named_with_its_last_log_line(tmp_path, monkeypatch, capsys):
+    from benchmarks import time_to_accuracy as tta
+
+    def run_side(side, source, seed, order, seconds, threads, workdir):
+        network = side.split(":", 1)[1]
+        (workdir / f"{tta._slug(side)}-{source.name}-{seed}.log").write_text(f"{network}: started\nSpaceError: boom\n")
+        events = [{"t": 1.0, "value": 0.9, "network": n} for n in ("resnet-sgd", "wide-onecycle")]
+        return tta.Run(side, source.name, seed, order, wall=1.0, events=events, threads=[1])
+
+    monkeypatch.setattr(tta, "run_side", run_side)
+    run = tta.run_reference(tta.DataSource("digits", "digits"), 3, 0, 180.0, 1, tmp_path)
+    assert len(run.events) == 2
+    assert capsys.readouterr().out == ("digits seed 3 reference cnn-bn-adam: no result within 180 s; "
+                                       "its last line: SpaceError: boom\n")
