@@ -26,8 +26,10 @@ from tests.support.cli import CLI, clean_env
 from tests.support.workers import FAST_HEARTBEAT, load, make_study
 
 # Every value fixed: a second study runs the same config with the same seed (trial 0's), uninterrupted.
+# Batches of 4: epochs long enough (about 4x those of batch 16) that the poll, which loads the study, sees the
+# victim's epoch-5 checkpoint before its trial ends (with 16, a quiet machine once trained all 10 in between).
 TEN_EPOCHS = {"params": {"lr": {"type": "categorical", "choices": [0.01]}, "epochs": 10, "width": 8, "depth": 1,
-                         "batch_size": 16, "dropout": 0.1, "aug_flip": True}}
+                         "batch_size": 4, "dropout": 0.1, "aug_flip": True}}
 TWO_EPOCHS = {"params": {"lr": {"type": "categorical", "choices": [0.01]}, "epochs": 2, "width": 4, "depth": 1,
                          "batch_size": 128}}
 
