@@ -150,7 +150,7 @@ def run_side(side: str, source: DataSource, seed: int, order: int, budget: float
     cores = sorted(os.sched_getaffinity(0))[:threads]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray: loopback only
-    log = open(workdir / f"{_slug(side)}-{source.name}-{seed}.log", "w", encoding="utf-8")  # noqa: SIM115
+    log = open(_log_file(side, source, seed, workdir), "w", encoding="utf-8")  # noqa: SIM115
     t0 = time.time()  # the budget counts from here: process start, imports and data loading included
     proc = subprocess.Popen(command(side, source, seed, budget, t0, workdir), cwd=workdir, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -190,7 +190,7 @@ def run_reference(source: DataSource, seed: int, order: int, seconds: float, thr
     run.events, run.threads = one.events, one.threads
     for network in sorted(set(NETWORKS) - {e["network"] for e in run.events}):
         # Said, not only left out of the table: a network that failed would otherwise look merely slow.
-        lines = (workdir / f"{_slug(f'{REFERENCE}:{network}')}-{source.name}-{seed}.log").read_text().splitlines()
+        lines = _log_file(f"{REFERENCE}:{network}", source, seed, workdir).read_text().splitlines()
         print(f"{source.name} seed {seed} reference {network}: no result within {seconds:g} s"
               f"{'; its last line: ' + lines[-1] if lines else ''}", flush=True)
     return run
@@ -224,6 +224,11 @@ def _db_file(side: str, source: DataSource, seed: int, workdir: Path) -> Path:
 
 def _events_file(side: str, source: DataSource, seed: int, workdir: Path) -> Path:
     return workdir / f"{_slug(side)}-{source.name}-{seed}.jsonl"
+
+
+def _log_file(side: str, source: DataSource, seed: int, workdir: Path) -> Path:
+    """Where ``side``'s process writes its output (stdout and stderr)."""
+    return workdir / f"{_slug(side)}-{source.name}-{seed}.log"
 
 
 def _slug(side: str) -> str:

@@ -212,7 +212,7 @@ def test_a_reference_network_without_a_result_is_named_with_its_last_log_line(tm
 
     def run_side(side, source, seed, order, seconds, threads, workdir):
         network = side.split(":", 1)[1]
-        (workdir / f"{tta._slug(side)}-{source.name}-{seed}.log").write_text(f"{network}: started\nSpaceError: boom\n")
+        tta._log_file(side, source, seed, workdir).write_text(f"{network}: started\nSpaceError: boom\n")
         events = [{"t": 1.0, "value": 0.9, "network": n} for n in ("resnet-sgd", "wide-onecycle")]
         return tta.Run(side, source.name, seed, order, wall=1.0, events=events, threads=[1])
 
