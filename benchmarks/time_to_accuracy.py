@@ -103,6 +103,8 @@ class Run:
     threads: list[int] = field(default_factory=list)
     test_accuracy: float | None = None
     wall: float = 0.0
+    batch: int = 0
+    """Which ``--merge`` file the run came from: seed 0 of two files are two seeds."""
 
 
 def small_train_folder(folder: Path) -> DataSource:
@@ -320,7 +322,8 @@ def report(runs: list[Run], datasets: list[str], budget: float) -> str:
     columns = [t for t in ANYTIME if t < budget] + [budget]
     headline = []
     for name in datasets:
-        mine = {side: [r for r in runs if r.dataset == name and r.side == side] for side in SIDES}
+        runs_here = complete_seeds([r for r in runs if r.dataset == name], name)
+        mine = {side: [r for r in runs_here if r.side == side] for side in SIDES}
         seeds = len(mine[SIDES[0]])
         script_final = [best_at(r, budget) for r in mine[BASELINE]]
         target = statistics.median([v for v in script_final if v is not None]) if any(script_final) else None
@@ -343,11 +346,25 @@ def report(runs: list[Run], datasets: list[str], budget: float) -> str:
         tests = {side: [r.test_accuracy for r in rs] for side, rs in mine.items()}
         line = f"{name} test acc of the pick " + ", ".join(
             f"{side} {spread(v).split(' ')[0]}" for side, v in tests.items())
-        references = [r for r in runs if r.dataset == name and r.side == REFERENCE]
+        references = [r for r in runs_here if r.side == REFERENCE]
         if references:
             line += "; " + reference_table(name, mine, references, min(REFERENCE_SECONDS, budget))
         headline.append(line)
     return "; ".join(headline)
+
+
+def complete_seeds(runs: list[Run], name: str) -> list[Run]:
+    """The runs of the seeds every side ran (the reference too, where it ran at all), so that each table's
+    medians compare the same seeds; the seeds left out (a run cut off part-way) are said."""
+    sides = (*SIDES, REFERENCE) if any(r.side == REFERENCE for r in runs) else SIDES
+    ran: dict[tuple[int, int], set[str]] = {}
+    for r in runs:
+        ran.setdefault((r.batch, r.seed), set()).add(r.side)
+    partial = {key: sorted(ran[key]) for key in ran if not set(sides) <= ran[key]}
+    for (batch, seed), present in sorted(partial.items()):
+        where = f" of file {batch + 1}" if any(b for b, _ in ran) else ""
+        print(f"\n{name}: seed {seed}{where} left out of the tables: only {', '.join(present)} ran it (cut off?)")
+    return [r for r in runs if (r.batch, r.seed) not in partial]
 
 
 def reference_table(name: str, mine: dict[str, list[Run]], references: list[Run], seconds: float) -> str:
@@ -455,7 +472,7 @@ def merge(parser: argparse.ArgumentParser, files: list[str]) -> int:
     if len(budgets) != 1:
         parser.error(f"--merge: the files were run with different budgets ({', '.join(map(str, budgets))} s); "
                      "their tables would not compare")
-    runs = [Run(**r) for s in saved for r in s["runs"]]
+    runs = [Run(**{**r, "batch": batch}) for batch, s in enumerate(saved) for r in s["runs"]]
     datasets = list(dict.fromkeys(d for s in saved for d in s["datasets"]))
     print(f"merged from {', '.join(files)}: {budgets.pop():g} s per side")
     print("\n" + result_line("time_to_accuracy", report(runs, datasets, saved[0]["budget"])))

@@ -136,6 +136,19 @@ def test_time_to_accuracy_tables_show_medians_spreads_and_a_target_never_reached
     assert ray[0][:3] == ["-", "-", "-"] and ray[1][:3] == [">60", "0/3", "-"]
 
 
+def test_time_to_accuracy_tables_compare_only_the_seeds_every_side_ran(capsys):
+    from benchmarks.time_to_accuracy import REFERENCE, SIDES, Run, report
+
+    # Seed 1 was cut off after two sides (a --save file of a run stopped part-way): its runs would make
+    # those two sides' medians cover other seeds than the rest's.
+    runs = [Run(side, "digits", 0, 0, events=[{"t": 10.0, "value": 0.9}]) for side in (*SIDES, REFERENCE)]
+    runs += [Run(side, "digits", 1, 0, events=[{"t": 10.0, "value": 0.5}]) for side in SIDES[:2]]
+    report(runs, ["digits"], 60.0)
+    out = capsys.readouterr().out
+    assert "digits: seed 1 left out of the tables: only cnnsearch, cnnsearch --no-start ran it (cut off?)" in out
+    assert "median over 1 seeds" in out and "0.500" not in out
+
+
 def test_time_to_accuracy_parity_is_reached_by_the_same_share_of_val_images_computed_exactly():
     from benchmarks.time_to_accuracy import Run, seconds_to
 
