@@ -354,13 +354,14 @@ def report(runs: list[Run], datasets: list[str], budget: float) -> str:
 
 
 def complete_seeds(runs: list[Run], name: str) -> list[Run]:
-    """The runs of the seeds every side ran (the reference too, where it ran at all), so that each table's
-    medians compare the same seeds; the seeds left out (a run cut off part-way) are said."""
-    sides = (*SIDES, REFERENCE) if any(r.side == REFERENCE for r in runs) else SIDES
+    """The runs of the seeds every side ran (the reference too, in a file where it ran at all), so that each
+    table's medians compare the same seeds; the seeds left out (a run cut off part-way) are said."""
+    with_reference = {r.batch for r in runs if r.side == REFERENCE}  # a --no-reference file asks no reference
     ran: dict[tuple[int, int], set[str]] = {}
     for r in runs:
         ran.setdefault((r.batch, r.seed), set()).add(r.side)
-    partial = {key: sorted(ran[key]) for key in ran if not set(sides) <= ran[key]}
+    partial = {(batch, seed): sorted(present) for (batch, seed), present in ran.items()
+               if not {*SIDES, *([REFERENCE] if batch in with_reference else [])} <= present}
     for (batch, seed), present in sorted(partial.items()):
         where = f" of file {batch + 1}" if any(b for b, _ in ran) else ""
         print(f"\n{name}: seed {seed}{where} left out of the tables: only {', '.join(present)} ran it (cut off?)")

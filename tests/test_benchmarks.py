@@ -147,6 +147,11 @@ def test_time_to_accuracy_tables_compare_only_the_seeds_every_side_ran(capsys):
     out = capsys.readouterr().out
     assert "digits: seed 1 left out of the tables: only cnnsearch, cnnsearch --no-start ran it (cut off?)" in out
     assert "median over 1 seeds" in out and "0.500" not in out
+    # A second file run with --no-reference (merged: batch 1) has complete seeds without the reference.
+    runs += [Run(side, "digits", 0, 0, events=[{"t": 10.0, "value": 0.8}], batch=1) for side in SIDES]
+    report(runs, ["digits"], 60.0)
+    out = capsys.readouterr().out
+    assert "median over 2 seeds" in out and "seed 1 of file 1 left out" in out and "seed 0 of file 2" not in out
 
 
 def test_time_to_accuracy_parity_is_reached_by_the_same_share_of_val_images_computed_exactly():
