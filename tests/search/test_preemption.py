@@ -100,7 +100,13 @@ def test_a_stop_while_the_trial_is_claimed_hands_it_back(workdir: Path, monkeypa
         return claim(*args)
 
     monkeypatch.setattr(search.study.worker, "claim_waiting_trial", ctrl_c_while_claiming)
-    with pytest.raises(KeyboardInterrupt), stop_on_signals():
-        worker_loop(url, "w", WorkerSettings(device="cpu"))
+    # Ctrl-C as an interactive session gets it: pytest started in the background of a non-interactive shell
+    # (nohup ... &) inherits SIGINT ignored, which stop_on_signals rightly keeps ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), stop_on_signals():
+            worker_loop(url, "w", WorkerSettings(device="cpu"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     (trial,) = trials_of(url, "w")
     assert trial.state == TrialState.WAITING  # not left RUNNING for ever, not FAIL: nothing was trained
