@@ -316,7 +316,9 @@ def test_sigterm_to_a_ray_run_hands_back_the_trials_of_its_tasks(workdir: Path) 
     run = subprocess.Popen([*CLI, "run", "--study", "rt", "--dataset", "digits", "--space", "slow.yaml", "--pruner",
                             "none", "--sampler", "random", "--trials", "4", "--no-progress", "--backend", "ray",
                             "--workers", "2"], cwd=workdir, env=env, text=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           # as `nohup cnnsearch run ... &` starts it: SIGINT ignored, which Ray's tasks inherit
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     training: list[int] = []
     try:
         def both_training() -> bool:
