@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,7 +258,7 @@ def _ray_worker(storage_url: str, study_name: str, index: int, device: str, thre
                               timeout=timeout[0], started_at=timeout[1], data_dir=data_dir, attrs=attrs,
                               requeue_interrupt=lambda: ray.get(order.requeue.remote(), timeout=ORDER_TIMEOUT_SECONDS))
     name = f"ray task {index}"
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
         # A run started in the background (nohup ... &) passes SIGINT ignored down to Ray's workers, and a
         # Ray cancel is a SIGINT: ignored, a stopped run's tasks trained on instead of handing their trials
         # back. No Ctrl-C of a person reaches a task (the cluster runs in a session of its own).
