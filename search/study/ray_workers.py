@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,12 +256,9 @@ def _ray_worker(storage_url: str, study_name: str, index: int, device: str, thre
                               timeout=timeout[0], started_at=timeout[1], data_dir=data_dir, attrs=attrs,
                               requeue_interrupt=lambda: ray.get(order.requeue.remote(), timeout=ORDER_TIMEOUT_SECONDS))
     name = f"ray task {index}"
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
-        # A run started in the background (nohup ... &) passes SIGINT ignored down to Ray's workers, and a
-        # Ray cancel is a SIGINT: ignored, a stopped run's tasks trained on instead of handing their trials
-        # back. No Ctrl-C of a person reaches a task (the cluster runs in a session of its own).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    with stop_on_signals():  # held while a trial is claimed, like in every other worker
+    # Held while a trial is claimed, like in every other worker; a Ray cancel (SIGINT) stops it even where the
+    # run was started with SIGINT ignored (else a stopped run's tasks trained on instead of handing trials back).
+    with stop_on_signals(sigint_cancels=True):
         try:
             return worker_summary(storage_url, study_name, settings, name)
         except (KeyboardInterrupt, WorkerStopped):  # the worker loop ended its trial first

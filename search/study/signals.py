@@ -62,18 +62,19 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def stop_on_signals(on_interrupt: str = "fail") -> Iterator[None]:
+def stop_on_signals(on_interrupt: str = "fail", sigint_cancels: bool = False) -> Iterator[None]:
     """Within the block SIGTERM raises :class:`WorkerStopped`, and so does SIGINT with ``on_interrupt``
     ``requeue`` (else KeyboardInterrupt); the previous handlers are back after it.
 
     Only the first stop is raised (or held within :func:`stops_held`); later ones are ignored. A
     SIGINT ignored by this process (started in the background by a non-interactive shell) stays
-    ignored. Only the main thread can install
+    ignored, unless ``sigint_cancels``: in a Ray task SIGINT is Ray's cancel, never a person's Ctrl-C,
+    and a run started with ``nohup ... &`` passes SIGINT ignored down to Ray's workers. Only the main thread can install
     handlers: elsewhere (a worker loop run from a thread) the block runs with the process's
     handlers as they are.
     """
     handlers: dict[int, Callable[[int, object], None]] = {signal.SIGTERM: _hand_back}
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    if sigint_cancels or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         handlers[signal.SIGINT] = _hand_back if on_interrupt == "requeue" else _interrupt
     previous = {}
     try:
