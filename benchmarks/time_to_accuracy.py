@@ -195,6 +195,9 @@ def run_reference(source: DataSource, seed: int, order: int, seconds: float, thr
         lines = _log_file(f"{REFERENCE}:{network}", source, seed, workdir).read_text().splitlines()
         print(f"{source.name} seed {seed} reference {network}: no result within {seconds:g} s"
               f"{'; its last line: ' + lines[-1] if lines else ''}", flush=True)
+    for event in run.events:
+        if "cut" in event:  # stopped before its planned epochs: its figure is from a schedule not run out
+            print(f"{source.name} seed {seed} reference {event['network']}: {event['cut']}", flush=True)
     return run
 
 

@@ -239,3 +239,34 @@ def test_a_reference_network_without_a_result_is_named_with_its_last_log_line(tm
     assert len(run.events) == 2
     assert capsys.readouterr().out == ("digits seed 3 reference cnn-bn-adam: no result within 180 s; "
                                        "its last line: SpaceError: boom\n")
+
+
+def test_a_reference_network_that_runs_slower_than_timed_stops_at_its_last_epoch_before_the_budget():
+    from benchmarks.sides.reference import MARGIN, Clock, OutOfTime
+
+    now = [100.0]
+    clock = Clock(end=180.0, started=100.0, epochs=8, now=lambda: now[0])
+    for epoch in range(1, 4):  # 20 s an epoch, not the 8 s the timed epoch took: 160 s would be needed
+        now[0] += 20.0
+        if epoch < 3:
+            clock(epoch, {"val_accuracy": 0.5 + epoch / 10})
+    with pytest.raises(OutOfTime):  # epoch 3 ends at 160; a fourth would end at 180 > 180 - MARGIN
+        clock(3, {"val_accuracy": 0.8})
+    assert (clock.epoch, clock.value, clock.at) == (3, 0.8, 160.0) and 140.0 + 20.0 <= 180.0 - MARGIN
+    last = Clock(end=200.0, started=100.0, epochs=3, now=lambda: 195.0)
+    last(3, {"val_accuracy": 0.9})  # the planned last epoch: nothing is left to stop
+    assert last.value == 0.9
+
+
+def test_a_cut_reference_network_is_said_with_its_epochs(tmp_path, monkeypatch, capsys):
+    from benchmarks import time_to_accuracy as tta
+
+    def run_side(side, source, seed, order, seconds, threads, workdir):
+        events = [{"t": 170.0, "value": 0.95, "network": "cnn-bn-adam", "cut": "cut after epoch 90 of 114 at 170 s"},
+                  *({"t": 1.0, "value": 0.9, "network": n} for n in ("resnet-sgd", "wide-onecycle"))]
+        return tta.Run(side, source.name, seed, order, wall=1.0, events=events, threads=[1])
+
+    monkeypatch.setattr(tta, "run_side", run_side)
+    run = tta.run_reference(tta.DataSource("digits", "digits"), 1, 0, 180.0, 1, tmp_path)
+    assert max(e["value"] for e in run.events) == 0.95  # it counts, with what it reached in the time
+    assert capsys.readouterr().out == "digits seed 1 reference cnn-bn-adam: cut after epoch 90 of 114 at 170 s\n"
