@@ -116,7 +116,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
         progress = _Progress()
         report = _Reporter(trial, spec, progress, prune=origin is None, last_epoch=config.epochs,
-                           reported=set(before.intermediate_values))
+                           reported=set(before.intermediate_values), chance=largest_class_share(data.val_y))
         scores = spec.scores()
         if data.folds:  # K trainings per trial: no resume checkpoints (a retry trains every fold again)
             model, metrics = _cross_validate(trial, config, data, device, report, progress, deadline, scores, stop)
@@ -175,6 +175,15 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, message: str) -
     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
+AT_CHANCE_EPOCHS = 3
+"""Epochs in a row at or under the largest class's share of val that prune a trial (:class:`_Reporter`)."""
+
+
+def largest_class_share(labels: torch.Tensor) -> float:
+    """The share of ``labels`` in their most common class: the val accuracy of a model that answers it always."""
+    return torch.bincount(labels.flatten().long()).max().item() / max(1, labels.numel()) if labels.numel() else 0.0
+
+
 @dataclass
 class _Progress:
     """How far a trial's training got: what a trial that stops early still spent."""
@@ -204,16 +213,18 @@ class _Reporter:
     """
 
     def __init__(self, trial: optuna.Trial, spec: StudySpec, progress: _Progress, *, prune: bool,
-                 last_epoch: int, reported: set[int]) -> None:
+                 last_epoch: int, reported: set[int], chance: float = 0.0) -> None:
         self.trial, self.spec, self.progress = trial, spec, progress
-        self.prune, self.last_epoch = prune, last_epoch
+        self.prune, self.last_epoch, self.chance = prune, last_epoch, chance
         self.objective = spec.objective_list[0]
         self.single = len(spec.objectives) == 1 and self.objective.per_epoch
         self.reported = reported
         self.curve: list[float] = []
+        self.accuracy: list[float] = []
 
     def __call__(self, epoch: int, values: dict[str, float]) -> None:
         self.progress.epochs = epoch
+        self.accuracy.append(values["val_accuracy"])
         if not self.single:
             self.curve.append(values["val_accuracy"])
             self.trial.set_user_attr(LIVE_CURVE, list(self.curve))
@@ -224,10 +235,33 @@ class _Reporter:
             if self.prune and epoch < self.last_epoch and self.trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by {self.spec.pruner} at epoch {epoch} "
                                          f"({self.objective.metric} {value:.4f})")
+        self._prune_at_chance(epoch)  # after the report: the pruned trial's curve has the epoch
+
+    def _prune_at_chance(self, epoch: int) -> None:
+        """Prune a trial no better than always answering the largest class of val: its val accuracy at
+        most that class's share (``chance``) at each of the last :data:`AT_CHANCE_EPOCHS` epochs, before
+        its last epoch.
+
+        Hyperband prunes such a trial only against others at the same rung, and a study's first trials
+        (or a bracket's) have none: a diverged first trial ran to its end at 0.100 in the mnist5k and
+        mnist5k-1k benchmarks (BENCHMARKS.md). Optuna's ThresholdPruner would need the threshold at
+        study creation, before the data is loaded, and looks at one epoch: a dead model's accuracy
+        stays at a class's share (it may switch between classes), a slow start leaves it within a few
+        epochs. Only where the study prunes at all (``--pruner`` not ``none``, one objective measured
+        per epoch), and never a start point.
+        """
+        last = self.accuracy[-AT_CHANCE_EPOCHS:]
+        if (not self.prune or not self.single or self.spec.pruner == "none" or epoch >= self.last_epoch
+                or len(last) < AT_CHANCE_EPOCHS or max(last) > self.chance + 1e-9):
+            return
+        raise optuna.TrialPruned(f"pruned at chance at epoch {epoch}: val accuracy at most {max(last):.4f} in each "
+                                 f"of the last {AT_CHANCE_EPOCHS} epochs, no better than always answering the "
+                                 f"largest class ({self.chance:.4f} of val)")
 
     def resumed(self, epoch: int, step: int, curves: dict[str, list[float]]) -> None:
         """Training continues after ``epoch`` (``step`` batches into the next); ``curves`` of the epochs done."""
         self.progress.epochs = epoch
+        self.accuracy = list(curves["val_accuracy"][:epoch])
         where = f"epoch {epoch}" + (f", step {step} of epoch {epoch + 1}" if step else "")
         self.trial.set_user_attr(RESUMED_FROM_EPOCH, epoch)
         self.trial.set_user_attr(RESUME_NOTE, f"resumed from the checkpoint after {where}")

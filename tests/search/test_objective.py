@@ -138,3 +138,40 @@ def test_a_model_too_big_for_the_workers_memory_is_refused_before_training(digit
     assert big.intermediate_values == {} and "train_seconds" not in big.user_attrs, "refused before training"
     message = big.user_attrs["fail_message"]
     assert "20.0 MB available" in message and "needs about" in message, message
+
+
+
+DEAD = {"lr": 0.1, "optimizer": "adam", "batch_norm": False, "loss": "focal", "label_smoothing": 0.15, "depth": 2,
+        "width": 16, "growth": 1.0, "kernel": 5, "head": "gap", "dropout": 0.3, "batch_size": 32}
+"""A config whose model dies on digits (Adam at lr 0.1 without batch norm): val accuracy at a class's share."""
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_trial_no_better_than_answering_the_largest_class_for_three_epochs_is_pruned(digits, seed) -> None:
+    from search.study.objective import largest_class_share
+
+    chance = largest_class_share(digits.val_y)
+    assert 0.1 < chance < 0.11  # digits' val: 18 or 19 images of each of 10 classes
+    spec = StudySpec(space=parse_space({"params": {**DEAD, "epochs": 6, "seed": seed}}, source="test"),
+                     dataset="digits")
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.HyperbandPruner(max_resource=6))
+    (trial,) = _run_enqueued(study, spec, digits, [{}])
+    assert (trial.state, trial.user_attrs["fail_reason"]) == (TrialState.PRUNED, "pruned")
+    assert list(trial.intermediate_values) == [1, 2, 3], trial.user_attrs["fail_message"]
+    assert max(trial.intermediate_values.values()) <= chance
+    assert trial.user_attrs["fail_message"] == (
+        f"pruned at chance at epoch 3: val accuracy at most {max(trial.intermediate_values.values()):.4f} in each "
+        f"of the last 3 epochs, no better than always answering the largest class ({chance:.4f} of val)")
+
+
+@pytest.mark.parametrize("how", ["no pruner", "start point"])
+def test_a_trial_at_chance_runs_to_its_end_without_a_pruner_or_as_a_start_point(digits, how) -> None:
+    start = {"start": [{}]} if how == "start point" else {}
+    spec = StudySpec(space=parse_space({"params": {**DEAD, "epochs": 4, "seed": 1}, **start}, source="test"),
+                     dataset="digits", budget=1, **({"pruner": "none"} if how == "no pruner" else {}))
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.HyperbandPruner(max_resource=4))
+    if start:
+        fill_budget(study, spec)
+    (trial,) = _run_enqueued(study, spec, digits, [] if start else [{}])
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("fail_message")
+    assert list(trial.intermediate_values) == [1, 2, 3, 4] and trial.value < 0.11  # at chance all along
