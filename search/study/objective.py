@@ -205,7 +205,10 @@ class _Reporter:
     trials, which cannot store intermediate values, keep their live curve in user attr
     ``val_accuracy_curve`` instead; so do trials of one objective measured only at the end
     (latency, params, FLOPs: no per-epoch value for the pruner). The value reported is the
-    objective's own (val loss, macro-F1, a user's score...), in the study's direction.
+    objective's own (val loss, macro-F1, a user's score...), in the study's direction. Besides the
+    pruner, a trial no better than answering val's largest class (``chance``) for
+    :data:`AT_CHANCE_EPOCHS` epochs is pruned (:meth:`_prune_at_chance`); with ``--cv`` it is
+    judged on the first fold, against the largest class's share of the study's val split.
 
     An epoch is reported once per trial: a trial claimed again skips the epochs it reported
     before, and one resumed from a checkpoint records the checkpoint's epochs it lacks
