@@ -222,15 +222,13 @@ class _Reporter:
         self.objective = spec.objective_list[0]
         self.single = len(spec.objectives) == 1 and self.objective.per_epoch
         self.reported = reported
-        self.curve: list[float] = []
-        self.accuracy: list[float] = []
+        self.accuracy: list[float] = []  # every epoch's val accuracy: the live curve and the at-chance rule's
 
     def __call__(self, epoch: int, values: dict[str, float]) -> None:
         self.progress.epochs = epoch
         self.accuracy.append(values["val_accuracy"])
         if not self.single:
-            self.curve.append(values["val_accuracy"])
-            self.trial.set_user_attr(LIVE_CURVE, list(self.curve))
+            self.trial.set_user_attr(LIVE_CURVE, list(self.accuracy))
         elif epoch not in self.reported:
             value = values[self.objective.metric]
             self.trial.report(value, step=epoch)
@@ -269,8 +267,7 @@ class _Reporter:
         self.trial.set_user_attr(RESUMED_FROM_EPOCH, epoch)
         self.trial.set_user_attr(RESUME_NOTE, f"resumed from the checkpoint after {where}")
         if not self.single:
-            self.curve = list(curves["val_accuracy"][:epoch])
-            self.trial.set_user_attr(LIVE_CURVE, list(self.curve))
+            self.trial.set_user_attr(LIVE_CURVE, list(self.accuracy))
             return
         for number, value in enumerate(curves[self.objective.metric][:epoch], 1):
             if number not in self.reported:

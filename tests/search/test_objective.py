@@ -140,7 +140,6 @@ def test_a_model_too_big_for_the_workers_memory_is_refused_before_training(digit
     assert "20.0 MB available" in message and "needs about" in message, message
 
 
-
 DEAD = {"lr": 0.1, "optimizer": "adam", "batch_norm": False, "loss": "focal", "label_smoothing": 0.15, "depth": 2,
         "width": 16, "growth": 1.0, "kernel": 5, "head": "gap", "dropout": 0.3, "batch_size": 32}
 """A config whose model dies on digits (Adam at lr 0.1 without batch norm): val accuracy at a class's share."""
