@@ -34,27 +34,35 @@ Rules, and why:
    flip (unsure). Shifts (padded crops) up to an eighth of the side for photos (the
    4-px crops of 32-px photos), a tenth for glyphs (strokes must stay inside); rotations up
    to 15 degrees (beyond ~20 a 6 starts to look like a 9).
-6. **Epochs** and Hyperband's maximum resource, from the budget and the measured seconds
-   per epoch ``s`` of the median network (the start point; its training steps and a val
-   batch timed on the real training images, on the device and threads a worker gets, the
-   fastest of a few short windows, scaled to the split's sizes): with a
-   time budget of ``T`` seconds left and ``J`` workers, the top of the epoch range is
+6. **Epochs** and Hyperband's maximum resource, from the budget and the measured pace of a
+   *typical* trial: the seconds per epoch ``s`` of a few networks drawn from the space at
+   random, as the sampler draws its first trials (their median; each one's training steps
+   and a val batch timed on the real training images, on the device and threads a worker
+   gets, the fastest of a few short windows, scaled to the split's sizes). With a time
+   budget of ``T`` seconds left and ``J`` workers, the top of the epoch range is
    ``J * T / (8 * s)`` (with ``--trials`` under 8 too: ``J * T / (trials * s)``), so one
-   trial at the top of the range takes an eighth of the budget and Hyperband (reduction 3)
-   still fits several full trials among many short ones; a long budget trains long.
-   With ``--trials`` alone the budget has no time in it: the top is what the median
-   network trains in 30 s. Clamped to 3..200 epochs; the range starts at a quarter of it.
-7. **Trial timeout** (unless ``--trial-timeout`` is given): four times what the median
-   network takes at the top of the epoch range, which is half a time budget unless rule 6
+   typical trial at the top of the range takes an eighth of the budget and Hyperband
+   (reduction 3) still fits several full trials among many short ones; a long budget
+   trains long. Drawn networks, not the median one (rule 8): the space's attention, HOG
+   fusion, 5-px kernels, wider and smaller batches make a drawn network train about 2x
+   slower an epoch than the plain median network (``cnnsearch run`` prints the ratio on
+   its first line: 1.6-2.7x on mnist5k with 2 CPU threads for seeds 0-2), and sized by the
+   median network a study's first trials, which nothing can prune yet, took up to a third
+   of a 3-minute budget each instead of an eighth (BENCHMARKS.md, mnist5k-1k).
+   With ``--trials`` alone the budget has no time in it: the top is what a typical trial
+   trains in 30 s. Clamped to 3..200 epochs; the range starts at a quarter of it.
+7. **Trial timeout** (unless ``--trial-timeout`` is given): four times what a typical trial
+   takes at the top of the epoch range, which is half a time budget unless rule 6
    clamped the range up (a budget too short for this machine), and at least two minutes. A
-   network four times as slow as the median still fits, and so does the median one on a
+   network four times as slow as the typical one still fits, and so does the typical one on a
    machine that slows down fourfold after the timing (shared machines do); a much bigger
    one is cut (PRUNED, reason ``timeout``) rather than running on long after
    ``--timeout`` stopped new trials.
 8. **Start point**, tried first and never pruned: the middle of the ranges (median depth,
    the base width, the middle of the epoch range, Adam with a one-cycle schedule, the
-   augmentation of rule 5): the very network rule 6 timed, so its cost is known (5/8 of the
-   top epochs: about 1/13 of a time budget). One only: a second, the classic residual
+   augmentation of rule 5), timed with rule 6's draws, so its cost is known (5/8 of the top
+   epochs at its own pace: about 1/13 of a time budget over how much slower the typical
+   draw is). One only: a second, the classic residual
    recipe at the deepest stages, took ~10x the median's time per epoch on 28-px digits on
    a shared CPU and was cut by rule 7 in the demo; the sampler tries such networks. ``--no-start`` skips it.
 
@@ -79,7 +87,8 @@ NAME = "auto"
 
 FULL_TRIAL_SHARE = 8  # one trial at the top of the epoch range takes 1/8 of a time budget
 UNTIMED_TRIAL_SECONDS = 30.0  # --trials alone: the top of the epoch range trains this long
-TRIAL_TIMEOUT_FACTOR, MIN_TRIAL_TIMEOUT = 4, 120.0  # a trial may take 4x the median's top epochs, at least 2 minutes
+TRIAL_TIMEOUT_FACTOR, MIN_TRIAL_TIMEOUT = 4, 120.0  # a trial may take 4x a typical one's top epochs, at least 2 minutes
+TYPICAL_DRAWS = 6  # networks drawn from the space and timed for rule 6's pace: their median
 MIN_EPOCHS, MAX_EPOCHS = 3, 200
 FEW_PER_CLASS = 300  # training images per class below which regularisation reaches further
 GLYPH_BLANK_FRACTION = 0.5  # share of pixels at the range's ends that makes one-channel data glyph-like
@@ -127,6 +136,15 @@ class Budget:
     """Where it was measured, in words (``cpu, 2 threads``)."""
     trial_timeout: float | None = None
     """The user's ``--trial-timeout``, kept as given; None: rule 7 sets one from a time budget."""
+    typical_epoch_seconds: float | None = None
+    """The median seconds per epoch of ``typical_draws`` networks drawn from the space; None: not
+    measured, the median network's pace stands for a typical trial's."""
+    typical_draws: int = 0
+
+    @property
+    def pace(self) -> float:
+        """Seconds per epoch of a typical trial: what rules 6 and 7 size by."""
+        return self.typical_epoch_seconds if self.typical_epoch_seconds is not None else self.epoch_seconds
 
 
 @dataclass(frozen=True)
@@ -147,13 +165,20 @@ class Derivation:
         head = (f"space {NAME}: derived from the data ({f.height}x{f.width} px, {f.channels} channel"
                 f"{'s' if f.channels > 1 else ''}, {f.classes} classes, {f.train_images:,} training images) and "
                 f"the budget ({budget}, {b.workers} worker{'s' if b.workers > 1 else ''}; the median network "
-                f"trains an epoch in {b.epoch_seconds:.2g} s on {b.measured_on})")
+                f"trains an epoch in {b.epoch_seconds:.2g} s{_typical(b)} on {b.measured_on})")
         return [head, *(f"  {what}: {why}" for what, why in self.decisions)]
 
     def to_record(self) -> dict[str, Any]:
         """The derivation as the study records it (JSON-able): inputs and decisions; the space is recorded apart."""
         return {"name": NAME, "data": asdict(self.facts), "budget": asdict(self.budget),
                 "decisions": [list(d) for d in self.decisions], "trial_timeout": self.trial_timeout}
+
+
+def _typical(budget: Budget) -> str:
+    if budget.typical_epoch_seconds is None:
+        return ""
+    return (f", {budget.typical_draws} drawn from the space a median {budget.typical_epoch_seconds:.2g} s "
+            f"({budget.typical_epoch_seconds / budget.epoch_seconds:.1f}x)")
 
 
 def median_network(facts: DataFacts) -> dict[str, Any]:
@@ -264,15 +289,16 @@ def _recipe(facts: DataFacts) -> dict[str, Any]:
 
 
 def _epochs(budget: Budget) -> tuple[int, str]:
-    s = budget.epoch_seconds
+    s = budget.pace
+    typical = "typical" if budget.typical_epoch_seconds is not None else "median"
     if budget.seconds is None:
         top = UNTIMED_TRIAL_SECONDS / s
-        why = (f"no --timeout: the median network trains {top:.0f} epochs in {UNTIMED_TRIAL_SECONDS:.0f} s "
+        why = (f"no --timeout: a {typical} network trains {top:.0f} epochs in {UNTIMED_TRIAL_SECONDS:.0f} s "
                "(give --timeout to size it to your time)")
     else:
         share = min(FULL_TRIAL_SHARE, budget.trials) if budget.trials else FULL_TRIAL_SHARE
         top = budget.workers * budget.seconds / (share * s)
-        why = (f"a full-length median trial takes 1/{share} of {budget.seconds:.0f} s"
+        why = (f"a full-length {typical} trial takes 1/{share} of {budget.seconds:.0f} s"
                f"{f' x {budget.workers} workers' if budget.workers > 1 else ''} at {s:.2g} s/epoch")
     epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.floor(top))))
     if epochs != math.floor(top):
@@ -285,8 +311,9 @@ def _trial_timeout(budget: Budget, epochs: int) -> tuple[float | None, str]:
         return budget.trial_timeout, "--trial-timeout, as given"
     if budget.seconds is None:
         return None, "no --timeout: a trial trains as long as its epochs take"
-    seconds = max(MIN_TRIAL_TIMEOUT, round(TRIAL_TIMEOUT_FACTOR * epochs * budget.epoch_seconds))
-    return seconds, (f"{TRIAL_TIMEOUT_FACTOR}x the median network's {epochs} epochs, at least "
+    seconds = max(MIN_TRIAL_TIMEOUT, round(TRIAL_TIMEOUT_FACTOR * epochs * budget.pace))
+    typical = "a typical" if budget.typical_epoch_seconds is not None else "the median"
+    return seconds, (f"{TRIAL_TIMEOUT_FACTOR}x {typical} network's {epochs} epochs, at least "
                      f"{MIN_TRIAL_TIMEOUT:.0f} s: a far slower config is cut, not run on past --timeout")
 
 

@@ -249,7 +249,8 @@ def _auto_space(args: argparse.Namespace, workers: int, started: float) -> tuple
         where = f"this machine's CPU, {threads} thread{'s' if threads > 1 else ''}"
     left = None if args.timeout is None else args.timeout - (time.time() - started)
     derivation = derive_for(images, split, device, seconds_left=left, trials=args.trials, workers=workers,
-                            measured_on=where, trial_timeout=args.trial_timeout, folds=args.cv or 1)
+                            measured_on=where, trial_timeout=args.trial_timeout, folds=args.cv or 1,
+                            seed=args.seed)
     for line in derivation.lines():
         print(line)
     return derivation.space, derivation.to_record()

@@ -60,6 +60,20 @@ def test_a_trial_may_take_four_times_the_median_network_at_the_top_epochs_unless
     assert given.trial_timeout == 12.5 and "  trial timeout 12.5 s: --trial-timeout, as given" in given.lines()
 
 
+def test_the_epochs_and_the_trial_timeout_are_sized_by_the_drawn_networks_pace_when_they_were_timed() -> None:
+    median_only = derive_space(DIGITS_28, Budget(240.0, None, 1, 1.5, "cpu"))
+    drawn = derive_space(DIGITS_28, Budget(240.0, None, 1, 1.5, "cpu", typical_epoch_seconds=3.0, typical_draws=6))
+    assert _range(median_only.space, "epochs") == (5, 20)  # 240 s / (8 x 1.5 s)
+    assert _range(drawn.space, "epochs") == (2, 10)  # 240 s / (8 x 3 s): a typical trial, twice as slow
+    assert drawn.lines()[0].endswith("the median network trains an epoch in 1.5 s, 6 drawn from the space a "
+                                     "median 3 s (2.0x) on cpu)")
+    assert ("  epochs 2-10, Hyperband maximum 10: a full-length typical trial takes 1/8 of 240 s at 3 s/epoch"
+            in drawn.lines())
+    long = derive_space(DIGITS_28, Budget(3600.0, None, 1, 1.5, "cpu", typical_epoch_seconds=3.0, typical_draws=6))
+    assert long.trial_timeout == 4 * 150 * 3.0  # 4x a typical trial's top epochs (3600 s / (8 x 3 s) = 150)
+    assert "4x a typical network's 150 epochs" in long.lines()[7]
+
+
 def test_more_workers_and_a_faster_machine_train_longer_in_the_same_time() -> None:
     one = derive_space(DIGITS_28, Budget(240.0, None, 1, 1.5, "cpu")).space
     four = derive_space(DIGITS_28, Budget(240.0, None, 4, 1.5, "cpu")).space
