@@ -270,3 +270,13 @@ def test_a_cut_reference_network_is_said_with_its_epochs(tmp_path, monkeypatch, 
     run = tta.run_reference(tta.DataSource("digits", "digits"), 1, 0, 180.0, 1, tmp_path)
     assert max(e["value"] for e in run.events) == 0.95  # it counts, with what it reached in the time
     assert capsys.readouterr().out == "digits seed 1 reference cnn-bn-adam: cut after epoch 90 of 114 at 170 s\n"
+
+
+def test_draw_pace_times_drawn_networks_against_the_median_one_and_counts_their_flops():
+    out = run_script("draw_pace", "--smoke")
+    assert out.startswith("digits: seconds per epoch of 3 networks drawn from the auto space (seed 0) against its "
+                          "median network (")
+    assert "| draw | s/epoch | x median's time | x median's FLOPs |" in out
+    assert len(re.findall(r"^\| [0-2] +\| [0-9.]+ +\| [0-9.]+x +\| [0-9.]+x ", out, re.MULTILINE)) == 3
+    assert re.search(r"RESULT draw_pace: digits: a drawn network trains an epoch in a median [0-9.]+x the median "
+                     r"network's time \([0-9.]+-[0-9.]+x\); FLOPs [0-9.]+x", out)
