@@ -44,11 +44,12 @@ Rules, and why:
    typical trial at the top of the range takes an eighth of the budget and Hyperband
    (reduction 3) still fits several full trials among many short ones; a long budget
    trains long. Drawn networks, not the median one (rule 8): the space's attention, HOG
-   fusion, 5-px kernels, wider and smaller batches make a drawn network train about 2x
-   slower an epoch than the plain median network (``cnnsearch run`` prints the ratio on
-   its first line: 1.6-2.7x on mnist5k with 2 CPU threads for seeds 0-2), and sized by the
-   median network a study's first trials, which nothing can prune yet, took up to a third
-   of a 3-minute budget each instead of an eighth (BENCHMARKS.md, mnist5k-1k).
+   fusion, 5-px kernels, wider and smaller batches make a drawn network train 2-3x slower
+   an epoch than the plain median network (``benchmarks/draw_pace.py``: 20 draws on
+   mnist5k, 2 CPU threads, median 2.5x, 0.95-4.4x; FLOPs rank them poorly, so the pace is
+   timed, not counted; ``cnnsearch run`` prints its own ratio on its first line), and sized
+   by the median network a study's first trials, which nothing can prune yet, took up to
+   a third of a 3-minute budget each instead of an eighth (BENCHMARKS.md, mnist5k-1k).
    With ``--trials`` alone the budget has no time in it: the top is what a typical trial
    trains in 30 s. Clamped to 3..200 epochs; the range starts at a quarter of it.
 7. **Trial timeout** (unless ``--trial-timeout`` is given): four times what a typical trial
