@@ -20,7 +20,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import optuna
 import torch
 from scipy.stats import spearmanr
 
@@ -28,7 +27,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # benchmarks/spaces/ would shadow `spaces`
 
 from benchmarks.common import machine_line, parser_with_modes, result_line, table  # noqa: E402
-from search.study.auto_space import data_facts, epoch_seconds  # noqa: E402
+from search.study.auto_space import data_facts, drawn_configs, epoch_seconds  # noqa: E402
 from search.trial.data import make_split  # noqa: E402
 from search.trial.datasets import load_dataset  # noqa: E402
 from search.trial.measure import count_flops  # noqa: E402
@@ -46,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     short = args.quick or args.smoke
     dataset = args.dataset or ("digits" if short else "mnist5k")
     draws = args.draws or (3 if args.smoke else 8 if args.quick else 20)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(2)
     cpu = torch.device("cpu")
 
@@ -61,15 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     # The budget only sets the epoch range, which no per-epoch timing depends on.
     space = derive_space(facts, Budget(seconds=180.0, trials=None, workers=1, epoch_seconds=median_seconds,
                                        measured_on="cpu")).space
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
     rows, time_ratios, flop_ratios = [], [], []
-    for number in range(draws):
-        trial = study.ask()
-        config = space.suggest(trial)
-        config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config, where="draw")
+    for number, config in enumerate(drawn_configs(space, draws, args.seed)):
         seconds = epoch_seconds(config, images, split, cpu)
         flops = count_flops(build_model(config, shape, classes), shape)
-        study.tell(trial, 0.0)
         time_ratios.append(seconds / median_seconds)
         flop_ratios.append(flops / median_flops)
         rows.append([number, f"{seconds:.3g}", f"{time_ratios[-1]:.2f}x", f"{flop_ratios[-1]:.2f}x", config.batch_size,

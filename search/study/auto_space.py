@@ -12,6 +12,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Iterator
 
 import optuna
 import torch
@@ -73,25 +74,30 @@ def epoch_seconds(config: TrialConfig, images: ImageSet, split: Split, device: t
     return (math.ceil(len(split.train) / batch) * step_time + math.ceil(len(split.val) / batch) * eval_time)
 
 
-def typical_epoch_seconds(space: Space, images: ImageSet, split: Split, device: torch.device, *, draws: int,
-                          seed: int | None) -> tuple[float | None, int]:
-    """The median seconds per epoch of ``draws`` networks drawn from ``space`` at random, and how many were timed.
-
-    Drawn as the sampler draws a study's first trials (Optuna's random sampler over the
-    space's distributions, conditions included). A draw that cannot be built or run here
-    (out of memory, say) is left out: the trial drawing it would fail alike; None when none ran.
-    """
+def drawn_configs(space: Space, count: int, seed: int | None) -> Iterator[TrialConfig]:
+    """``count`` configs drawn from ``space`` at random, as the sampler draws a study's first trials
+    (Optuna's random sampler over the space's distributions, conditions included)."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory" among run's lines
     try:
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     finally:
         optuna.logging.set_verbosity(verbosity)
-    seconds = []
-    for _ in range(draws):
+    for _ in range(count):
         config = space.suggest(study.ask())
-        if not isinstance(config, TrialConfig):
-            config = TrialConfig.from_dict(config, where="auto space")
+        yield config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config, where="auto space")
+
+
+def typical_epoch_seconds(space: Space, images: ImageSet, split: Split, device: torch.device, *, draws: int,
+                          seed: int | None) -> tuple[float | None, int]:
+    """The median seconds per epoch of ``draws`` networks drawn from ``space`` (:func:`drawn_configs`), and how
+    many were timed.
+
+    A draw that cannot be built or run here (out of memory, say) is left out: the trial
+    drawing it would fail alike; None when none ran.
+    """
+    seconds = []
+    for config in drawn_configs(space, draws, seed):
         try:
             seconds.append(epoch_seconds(config, images, split, device, windows=DRAW_WINDOWS))
         except (RuntimeError, ValueError) as exc:
