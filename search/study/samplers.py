@@ -270,23 +270,23 @@ class NoRepeatSampler(optuna.samplers.BaseSampler):
         return self._samplers[trial.number]
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self._for(trial).before_trial(study, trial)
+        self._for(trial).before_trial(whole_study(study), trial)
 
     def infer_relative_search_space(self, study, trial):
         if _has_fixed_params(trial):
-            return self._for(trial).infer_relative_search_space(study, trial)
+            return self._for(trial).infer_relative_search_space(whole_study(study), trial)
         return self.space.distributions()
 
     def sample_relative(self, study, trial, search_space):
         if _has_fixed_params(trial):
-            return self._for(trial).sample_relative(study, trial, search_space)
-        return self._new_config(study, trial)
+            return self._for(trial).sample_relative(whole_study(study), trial, search_space)
+        return self._new_config(whole_study(study), trial)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+        return self._for(trial).sample_independent(whole_study(study), trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values) -> None:
-        self._for(trial).after_trial(study, trial, state, values)
+        self._for(trial).after_trial(whole_study(study), trial, state, values)
         del self._samplers[trial.number]
 
     def _new_config(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -339,6 +339,23 @@ def config_key(params: dict[str, Any]) -> tuple:
     (a grid's ``0.3`` and a sampler's ``0.30000000000000004`` are one value), ``True`` apart from ``1``."""
     return tuple(sorted((name, isinstance(value, bool), float(f"{value:.12g}") if isinstance(value, float) else value)
                         for name, value in params.items()))
+
+
+def whole_study(study: optuna.Study) -> optuna.Study:
+    """The study itself where Optuna hands a sampler one Hyperband bracket's view of it.
+
+    Under :class:`optuna.pruners.HyperbandPruner` Optuna shows a trial's sampler only the
+    trials of the trial's bracket (``_BracketStudy``), so each bracket's TPE starts from its own
+    random trials: with the default ``n_startup_trials=8`` and the 2 brackets of a 3-8 epoch
+    range (3 for 9-26, 4 for 27-80), the first 16-32 trials of a study are random search, more
+    than a study of a few minutes runs (Optuna's docs say so: "if HyperbandPruner has 4 pruners in it, at least
+    4 x 10 trials are consumed for startup"). The model is fitted on every bracket's trials
+    instead, as BOHB (Falkner et al., 2018) does: brackets differ in when they prune, not in
+    what a config scores, and TPE already ranks a pruned trial below the finished ones. The
+    pruner still judges each trial within its bracket. Optuna has no option for this, and the
+    bracket view keeps the study in ``_study``, its one way back.
+    """
+    return getattr(study, "_study", study)
 
 
 def _has_fixed_params(trial: optuna.trial.FrozenTrial) -> bool:

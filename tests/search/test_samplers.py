@@ -11,6 +11,7 @@ import pytest
 from search.study.samplers import (
     AUTO_GP_MAX_PARAMS,
     AUTO_GP_TRIALS,
+    NoRepeatSampler,
     SwitchingSampler,
     make_sampler,
     make_study_sampler,
@@ -98,3 +99,38 @@ def test_a_small_space_runs_every_config_once_before_repeating_one_and_says_so(c
     assert len({tuple(sorted(p.items())) for p in params[:6]}) == 6  # all 2 x 3 configs first
     assert params[6] in params[:6]
     assert caplog.messages == ["trial 6 repeats a config: the study's trials hold all 6 configs of the space"]
+
+
+class _Shown(optuna.samplers.RandomSampler):
+    """A random sampler that notes how many finished trials of the study each trial's sampling was shown."""
+
+    shown: dict[int, int] = {}
+
+    def sample_relative(self, study, trial, search_space):
+        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                            optuna.trial.TrialState.PRUNED))
+        _Shown.shown[trial.number] = len(finished)
+        return super().sample_relative(study, trial, search_space)
+
+
+def test_under_hyperband_the_sampler_learns_from_every_bracket_not_only_the_trials_own() -> None:
+    # Optuna shows a sampler only the trial's Hyperband bracket: with 4 brackets (1-27 epochs) TPE's 8 random
+    # startup trials would be 32 before it models anything. The study's sampler sees every finished trial.
+    space = parse_space({"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                                    "width": {"type": "int", "low": 4, "high": 64}, "epochs": 1}})
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=27, reduction_factor=3)
+    study = optuna.create_study(direction="maximize", pruner=pruner,
+                                sampler=NoRepeatSampler(space, lambda seed: _Shown(seed), 0))
+    _Shown.shown = {}
+    for n in range(12):
+        trial = study.ask()
+        config = space.suggest(trial)
+        trial.report(0.1, 1)
+        trial.should_prune()  # sets the pruner's brackets up
+        if n % 3 == 2:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, config.lr * config.width)
+    brackets = {pruner._get_bracket_id(study, t) for t in study.get_trials()}
+    assert len(brackets) > 1  # the trials did land in several brackets
+    assert _Shown.shown == {n: n for n in range(12)}
