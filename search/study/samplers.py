@@ -1,5 +1,6 @@
 """Optuna samplers and pruners by the names the CLI accepts, with cnnsearch's defaults, and the sampler
-every worker runs them in (:class:`NoRepeatSampler`: seeded per trial, never repeating a config)."""
+every worker runs them in (:class:`NoRepeatSampler`: seeded per trial, never repeating a config,
+learning from every Hyperband bracket's trials)."""
 
 from __future__ import annotations
 
@@ -241,7 +242,8 @@ class NoRepeatSampler(optuna.samplers.BaseSampler):
     """Each trial sampled by a sampler of its own, and never a config the study already holds.
 
     Trial ``n`` is sampled by ``make(trial_seed(seed, n))``, so no worker replays another's
-    stream (they all used to start from the study's seed). A trial without fixed params gets its
+    stream (they all used to start from the study's seed), shown the whole study even under
+    Hyperband (:func:`whole_study`). A trial without fixed params gets its
     whole config at once, as its relative sample (the space's parameters are its relative search
     space), and that config is new: one that a trial of the study already holds (finished,
     running or waiting; compared by :func:`config_key`) is sampled again with the next seed
