@@ -349,7 +349,7 @@ def whole_study(study: optuna.Study) -> optuna.Study:
     Under :class:`optuna.pruners.HyperbandPruner` Optuna shows a trial's sampler only the
     trials of the trial's bracket (``_BracketStudy``), so each bracket's TPE starts from its own
     random trials: with the default ``n_startup_trials=8`` and the 2 brackets of a 3-8 epoch
-    range (3 for 9-26, 4 for 27-80), the first 16-32 trials of a study are random search, more
+    range (3 for 9-26, 4 for 27-80, 5 for 81-200), the first 16-40 trials of a study are random search, more
     than a study of a few minutes runs (Optuna's docs say so: "if HyperbandPruner has 4 pruners in it, at least
     4 x 10 trials are consumed for startup"). The model is fitted on every bracket's trials
     instead, as BOHB (Falkner et al., 2018) does: brackets differ in when they prune, not in
