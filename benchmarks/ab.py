@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):
     # Run as a script, sys.path[0] is benchmarks/: import our modules from the repository root instead.
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from benchmarks.common import machine_line, table  # noqa: E402
+from benchmarks.common import machine_line, short_rev, table, worktree  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,20 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     passed = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.args = passed
-    rev = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    rev = short_rev(ROOT, args.base)
     results: dict[str, list[str]] = {rev: [], "working tree": []}
-    with tempfile.TemporaryDirectory(prefix="cnnsearch-ab-") as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(base), rev], cwd=ROOT, check=True)
-        try:
-            for i in range(args.rounds):
-                order = [(rev, base), ("working tree", ROOT)]
-                for label, tree in order if i % 2 == 0 else order[::-1]:
-                    results[label].append(run(tree, args.name, args.args))
-                    print(f"{label}: {results[label][-1]}", flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+    with worktree(ROOT, rev) as base:
+        for i in range(args.rounds):
+            order = [(rev, base), ("working tree", ROOT)]
+            for label, tree in order if i % 2 == 0 else order[::-1]:
+                results[label].append(run(tree, args.name, args.args))
+                print(f"{label}: {results[label][-1]}", flush=True)
     print(f"\n{args.name} {' '.join(args.args)}: {rev} vs the working tree, {args.rounds} runs each, alternating")
     print(machine_line())
     print(table(["version", *(f"run {i + 1}: RESULT" for i in range(args.rounds))],

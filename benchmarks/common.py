@@ -8,12 +8,16 @@ and each is summarised by its median over the rounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
 import statistics
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -109,3 +113,25 @@ def parser_with_modes(doc: str | None, quick: str, smoke: str) -> tuple[argparse
     mode.add_argument("--quick", action="store_true", help=quick)
     mode.add_argument("--smoke", action="store_true", help=smoke)
     return parser, mode
+
+
+def short_rev(root: Path, rev: str) -> str:
+    """``rev`` (a commit, a branch, ``HEAD~1``) as git's short hash, in the repository at ``root``."""
+    return subprocess.run(["git", "rev-parse", "--short", rev], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def worktree(root: Path, rev: str) -> Iterator[Path]:
+    """A temporary git worktree of ``rev`` of the repository at ``root``, removed again afterwards.
+
+    Where an A/B benchmark runs the base version's code from (``benchmarks/ab.py``,
+    ``benchmarks/search_ab.py``): a checkout of its own, so this one stays as it is.
+    """
+    with tempfile.TemporaryDirectory(prefix="cnnsearch-ab-") as tmp:
+        tree = Path(tmp) / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), rev], cwd=root, check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, check=False)

@@ -7,8 +7,9 @@ Each script runs in its own process (its own torch threads and memory), with ``-
 none, the last line of its output is shown. A script without the asked-for mode (its source
 never mentions ``"--quick"``/``"--smoke"`` and does not build its parser with
 ``benchmarks.common.parser_with_modes``) is listed as skipped rather than run in full.
-Scripts are found by name: every ``benchmarks/*.py`` except this runner, ``common.py`` and ``ab.py``
-(which runs one of the others on two versions of the code).
+Scripts are found by name: every ``benchmarks/*.py`` except this runner, ``common.py``, ``ab.py``
+(which runs one of the others on two versions of the code) and ``search_ab.py`` (one search on two
+versions: a comparison of commits, not a figure of this one).
 
     python benchmarks/run_all.py --quick
     python benchmarks/run_all.py --quick --only nasbench201,overhead --show-output
@@ -29,7 +30,7 @@ if __package__ in (None, ""):
 from benchmarks.common import machine_line, parser_with_modes, table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-NOT_BENCHMARKS = {"run_all", "common", "ab", "__init__"}
+NOT_BENCHMARKS = {"run_all", "common", "ab", "search_ab", "__init__"}
 ORDER = ("train_throughput", "overhead", "storage_overhead", "time_to_accuracy", "sampler_cost", "nasbench201")
 """Preferred order (cheap and machine-bound first); scripts not named here run after, by name."""
 

@@ -129,11 +129,12 @@ def small_train_folder(folder: Path) -> DataSource:
     return DataSource("mnist5k-1k", f"imagefolder:{folder}", image_size=28)
 
 
-def command(side: str, source: DataSource, seed: int, budget: float, t0: float, workdir: Path) -> list[str]:
-    """The command line of ``side``'s process."""
+def command(side: str, source: DataSource, seed: int, budget: float, t0: float, workdir: Path,
+            root: Path = ROOT) -> list[str]:
+    """The command line of ``side``'s process, with the code of the checkout at ``root``."""
     size = ["--image-size", str(source.image_size)] if source.image_size else []
     if side.startswith(REFERENCE):  # reference:NETWORK
-        return [sys.executable, str(ROOT / "benchmarks" / "sides" / "reference.py"), "--network",
+        return [sys.executable, str(root / "benchmarks" / "sides" / "reference.py"), "--network",
                 side.split(":", 1)[1], "--dataset", source.dataset, *size, "--seed", str(seed), "--budget",
                 f"{budget:g}", "--t0", repr(t0), "--events", str(_events_file(REFERENCE, source, seed, workdir))]
     if side.startswith("cnnsearch"):
@@ -141,20 +142,24 @@ def command(side: str, source: DataSource, seed: int, budget: float, t0: float, 
         return [sys.executable, "-m", "search.cli", "run", "--study", "tta", "--dataset", source.dataset, *size,
                 "--timeout", f"{budget:g}", "--seed", str(seed), "--storage", f"sqlite:///{db}", "--no-progress",
                 *(["--no-start"] if side.endswith("--no-start") else [])]
-    script = ROOT / "benchmarks" / "sides" / ("optuna_script.py" if side == BASELINE else "ray_tune.py")
+    script = root / "benchmarks" / "sides" / ("optuna_script.py" if side == BASELINE else "ray_tune.py")
     return [sys.executable, str(script), "--dataset", source.dataset, *size, "--seed", str(seed),
             "--budget", f"{budget:g}", "--t0", repr(t0), "--events", str(_events_file(side, source, seed, workdir))]
 
 
 def run_side(side: str, source: DataSource, seed: int, order: int, budget: float, threads: int,
-             workdir: Path) -> Run:
-    """Start ``side`` in a fresh process on ``threads`` cores, stop it at ``budget`` seconds, read its events."""
+             workdir: Path, root: Path = ROOT) -> Run:
+    """Start ``side`` in a fresh process on ``threads`` cores, stop it at ``budget`` seconds, read its events.
+
+    ``root``: the checkout whose code the process runs (another commit's worktree for
+    ``benchmarks/search_ab.py``); its imports come from there, ahead of the installed package.
+    """
     cores = sorted(os.sched_getaffinity(0))[:threads]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray: loopback only
     log = open(_log_file(side, source, seed, workdir), "w", encoding="utf-8")  # noqa: SIM115
     t0 = time.time()  # the budget counts from here: process start, imports and data loading included
-    proc = subprocess.Popen(command(side, source, seed, budget, t0, workdir), cwd=workdir, env=env,
+    proc = subprocess.Popen(command(side, source, seed, budget, t0, workdir, root), cwd=workdir, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=lambda: os.sched_setaffinity(0, cores))
     try:
@@ -216,7 +221,10 @@ def _cnnsearch_events(db: Path, t0: float) -> tuple[list[dict[str, Any]], list[i
     if not db.exists():
         return [], []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="tta", storage=f"sqlite:///{db}")
+    try:
+        study = optuna.load_study(study_name="tta", storage=f"sqlite:///{db}")
+    except KeyError:  # stopped after it created the database, before the study: nothing finished
+        return [], []
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     events = sorted(({"t": t.datetime_complete.timestamp() - t0, "value": t.value, "trial": t.number}
                      for t in done), key=lambda e: e["t"])

@@ -6,6 +6,7 @@ these machines are shared, so a timing assert would fail for reasons unrelated t
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -191,6 +192,26 @@ def test_ab_runs_one_benchmark_on_the_base_commit_and_the_working_tree():
                          check=True).stdout.strip()
     rows = [line for line in out.splitlines() if line.startswith(f"| {rev}") or line.startswith("| working tree")]
     assert len(rows) == 2 and all("slowest suggestion window" in row for row in rows)
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "cnnsearch-ab-" not in worktrees  # the base's worktree is removed again
+
+
+def test_search_ab_runs_one_search_side_from_the_base_commit_and_this_checkout_seed_by_seed(tmp_path):
+    saved = tmp_path / "ab.json"
+    out = run_script("search_ab", "--smoke", "--base", "HEAD", "--save", str(saved))
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    progress = [line for line in out.splitlines() if "digits seed 0 #" in line]
+    assert [line.split()[0] for line in progress] == [rev, "working"], out  # seed 0: the base first
+    assert all("cnnsearch --no-start" in line and "pick's test" in line for line in progress), out
+    versions = [line for line in out.splitlines() if line.startswith((f"| {rev} ", "| working tree "))]
+    assert len(versions) == 2 and "| 15 s " in out and "| pick's test " in out, out
+    assert "| best val at 15 s | " in out and "ahead/level/behind" in out, out
+    assert re.search(rf"RESULT search_ab: cnnsearch --no-start on digits, 1 seed\(s\) x 15 s: best val at 15 s "
+                     rf"{rev} \S+, working tree \S+ \(working tree ahead in \d, level in \d, behind in \d of 1 seeds\)",
+                     out), out
+    runs = json.loads(saved.read_text())["runs"]
+    assert sorted(runs) == sorted([rev, "working tree"]) and all(len(rs) == 1 for rs in runs.values())
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "cnnsearch-ab-" not in worktrees  # the base's worktree is removed again
 
