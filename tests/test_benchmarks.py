@@ -164,6 +164,16 @@ def test_time_to_accuracy_parity_is_reached_by_the_same_share_of_val_images_comp
     assert seconds_to(run, 0.986) is None
 
 
+def test_a_cnnsearch_side_stopped_before_it_created_its_study_has_nothing_finished(tmp_path):
+    import optuna
+
+    from benchmarks.time_to_accuracy import DataSource, _cnnsearch_events, _db_file
+
+    db = _db_file("cnnsearch", DataSource("digits", "digits"), 0, tmp_path)
+    optuna.storages.RDBStorage(f"sqlite:///{db}")  # the database and its tables, no study yet
+    assert db.exists() and _cnnsearch_events(db, 0.0) == ([], [])
+
+
 def test_time_to_accuracy_says_by_how_much_the_search_misses_the_reference(capsys):
     from benchmarks.time_to_accuracy import REFERENCE, SIDES, Run, report
 

@@ -1,6 +1,6 @@
 """Optuna samplers and pruners by the names the CLI accepts, with cnnsearch's defaults, and the sampler
 every worker runs them in (:class:`NoRepeatSampler`: seeded per trial, never repeating a config,
-learning from every Hyperband bracket's trials)."""
+shown the whole study under Hyperband)."""
 
 from __future__ import annotations
 
@@ -346,16 +346,17 @@ def config_key(params: dict[str, Any]) -> tuple:
 def whole_study(study: optuna.Study) -> optuna.Study:
     """The study itself where Optuna hands a sampler one Hyperband bracket's view of it.
 
-    Under :class:`optuna.pruners.HyperbandPruner` Optuna shows a trial's sampler only the
-    trials of the trial's bracket (``_BracketStudy``), so each bracket's TPE starts from its own
-    random trials: with the default ``n_startup_trials=8`` and the 2 brackets of a 3-8 epoch
-    range (3 for 9-26, 4 for 27-80, 5 for 81-200), the first 16-40 trials of a study are random search, more
-    than a study of a few minutes runs (Optuna's docs say so: "if HyperbandPruner has 4 pruners in it, at least
-    4 x 10 trials are consumed for startup"). The model is fitted on every bracket's trials
-    instead, as BOHB (Falkner et al., 2018) does: brackets differ in when they prune, not in
-    what a config scores, and TPE already ranks a pruned trial below the finished ones. The
-    pruner still judges each trial within its bracket. Optuna has no option for this, and the
-    bracket view keeps the study in ``_study``, its one way back.
+    Under :class:`optuna.pruners.HyperbandPruner` Optuna hands a trial's sampler a view of the
+    study (``_BracketStudy``) whose public ``get_trials`` lists only the trial's bracket. Optuna's
+    own samplers (TPE, GP, CMA-ES) read the private ``_get_trials``, which that view does not
+    filter (Optuna 5.1), so they already model every bracket's trials, as BOHB does; a sampler
+    that reads ``get_trials`` saw one bracket: :class:`SwitchingSampler` (``auto`` on a small
+    space) counted one bracket's finished trials, so it switched from GP to TPE only once a
+    bracket alone held :data:`AUTO_GP_TRIALS`. Unwrapping the view here gives every sampler the
+    same whole study whichever method it reads; the pruner still judges each trial within its
+    bracket. Optuna has no option for this, and the view keeps the study in ``_study``, its one
+    way back. (Optuna's docs for the pruner, "at least 4 x 10 trials are consumed for startup",
+    describe the public view, not what its samplers read.)
     """
     return getattr(study, "_study", study)
 

@@ -60,6 +60,26 @@ def test_switching_sampler_hands_over_after_the_finished_trials_it_was_given() -
     assert first.trials == [0, 1, 2] and then.trials == [3, 4]
 
 
+def test_under_hyperband_auto_hands_over_after_the_whole_studys_finished_trials_not_one_brackets() -> None:
+    # SwitchingSampler counts finished trials with the public get_trials, which Optuna's bracket view filters
+    # (TPE and GP read _get_trials, which it does not): counting one bracket, auto stayed on GP until a single
+    # bracket held AUTO_GP_TRIALS.
+    space = parse_space({"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                                    "width": {"type": "int", "low": 4, "high": 64}, "epochs": 1}})
+    first, then = _Recording(0), _Recording(1)
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=27, reduction_factor=3)
+    study = optuna.create_study(direction="maximize", pruner=pruner,
+                                sampler=NoRepeatSampler(space, lambda seed: SwitchingSampler(first, then, 4), 0))
+    for _ in range(10):
+        trial = study.ask()
+        config = space.suggest(trial)
+        trial.report(0.1, 1)
+        trial.should_prune()  # sets the pruner's brackets up
+        study.tell(trial, config.lr * config.width)
+    assert len({pruner._get_bracket_id(study, t) for t in study.get_trials()}) > 1
+    assert sorted(set(first.trials)) == [0, 1, 2, 3] and sorted(set(then.trials)) == list(range(4, 10))
+
+
 SMALL_SPACE = {"params": {"lr": {"type": "categorical", "choices": [0.003, 0.03]},
                           "width": {"type": "int", "low": 4, "high": 6}, "epochs": 1}}
 
@@ -114,8 +134,8 @@ class _Shown(optuna.samplers.RandomSampler):
 
 
 def test_under_hyperband_the_sampler_learns_from_every_bracket_not_only_the_trials_own() -> None:
-    # Optuna shows a sampler only the trial's Hyperband bracket: with 4 brackets (1-27 epochs) TPE's 8 random
-    # startup trials would be 32 before it models anything. The study's sampler sees every finished trial.
+    # Optuna's bracket view (4 brackets for 1-27 epochs) lists only the trial's bracket in the public get_trials;
+    # the study's sampler is shown the whole study, whichever of get_trials and _get_trials it reads.
     space = parse_space({"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
                                     "width": {"type": "int", "low": 4, "high": 64}, "epochs": 1}})
     pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=27, reduction_factor=3)
