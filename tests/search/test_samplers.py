@@ -80,6 +80,30 @@ def test_under_hyperband_auto_hands_over_after_the_whole_studys_finished_trials_
     assert sorted(set(first.trials)) == [0, 1, 2, 3] and sorted(set(then.trials)) == list(range(4, 10))
 
 
+def test_optunas_tpe_under_hyperband_already_models_every_brackets_trials() -> None:
+    # What the bracket view leaves unfiltered (Optuna 5.1): TPE reads _get_trials, so the default's TPE never
+    # needed whole_study. If a later Optuna filters it too, whole_study is what keeps TPE on the whole study.
+    seen: dict[int, int] = {}
+    views: set[str] = set()
+
+    class _Counting(optuna.samplers.TPESampler):
+        def infer_relative_search_space(self, study, trial):  # handed the bracket's view, read as TPE reads it
+            views.add(type(study).__name__)
+            seen[trial.number] = len(study._get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+            return super().infer_relative_search_space(study, trial)
+
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=27, reduction_factor=3)
+    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=_Counting(seed=0, n_startup_trials=2))
+    for _ in range(8):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.report(x, 1)
+        trial.should_prune()
+        study.tell(trial, x)
+    assert len({pruner._get_bracket_id(study, t) for t in study.get_trials()}) > 1
+    assert views == {"_BracketStudy"} and seen == {n: n for n in range(8)}
+
+
 SMALL_SPACE = {"params": {"lr": {"type": "categorical", "choices": [0.003, 0.03]},
                           "width": {"type": "int", "low": 4, "high": 6}, "epochs": 1}}
 
