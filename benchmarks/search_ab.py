@@ -13,6 +13,7 @@ harness's ``test_accuracy``), so that both picks are measured alike.
 
     python benchmarks/search_ab.py --base 8ce32b2 --dataset mnist5k-1k --seeds 3 --budget 600
     python benchmarks/search_ab.py --quick      # digits, 1 seed, 30 s per version (about 2 min)
+    python benchmarks/search_ab.py --tables ab.json   # the tables of a run saved with --save (cut off or not)
 """
 
 from __future__ import annotations
@@ -55,8 +56,16 @@ HERE = "working tree"
 
 
 def compare(runs: dict[str, list[Run]], budget: float) -> str:
-    """Print both versions' tables and the seed-by-seed comparison; return the RESULT line's summary."""
+    """Print both versions' tables and the seed-by-seed comparison; return the RESULT line's summary.
+
+    Only the seeds both versions ran count (a run cut off part-way leaves one version a seed ahead).
+    """
     base, here = runs
+    both = {r.seed for r in runs[base]} & {r.seed for r in runs[here]}
+    for label, rs in runs.items():
+        for seed in sorted({r.seed for r in rs} - both):
+            print(f"\nseed {seed} left out of the tables: only {label} ran it (cut off?)")
+    runs = {label: sorted((r for r in rs if r.seed in both), key=lambda r: r.seed) for label, rs in runs.items()}
     columns = [t for t in ANYTIME if t < budget] + [budget]
     print(f"\nbest val accuracy at each time (median over {len(runs[here])} seeds (min–max); '-': no finished "
           f"trial yet), and the pick's test accuracy (retrained with its seed on train + val)")
@@ -75,7 +84,7 @@ def compare(runs: dict[str, list[Run]], budget: float) -> str:
         rows.append([name, " ".join(_pair(b, h) for b, h in values),
                      f"{statistics.median(gaps):+.3f}" if gaps else "-",
                      f"{verdicts.count('ahead')}/{verdicts.count('level')}/{verdicts.count('behind')}"])
-    print(table(["figure", f"per seed ({base} -> {here})", "median difference", "ahead/level/behind"], rows))
+    print(table(["figure", f"per seed ({base} → {here})", "median difference", "ahead/level/behind"], rows))
     at_budget = [(best_at(b, budget), best_at(h, budget)) for b, h in pairs]
     verdicts = [_verdict(b, h) for b, h in at_budget]
     tests = {label: spread([r.test_accuracy for r in rs]).split(" ")[0] for label, rs in runs.items()}
@@ -94,7 +103,7 @@ def _pair(base: float | None, here: float | None) -> str:
     def show(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    return f"{show(base)}->{show(here)}"
+    return f"{show(base)}→{show(here)}"
 
 
 def save(path: Path, meta: dict, runs: dict[str, list[Run]]) -> None:
@@ -105,8 +114,21 @@ def save(path: Path, meta: dict, runs: dict[str, list[Run]]) -> None:
     os.replace(partial, path)
 
 
+def tables(path: Path) -> int:
+    """Print the tables of the runs saved in ``path`` by ``--save``."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    runs = {label: [Run(**r) for r in rs] for label, rs in saved["runs"].items()}
+    print(f"{saved['side']} on {saved['dataset']}, from {path}: {saved['base']} and the {HERE}, "
+          f"{saved['budget']:g} s each, {saved['threads']} core(s) and torch threads")
+    summary = compare(runs, saved["budget"])
+    seeds = len({r.seed for r in runs[saved["base"]]} & {r.seed for r in runs[HERE]})
+    print("\n" + result_line("search_ab", f"{saved['side']} on {saved['dataset']}, {seeds} seed(s) x "
+                                          f"{saved['budget']:g} s: " + summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = parser_with_modes(__doc__, quick="digits, 1 seed, 30 s per version (about 2 min)",
+    parser, mode = parser_with_modes(__doc__, quick="digits, 1 seed, 30 s per version (about 2 min)",
                                   smoke="digits, 1 seed, 15 s per version (for tests)")
     parser.add_argument("--base", default="HEAD~1", help="the commit to compare this checkout with (default HEAD~1)")
     parser.add_argument("--side", default="cnnsearch --no-start", choices=SEARCH_SIDES,
@@ -117,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="cores (and torch threads) each run gets (default: all of this process's)")
     parser.add_argument("--save", metavar="FILE", help="also write every run's finished trials to FILE (JSON)")
+    mode.add_argument("--tables", metavar="FILE", type=Path, help="print the tables of a run saved with --save")
     args = parser.parse_args(argv)
+    if args.tables:
+        return tables(args.tables)
     if args.quick or args.smoke:
         args.dataset, args.seeds, args.budget = "digits", 1, 30.0 if args.quick else 15.0
     if args.seeds < 1 or args.budget <= 0 or not 1 <= args.threads <= len(os.sched_getaffinity(0)):

@@ -161,7 +161,7 @@ def run_side(side: str, source: DataSource, seed: int, order: int, budget: float
     t0 = time.time()  # the budget counts from here: process start, imports and data loading included
     proc = subprocess.Popen(command(side, source, seed, budget, t0, workdir, root), cwd=workdir, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: os.sched_setaffinity(0, cores))
+                            preexec_fn=lambda: _start_side(cores))
     try:
         proc.wait(timeout=max(0.0, t0 + budget - time.time()))
     except subprocess.TimeoutExpired:
@@ -183,6 +183,17 @@ def run_side(side: str, source: DataSource, seed: int, order: int, budget: float
         run.threads = sorted({e.pop("threads") for e in run.events})
     run.events = [e for e in run.events if e["t"] <= budget]
     return run
+
+
+def _start_side(cores: list[int]) -> None:
+    """In the side's process before it starts: pinned to ``cores``, and SIGINT as a side started by hand gets it.
+
+    A harness started in the background (``nohup ... &``) ignores SIGINT, and an ignored signal
+    stays ignored across ``exec``: every side would then be killed at the budget instead of
+    stopping as its user's Ctrl-C stops it.
+    """
+    os.sched_setaffinity(0, cores)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_reference(source: DataSource, seed: int, order: int, seconds: float, threads: int, workdir: Path) -> Run:

@@ -174,6 +174,21 @@ def test_a_cnnsearch_side_stopped_before_it_created_its_study_has_nothing_finish
     assert db.exists() and _cnnsearch_events(db, 0.0) == ([], [])
 
 
+def test_a_side_gets_sigint_at_its_budget_even_from_a_harness_started_in_the_background():
+    import os
+    import signal
+
+    from benchmarks.time_to_accuracy import _start_side
+
+    def background_then_side() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `nohup ... &` hands the harness, and exec keeps
+        _start_side(sorted(os.sched_getaffinity(0))[:1])
+
+    done = subprocess.run([sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT).__name__)"],
+                          capture_output=True, text=True, timeout=60, preexec_fn=background_then_side)
+    assert done.stdout.strip() == "default_int_handler", done  # Python's Ctrl-C: KeyboardInterrupt
+
+
 def test_time_to_accuracy_says_by_how_much_the_search_misses_the_reference(capsys):
     from benchmarks.time_to_accuracy import REFERENCE, SIDES, Run, report
 
@@ -222,6 +237,15 @@ def test_search_ab_runs_one_search_side_from_the_base_commit_and_this_checkout_s
                      out), out
     runs = json.loads(saved.read_text())["runs"]
     assert sorted(runs) == sorted([rev, "working tree"]) and all(len(rs) == 1 for rs in runs.values())
+    # The saved runs print the same tables again (--tables), and a run cut off after its first version counts no seed.
+    again = run_script("search_ab", "--tables", str(saved))
+    start = "best val accuracy at each time"
+    assert again[again.index(start):] == out[out.index(start):], again
+    cut = json.loads(saved.read_text())
+    cut["runs"]["working tree"] = []
+    saved.write_text(json.dumps(cut))
+    assert f"seed 0 left out of the tables: only {rev} ran it (cut off?)" in run_script("search_ab", "--tables",
+                                                                                    str(saved))
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "cnnsearch-ab-" not in worktrees  # the base's worktree is removed again
 
