@@ -114,10 +114,21 @@ def save(path: Path, meta: dict, runs: dict[str, list[Run]]) -> None:
     os.replace(partial, path)
 
 
-def tables(path: Path) -> int:
+def read_saved(path: Path) -> tuple[dict, dict[str, list[Run]]]:
+    """The settings and the runs ``--save`` wrote to ``path``; ValueError naming what is wrong otherwise."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        runs = {label: [Run(**r) for r in rs] for label, rs in saved["runs"].items()}
+        if sorted(runs) != sorted([saved["base"], HERE]) or not {"side", "dataset", "budget", "threads"} <= set(saved):
+            raise KeyError("base, side, dataset, budget, threads and both versions' runs")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"--tables {path}: not a file written by search_ab.py --save ({type(exc).__name__}: "
+                         f"{exc})") from exc
+    return saved, runs
+
+
+def tables(saved: dict, runs: dict[str, list[Run]], path: Path) -> int:
     """Print the tables of the runs saved in ``path`` by ``--save``."""
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    runs = {label: [Run(**r) for r in rs] for label, rs in saved["runs"].items()}
     print(f"{saved['side']} on {saved['dataset']}, from {path}: {saved['base']} and the {HERE}, "
           f"{saved['budget']:g} s each, {saved['threads']} core(s) and torch threads")
     summary = compare(runs, saved["budget"])
@@ -142,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--tables", metavar="FILE", type=Path, help="print the tables of a run saved with --save")
     args = parser.parse_args(argv)
     if args.tables:
-        return tables(args.tables)
+        try:
+            saved, runs = read_saved(args.tables)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return tables(saved, runs, args.tables)
     if args.quick or args.smoke:
         args.dataset, args.seeds, args.budget = "digits", 1, 30.0 if args.quick else 15.0
     if args.seeds < 1 or args.budget <= 0 or not 1 <= args.threads <= len(os.sched_getaffinity(0)):

@@ -248,6 +248,11 @@ def test_search_ab_runs_one_search_side_from_the_base_commit_and_this_checkout_s
                                                                                     str(saved))
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "cnnsearch-ab-" not in worktrees  # the base's worktree is removed again
+    # A file it did not write: one line and exit code 2.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_ab.py"), "--tables", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and f"--tables {tmp_path}: not a file written by search_ab.py --save" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_data_pipeline_compares_stream_device_and_dataloader():
