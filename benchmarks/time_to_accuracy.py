@@ -490,7 +490,14 @@ def save(path: Path, budget: float, threads: int, datasets: list[str], runs: lis
 
 def merge(parser: argparse.ArgumentParser, files: list[str]) -> int:
     """Print the tables of the runs saved in ``files``, which must share one budget."""
-    saved = [json.loads(Path(f).read_text(encoding="utf-8")) for f in files]
+    saved = []
+    for f in files:
+        try:
+            saved.append(json.loads(Path(f).read_text(encoding="utf-8")))
+            if not {"budget", "datasets", "runs"} <= set(saved[-1]):
+                raise KeyError("budget, datasets and runs")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"--merge {f}: not a file written by time_to_accuracy.py --save ({type(exc).__name__}: {exc})")
     budgets = {s["budget"] for s in saved}
     if len(budgets) != 1:
         parser.error(f"--merge: the files were run with different budgets ({', '.join(map(str, budgets))} s); "

@@ -115,6 +115,16 @@ def test_time_to_accuracy_quick_runs_every_side_and_prints_its_tables(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["quick.json"]
 
 
+def test_time_to_accuracy_merge_of_a_file_it_did_not_write_says_so_in_one_line(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text('{"runs": {}}')
+    for path in (tmp_path / "missing.json", other):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--merge", str(path)],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert f"--merge {path}: not a file written by time_to_accuracy.py --save" in done.stderr
+
+
 def test_time_to_accuracy_tables_show_medians_spreads_and_a_target_never_reached(capsys):
     from benchmarks.time_to_accuracy import SIDES, Run, report
 
