@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -18,7 +19,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from storage.staging import staged_files
+
+T = TypeVar("T")
 
 
 def cpu_model() -> str:
@@ -135,3 +140,26 @@ def worktree(root: Path, rev: str) -> Iterator[Path]:
             yield tree
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, check=False)
+
+
+def save_json(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to ``path`` as JSON, whole or not at all (:func:`storage.staging.staged_files`).
+
+    A benchmark saves after every run: one cut off while writing keeps the file of the run before.
+    """
+    with staged_files(path.parent) as staging:
+        staging.write_text(path.name, json.dumps(record))
+
+
+def read_saved(path: str | Path, flag: str, writer: str, keys: set[str], build: Callable[[dict[str, Any]], T]) -> T:
+    """``build`` of the JSON object that ``writer --save`` wrote to ``path``, which must hold ``keys``.
+
+    Raises ValueError naming ``flag``, the file and what is wrong, for a one-line ``parser.error``.
+    """
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not keys <= set(saved):
+            raise KeyError(", ".join(sorted(keys)))
+        return build(saved)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{flag} {path}: not a file written by {writer} --save ({type(exc).__name__}: {exc})") from exc

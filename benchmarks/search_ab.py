@@ -18,7 +18,6 @@ harness's ``test_accuracy``), so that both picks are measured alike.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -34,7 +33,16 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from benchmarks.common import machine_line, parser_with_modes, result_line, short_rev, table, worktree  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    machine_line,
+    parser_with_modes,
+    read_saved,
+    result_line,
+    save_json,
+    short_rev,
+    table,
+    worktree,
+)
 from benchmarks.sides import handwritten  # noqa: E402
 from benchmarks.time_to_accuracy import (  # noqa: E402
     ANYTIME,
@@ -53,6 +61,8 @@ from benchmarks.time_to_accuracy import (  # noqa: E402
 SEARCH_SIDES = tuple(side for side in SIDES if side.startswith("cnnsearch"))
 HERE = "working tree"
 """The label of this checkout's runs; the base's are labelled with its short hash."""
+SAVED_KEYS = {"base", "side", "dataset", "budget", "threads", "runs"}
+"""What ``--save`` writes: the settings and each version's runs."""
 
 
 def compare(runs: dict[str, list[Run]], budget: float) -> str:
@@ -107,24 +117,16 @@ def _pair(base: float | None, here: float | None) -> str:
 
 
 def save(path: Path, meta: dict, runs: dict[str, list[Run]]) -> None:
-    """Every run so far, per version, to ``path`` (a temporary name renamed: never half-written)."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({**meta, "runs": {label: [r.__dict__ for r in rs] for label, rs in runs.items()}}),
-                       encoding="utf-8")
-    os.replace(partial, path)
+    """Every run so far, per version, to ``path``, never half-written."""
+    save_json(path, {**meta, "runs": {label: [r.__dict__ for r in rs] for label, rs in runs.items()}})
 
 
-def read_saved(path: Path) -> tuple[dict, dict[str, list[Run]]]:
-    """The settings and the runs ``--save`` wrote to ``path``; ValueError naming what is wrong otherwise."""
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        runs = {label: [Run(**r) for r in rs] for label, rs in saved["runs"].items()}
-        if sorted(runs) != sorted([saved["base"], HERE]) or not {"side", "dataset", "budget", "threads"} <= set(saved):
-            raise KeyError("base, side, dataset, budget, threads and both versions' runs")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"--tables {path}: not a file written by search_ab.py --save ({type(exc).__name__}: "
-                         f"{exc})") from exc
-    return saved, runs
+def read_runs(saved: dict) -> dict[str, list[Run]]:
+    """The runs of a file ``--save`` wrote, per version; KeyError unless it holds both versions'."""
+    runs = {label: [Run(**r) for r in rs] for label, rs in saved["runs"].items()}
+    if sorted(runs) != sorted([saved["base"], HERE]):
+        raise KeyError("both versions' runs")
+    return runs
 
 
 def tables(saved: dict, runs: dict[str, list[Run]], path: Path) -> int:
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tables:
         try:
-            saved, runs = read_saved(args.tables)
+            saved, runs = read_saved(args.tables, "--tables", "search_ab.py", SAVED_KEYS,
+                                     lambda saved: (saved, read_runs(saved)))
         except ValueError as exc:
             parser.error(str(exc))
         return tables(saved, runs, args.tables)

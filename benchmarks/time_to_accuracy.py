@@ -63,7 +63,7 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from benchmarks.common import machine_line, parser_with_modes, result_line, table  # noqa: E402
+from benchmarks.common import machine_line, parser_with_modes, read_saved, result_line, save_json, table  # noqa: E402
 from benchmarks.sides import handwritten  # noqa: E402
 
 SIDES = ("cnnsearch", "cnnsearch --no-start", "optuna-script", "ray-tune")
@@ -481,23 +481,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save(path: Path, budget: float, threads: int, datasets: list[str], runs: list[Run]) -> None:
-    """Write ``runs`` for ``--merge``: to a temporary name, then renamed, so the file is never half-written."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"budget": budget, "threads": threads, "datasets": datasets,
-                                   "runs": [r.__dict__ for r in runs]}), encoding="utf-8")
-    os.replace(partial, path)
+    """Write ``runs`` for ``--merge``, never half-written."""
+    save_json(path, {"budget": budget, "threads": threads, "datasets": datasets, "runs": [r.__dict__ for r in runs]})
 
 
 def merge(parser: argparse.ArgumentParser, files: list[str]) -> int:
     """Print the tables of the runs saved in ``files``, which must share one budget."""
-    saved = []
-    for f in files:
-        try:
-            saved.append(json.loads(Path(f).read_text(encoding="utf-8")))
-            if not {"budget", "datasets", "runs"} <= set(saved[-1]):
-                raise KeyError("budget, datasets and runs")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            parser.error(f"--merge {f}: not a file written by time_to_accuracy.py --save ({type(exc).__name__}: {exc})")
+    try:
+        saved = [read_saved(f, "--merge", "time_to_accuracy.py", {"budget", "datasets", "runs"}, dict) for f in files]
+    except ValueError as exc:
+        parser.error(str(exc))
     budgets = {s["budget"] for s in saved}
     if len(budgets) != 1:
         parser.error(f"--merge: the files were run with different budgets ({', '.join(map(str, budgets))} s); "
