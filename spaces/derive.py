@@ -66,6 +66,15 @@ Rules, and why:
    draw is). One only: a second, the classic residual
    recipe at the deepest stages, took ~10x the median's time per epoch on 28-px digits on
    a shared CPU and was cut by rule 7 in the demo; the sampler tries such networks. ``--no-start`` skips it.
+9. **The first drawn trial trains the low end of the epoch range** (``low_cost: {epochs: ...}``,
+   FLAML's low-cost start, :func:`spaces.loader._parse_low_cost`): Hyperband judges a trial
+   only against others at the same rung, so a study's first drawn trial (no peer at its rungs,
+   or only the start point) runs all its epochs, and a draw from the range averages 5/8 of the
+   top. At the low end it trains a quarter of the top (2/5 of an average draw's epochs), and
+   the user has a first finished trial (the whole pipeline shown to work, a recipe) that much
+   sooner. Only epochs: every other parameter is drawn as the sampler draws, so it is a draw,
+   not a chosen configuration, and the pruner judges it like any other. ``--no-start`` keeps it
+   (it names no configuration); behind a start point it is the second trial.
 
 Everything else (learning rate, optimiser, schedule, batch size, kernel, head, batch
 norm, attention, initialisation, HOG fusion) is searched over the ranges of the
@@ -225,13 +234,16 @@ def derive_space(facts: DataFacts, budget: Budget) -> Derivation:
     middle = max(first, (first + epochs) // 2)
     decisions.append(("1 start point", f"the middle of the ranges (the timed median network), {middle} epochs "
                       "(--no-start skips it)"))
+    decisions.append((f"first drawn trial: {first} epochs", "the range's low end: with no peer at its rungs Hyperband "
+                      "cannot stop it, so it is cheapest there (its other params drawn)"))
     params = _params(facts, (low, high), base, (dropout, decay, smoothing), (first, epochs))
     start = {**median_network(facts), "epochs": middle, "dropout": round(dropout / 2, 2)}
     del start["stem_stride"]  # fixed in the space: a start point names searched parameters only
     starts = [start]
     description = (f"{NAME}: derived from the data ({facts.height}x{facts.width}x{facts.channels}, "
                    f"{facts.classes} classes, {facts.train_images} training images) and the budget")
-    space = parse_space({"description": description, "params": params, "start": starts}, source=NAME, name=NAME)
+    space = parse_space({"description": description, "params": params, "start": starts,
+                         "low_cost": {"epochs": first}}, source=NAME, name=NAME)
     return Derivation(facts=facts, budget=budget, decisions=decisions, space=space, trial_timeout=trial_timeout)
 
 

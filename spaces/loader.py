@@ -12,6 +12,8 @@ A space file is a mapping::
       momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}
       epochs: 3                                             # fixed; also {type: fixed, value: 3}
     model: {builder: "nets.py:build"}   # optional: your own model (spaces/builder.py); its keys join params
+    start: [{lr: 0.003, depth: 2}]      # optional: points tried first, never pruned (params left out are drawn)
+    low_cost: {epochs: 2}               # optional: the first drawn trial's cost-related values
 
 Everything that could go wrong is found here, before a study starts: each problem is a
 :class:`SpaceError` with one line naming the file (or preset), the parameter and key, the
@@ -39,7 +41,7 @@ from spaces.errors import SpaceError
 from spaces.schema import CONFIG_KEYS, DEFAULT_CONFIG, INERT, SCALARS, Key, inert_message, unknown_key_message
 from spaces.space import Param, Space, dependency_order, same_value, step_count
 
-TOP_KEYS = ("description", "params", "start", "full_grid", "model")
+TOP_KEYS = ("description", "params", "start", "low_cost", "full_grid", "model")
 MODEL_KEYS = ("builder",)
 BUILDER_KEYS = ("builder", "builder_args")
 """Config keys only a space's `model: {builder: ...}` sets (which also replaces the `model` key's family)."""
@@ -163,8 +165,10 @@ def parse_space(data: Mapping | None, source: str = "<space>", strict: bool = Tr
                          ) from None
     ordered = {n: params[n] for n in dependency_order(list(params), deps)}
     start = _parse_start(source, data.get("start"), ordered)
+    low_cost = _parse_low_cost(source, data.get("low_cost"), ordered)
     space = Space(name=name, source=source, description=" ".join(description.split()), params=ordered,
-                  fixed=fixed, strict=strict, start=start, full_grid=full_grid, builder=builder)
+                  fixed=fixed, strict=strict, start=start, full_grid=full_grid, builder=builder,
+                  low_cost=low_cost)
     if full_grid:
         space.grid_size()  # a full grid needs a finite one: refused here, named, before any study
     return space
@@ -214,17 +218,36 @@ def _parse_start(source: str, raw: Any, params: Mapping[str, Param]) -> list[dic
     if not isinstance(raw, list) or not all(isinstance(p, Mapping) for p in raw):
         raise SpaceError(f"{source}: start={_preview(raw)} is not a list of points; give a list of mappings "
                          "of searched parameter to value, e.g. start: [{lr: 0.01, depth: 2}]")
-    points = []
-    for i, point in enumerate(raw):
-        for key, value in point.items():
-            if key not in params:
-                raise SpaceError(f"{source}: start[{i}]: {key!r} is not a searched parameter{_hint(key, params)}; "
-                                 f"searched parameters: {', '.join(params) or '(none)'}")
-            if not params[key].contains(value):
-                raise SpaceError(f"{source}: start[{i}]: {key}={_preview(value)} is outside the space; "
-                                 f"{key} takes {params[key].domain()}")
-        points.append(dict(point))
-    return points
+    return [_parse_point(f"{source}: start[{i}]", point, params) for i, point in enumerate(raw)]
+
+
+def _parse_low_cost(source: str, raw: Any, params: Mapping[str, Param]) -> dict[str, Any]:
+    """``low_cost:`` values of cost-related parameters (epochs, width, ...) for the study's first drawn trial.
+
+    FLAML's ``low_cost_partial_config`` (Wu et al., "Frugal optimization for cost-related
+    hyperparameters", AAAI 2021): a search that starts from its cheap end has a first result
+    early and spends little on a first trial no pruner can stop yet (it has no peers). Unlike a
+    start point, it names no configuration: the sampler draws every other parameter, and the
+    pruner judges the trial like any other.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpaceError(f"{source}: low_cost={_preview(raw)} is not a mapping of searched parameter to value; "
+                         "give e.g. low_cost: {epochs: 2}")
+    return _parse_point(f"{source}: low_cost", raw, params)
+
+
+def _parse_point(where: str, point: Mapping[str, Any], params: Mapping[str, Param]) -> dict[str, Any]:
+    """A partial point (searched param -> value), each value inside its parameter's range."""
+    for key, value in point.items():
+        if key not in params:
+            raise SpaceError(f"{where}: {key!r} is not a searched parameter{_hint(key, params)}; "
+                             f"searched parameters: {', '.join(params) or '(none)'}")
+        if not params[key].contains(value):
+            raise SpaceError(f"{where}: {key}={_preview(value)} is outside the space; "
+                             f"{key} takes {params[key].domain()}")
+    return dict(point)
 
 
 # --- reading YAML -----------------------------------------------------------------------

@@ -187,14 +187,15 @@ class Space:
     (benchmark spaces whose names are not CNN config keys). ``full_grid`` says the space is
     meant to run every point of its grid (a full factorial table): ``--sampler auto`` then runs
     the grid. ``builder`` is the space's own model (``model: {builder: ...}``, :mod:`spaces.builder`):
-    the parameters it declares go to the config's ``builder_args``. Two spaces are equal when
-    their fingerprints are.
+    the parameters it declares go to the config's ``builder_args``. ``start`` are points tried
+    first; ``low_cost`` the values of cost-related parameters the study's first drawn trial takes
+    (:func:`search.study.spec.fill_budget`). Two spaces are equal when their fingerprints are.
     """
 
     def __init__(self, name: str, source: str, description: str, params: Mapping[str, Param],
                  fixed: Mapping[str, Any], strict: bool = True,
                  start: list[dict[str, Any]] | None = None, full_grid: bool = False,
-                 builder: Builder | None = None) -> None:
+                 builder: Builder | None = None, low_cost: dict[str, Any] | None = None) -> None:
         self.name = name
         self.source = source
         self.description = description
@@ -202,6 +203,7 @@ class Space:
         self.fixed: dict[str, Any] = dict(fixed)
         self.strict = strict
         self.start: list[dict[str, Any]] = [dict(p) for p in start or []]
+        self.low_cost: dict[str, Any] = dict(low_cost or {})
         self.full_grid = full_grid
         self.builder = builder
 
@@ -285,14 +287,15 @@ class Space:
         return True
 
     def start_warnings(self) -> list[str]:
-        """One line per value a ``start`` point sets that its parameter's condition switches off.
+        """One line per value a ``start`` point (or ``low_cost``) sets that its parameter's condition switches off.
 
         Such a value is accepted (the point is valid) but never used: the parameter is not
         searched under the point's other values. Only conditions the point (or a fixed value)
         decides are judged; a value the sampler fills in later is not known here.
         """
         out = []
-        for i, point in enumerate(self.start):
+        points = [*((f"start[{i}]", point) for i, point in enumerate(self.start)), ("low_cost", self.low_cost)]
+        for where, point in points:
             for name, value in point.items():
                 for ref, allowed in self.params[name].when.items():
                     if ref not in point and ref not in self.fixed:
@@ -300,7 +303,7 @@ class Space:
                     known = point[ref] if ref in point else self.fixed[ref]
                     if not any(same_value(known, option) for option in allowed):
                         wanted = " or ".join(str(a) for a in allowed)
-                        out.append(f"{self.source}: start[{i}]: {name}={value!r} is ignored: {name} is searched only "
+                        out.append(f"{self.source}: {where}: {name}={value!r} is ignored: {name} is searched only "
                                    f"when {ref} is {wanted} (the point has {known})")
         return out
 
@@ -378,6 +381,8 @@ class Space:
         data["params"] = params
         if self.start:
             data["start"] = [dict(p) for p in self.start]
+        if self.low_cost:
+            data["low_cost"] = dict(self.low_cost)
         return data
 
     def to_yaml(self) -> str:
@@ -391,10 +396,12 @@ class Space:
         if self.start:
             lines.append("start:")
             lines += [f"  - {_flow_yaml(point)}" for point in self.start]
+        if self.low_cost:
+            lines.append(f"low_cost: {_flow_yaml(self.low_cost)}")
         return "\n".join(lines) + "\n"
 
     def fingerprint(self) -> str:
-        """16 hex characters naming the definition (description, start points and full_grid excluded).
+        """16 hex characters naming the definition (description, start points, low_cost and full_grid excluded).
 
         Stable across processes and key order; any change of a range, choice, condition,
         fixed value or builder reference changes it (the builder's source is checked apart:

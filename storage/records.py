@@ -35,7 +35,8 @@ CONFIG = "config"
 """The complete trial config (a JSON object), as :class:`spaces.schema.TrialConfig` serialises it."""
 SEED = "seed"
 ORIGIN = "origin"
-"""Why a trial was enqueued with known params: ``start`` (the space's start points) or ``warm_start``."""
+"""Why a trial was enqueued with known params: ``start`` (the space's start points), ``warm_start``, or
+``low_cost`` (the space's ``low_cost`` values fixed in the study's first drawn trial, the rest drawn)."""
 
 # --- trial user attrs: what it measured ------------------------------------------------------
 METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "epochs_run", "params", "flops", "latency_ms",

@@ -62,7 +62,8 @@ def add_run_args(p: argparse.ArgumentParser) -> Command:
     p.add_argument("--warm-start", metavar="STUDY", type=study_name,
                    help="enqueue the best configs of this study first")
     p.add_argument("--no-start", action="store_true",
-                   help="skip the space's start points: every trial is the sampler's own")
+                   help="skip the space's start points: every trial is the sampler's own (the space's "
+                        "low_cost values, if any, still set those params of the first)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--max-params", type=POSITIVE_INT, help="constraint: at most this many parameters")
     p.add_argument("--max-latency-ms", type=POSITIVE_FLOAT, help="constraint: at most this latency (ms/image)")

@@ -95,7 +95,9 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
     trial = optuna.Trial(study, trial_id)
     progress: _Progress | None = None  # set when training starts
     checkpoint: TrialCheckpoint | None = None
-    origin = trial.user_attrs.get(ORIGIN)  # "start" / "warm_start" when fill_budget enqueued a known config
+    # "start" / "warm_start" when fill_budget enqueued a known config (never pruned); "low_cost" for the
+    # first drawn trial with the space's low_cost values, pruned like any drawn trial.
+    origin = trial.user_attrs.get(ORIGIN)
     for key, value in identity.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr(STARTED, time.time())
@@ -115,7 +117,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         _refuse_before_training(trial, spec, config, data, device)
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
         progress = _Progress()
-        report = _Reporter(trial, spec, progress, prune=origin is None, last_epoch=config.epochs,
+        report = _Reporter(trial, spec, progress, prune=origin not in ("start", "warm_start"), last_epoch=config.epochs,
                            reported=set(before.intermediate_values), chance=largest_class_share(data.val_y))
         scores = spec.scores()
         if data.folds:  # K trainings per trial: no resume checkpoints (a retry trains every fold again)

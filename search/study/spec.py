@@ -309,12 +309,16 @@ def load_spec(study: optuna.Study) -> StudySpec:
 def fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str, Any]] | None = None) -> int:
     """Enqueue the points known in advance, within ``spec.budget``; return how many were added.
 
-    Order: warm-start params first, then the space's ``start`` points, then grid points
-    (shuffled with the study seed, so a partial grid still spreads over the space). A point
-    some trial already ran is not enqueued again. The rest of the budget is left to the
-    workers, which create the sampler's trials as they need them. Warm-start and start trials
-    carry user attr ``origin`` (``warm_start`` / ``start``): :func:`search.study.objective.run_trial`
-    never prunes them (see there). Processes filling one study at once take turns.
+    Order: warm-start params first, then the space's ``start`` points, then the space's
+    ``low_cost`` values, then grid points (shuffled with the study seed, so a partial grid still
+    spreads over the space). A point some trial already ran is not enqueued again. The rest of
+    the budget is left to the workers, which create the sampler's trials as they need them.
+    Warm-start and start trials carry user attr ``origin`` (``warm_start`` / ``start``):
+    :func:`search.study.objective.run_trial` never prunes them (see there). ``low_cost`` fixes
+    only the params it names of the study's first drawn trial (the sampler draws the rest), so
+    it is enqueued once, while no drawn trial exists (a study resumed after drawn trials ran has
+    had its first one); it carries ``origin: low_cost`` and is pruned like any drawn trial.
+    Processes filling one study at once take turns.
     """
     with _locked(_storage_url(study), study.study_name):
         return _fill_budget(study, spec, warm_start)
@@ -330,6 +334,10 @@ def _fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str
         if _key(params) not in seen:
             queue.append((params, origin))
             seen.add(_key(params))
+    low_cost = spec.space.low_cost if spec.sampler != "grid" else {}
+    drawn = [t for t in trials if t.user_attrs.get(ORIGIN) not in ("start", "warm_start")]  # low_cost's too
+    if low_cost and not drawn:
+        queue.append((low_cost, "low_cost"))
     if spec.sampler == "grid":
         points = spec.space.grid()
         random.Random(spec.seed).shuffle(points)

@@ -163,7 +163,13 @@ def test_no_start_leaves_out_the_derived_start_points(workdir: Path, capsys: pyt
     lines = _run(capsys, "--study", "n", "--dataset", "digits", "--timeout", "1", "--no-start")
     assert lines[0].startswith("space auto: derived from the data (8x8 px")
     assert "--no-start: the space's 1 start point(s) are not tried" in lines
-    assert not [t for t in _study(workdir, "n").trials if t.user_attrs.get("origin") == "start"]
+    study = _study(workdir, "n")
+    assert not [t for t in study.trials if t.user_attrs.get("origin") == "start"]
+    # The first drawn trial still trains the low end of the derived epoch range (the rest drawn).
+    low = parse_space(study.user_attrs["space"], name="auto").params["epochs"].low
+    assert f"first drawn trial: {low} epochs" in " ".join(_decisions(lines))
+    assert [t.system_attrs["fixed_params"] for t in study.trials if t.user_attrs.get("origin") == "low_cost"] == [
+        {"epochs": low}]
 
 
 @pytest.mark.parametrize("side,stride", [(32, 1), (100, 2), (224, 4)])

@@ -53,6 +53,24 @@ def test_start_points_are_never_pruned_and_sampled_trials_are(digits) -> None:
         start.intermediate_values[1], start.intermediate_values[2]]
 
 
+def test_the_low_cost_trial_is_drawn_but_for_its_epochs_and_pruned_like_any_drawn_trial(digits) -> None:
+    space = parse_space({"params": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                                    "epochs": {"type": "int", "low": 2, "high": 3}, "width": 4, "depth": 1},
+                         "start": [{"lr": 0.005, "epochs": 2}], "low_cost": {"epochs": 2}}, source="test")
+    spec = StudySpec(space=space, dataset="digits", budget=2)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    assert fill_budget(study, spec) == 2
+    identity = worker_identity(torch.device("cpu"))
+    outcomes = []
+    for trial in study.get_trials(deepcopy=False):
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        outcomes.append(run_trial(study, trial._trial_id, spec, digits, torch.device("cpu"), identity))
+    start, low_cost = study.get_trials()
+    assert [o.state for o in outcomes] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert low_cost.user_attrs["origin"] == "low_cost" and low_cost.params["epochs"] == 2
+    assert low_cost.params["lr"] != 0.005 and list(low_cost.intermediate_values) == [1]  # lr drawn; the pruner asked
+
+
 def _run_enqueued(study: optuna.Study, spec: StudySpec, data, params: list[dict]) -> list[optuna.trial.FrozenTrial]:
     """Enqueue ``params`` (sampled trials, no ``origin``), run each as a worker would, return them."""
     for p in params:

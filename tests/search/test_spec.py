@@ -52,3 +52,42 @@ def test_processes_creating_one_study_at_once_all_join_it(tmp_path: Path, reques
     study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=None))
     assert study.user_attrs["budget"] == 4
     assert len(study.trials) <= 4  # the start points of the space at most: never one set per process
+
+
+def _low_cost_space(lr: dict | None = None, **extra) -> object:
+    from spaces import parse_space
+
+    return parse_space({"params": {"lr": lr or {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                                   "epochs": {"type": "int", "low": 2, "high": 8}},
+                        "low_cost": {"epochs": 2}, **extra}, source="s.yaml")
+
+
+def _queued(study: optuna.Study) -> list[tuple[dict, str | None]]:
+    return [(t.system_attrs["fixed_params"], t.user_attrs.get("origin")) for t in study.get_trials()]
+
+
+def test_low_cost_fixes_the_first_drawn_trial_after_the_start_points_once() -> None:
+    spec = StudySpec(space=_low_cost_space(start=[{"lr": 0.01, "epochs": 5}]), dataset="digits")
+    study = optuna.create_study(direction="maximize")
+    assert fill_budget(study, spec) == 2
+    assert _queued(study) == [({"lr": 0.01, "epochs": 5}, "start"), ({"epochs": 2}, "low_cost")]
+    assert fill_budget(study, spec) == 0  # a second worker joining, or the study resumed: not again
+    # The sampler draws the rest of the low-cost trial: lr from its range, epochs as fixed.
+    trial = study.ask()  # the start point
+    trial = study.ask()
+    assert trial.suggest_int("epochs", 2, 8) == 2 and 1e-3 <= trial.suggest_float("lr", 1e-3, 1e-1, log=True) <= 0.1
+
+
+def test_low_cost_is_not_enqueued_once_a_drawn_trial_ran_for_grids_or_past_the_budget() -> None:
+    spec = StudySpec(space=_low_cost_space(), dataset="digits")
+    resumed = optuna.create_study(direction="maximize")
+    resumed.tell(resumed.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}), 0.5)
+    assert fill_budget(resumed, spec) == 0 and len(resumed.get_trials()) == 1
+    grid = StudySpec(space=_low_cost_space(lr={"type": "categorical", "choices": [0.01, 0.1]}), dataset="digits",
+                     sampler="grid", budget=3)
+    study = optuna.create_study(direction="maximize")
+    fill_budget(study, grid)
+    assert all(origin is None for _, origin in _queued(study)) and len(study.get_trials()) == 3
+    one = StudySpec(space=_low_cost_space(start=[{"lr": 0.01}]), dataset="digits", budget=1)
+    study = optuna.create_study(direction="maximize")
+    assert fill_budget(study, one) == 1 and _queued(study) == [({"lr": 0.01}, "start")]

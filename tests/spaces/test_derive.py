@@ -88,7 +88,7 @@ def test_each_decision_is_one_short_line_after_the_facts_it_was_made_from() -> N
                                "training images) and the budget (240 s left, 1 worker;")
     decisions = [line.strip() for line in lines[1:]]
     assert [d.split(":")[0].split(" ")[0] for d in decisions] == [
-        "stages", "first", "width", "dropout", "flips", "epochs", "trial", "1"]
+        "stages", "first", "width", "dropout", "flips", "epochs", "trial", "1", "first"]
     assert all("\n" not in d and len(d) < 160 for d in decisions)
 
 
@@ -109,3 +109,12 @@ def test_larger_images_get_a_strided_first_layer_and_stages_counted_on_the_map_a
         if stride > 1:
             assert f"{mapped}-px map" in first and f"({mapped} px after the first layer)" in lines[1]
         assert space.config_from_params(space.start[0]).stem_stride == stride  # the start point (the timed network)
+
+
+def test_the_first_drawn_trial_trains_the_low_end_of_the_epoch_range() -> None:
+    derivation = derive_space(PHOTOS_32, BUDGET)
+    low, high = _range(derivation.space, "epochs")
+    assert low < high and derivation.space.low_cost == {"epochs": low}
+    assert derivation.space.start[0]["epochs"] > low  # the start point trains the middle
+    line = next(line.strip() for line in derivation.lines() if line.strip().startswith("first drawn"))
+    assert line.startswith(f"first drawn trial: {low} epochs: the range's low end")

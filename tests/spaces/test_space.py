@@ -292,3 +292,24 @@ def test_start_points_are_validated_and_round_trip(tmp_path):
         parse_space({**good, "start": [{"depth": 7}]}, source="s.yaml")
     with pytest.raises(SpaceError, match=r"s.yaml: start\[0\]: 'width' is not a searched parameter"):
         parse_space({**good, "start": [{"width": 8}]}, source="s.yaml")
+
+
+def test_low_cost_is_validated_round_trips_and_leaves_the_fingerprint(tmp_path):
+    params = {"epochs": {"type": "int", "low": 2, "high": 20}, "width": {"type": "int", "low": 8, "high": 32},
+              "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+              "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}}}
+    space = parse_space({"params": params, "low_cost": {"epochs": 2, "width": 8}}, source="s.yaml")
+    assert space.low_cost == {"epochs": 2, "width": 8}
+    assert parse_space(space.to_dict(), source="again.yaml").low_cost == space.low_cost
+    (tmp_path / "s.yaml").write_text(space.to_yaml())
+    assert load_space(str(tmp_path / "s.yaml")).low_cost == space.low_cost
+    assert space.fingerprint() == parse_space({"params": params}, source="x.yaml").fingerprint()
+    for bad, message in [({"epochs": 1}, r"s.yaml: low_cost: epochs=1 is outside the space; epochs takes"),
+                         ({"epoch": 2}, r"s.yaml: low_cost: 'epoch' is not a searched parameter \(did you mean "
+                                        r"'epochs'\?\)"),
+                         ([{"epochs": 2}], r"s.yaml: low_cost=.* is not a mapping of searched parameter to value")]:
+        with pytest.raises(SpaceError, match=message):
+            parse_space({"params": params, "low_cost": bad}, source="s.yaml")
+    odd = parse_space({"params": params, "low_cost": {"optimizer": "adam", "momentum": 0.9}}, source="s.yaml")
+    assert odd.start_warnings() == ["s.yaml: low_cost: momentum=0.9 is ignored: momentum is searched only when "
+                                    "optimizer is sgd (the point has adam)"]
