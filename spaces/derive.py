@@ -69,7 +69,7 @@ Rules, and why:
 9. **The first drawn trial trains the low end of the epoch range** (``low_cost: {epochs: ...}``,
    FLAML's low-cost start, :func:`spaces.loader._parse_low_cost`): Hyperband judges a trial
    only against others at the same rung, so a study's first drawn trial (no peer at its rungs,
-   or only the start point) runs all its epochs, and a draw from the range averages 5/8 of the
+   or only the start point) mostly runs all its epochs, and a draw from the range averages 5/8 of the
    top. At the low end it trains a quarter of the top (2/5 of an average draw's epochs), and
    the user has a first finished trial (the whole pipeline shown to work, a recipe) that much
    sooner. Only epochs: every other parameter is drawn as the sampler draws, so it is a draw,
