@@ -35,11 +35,7 @@ def test_start_points_are_never_pruned_and_sampled_trials_are(digits) -> None:
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
     fill_budget(study, spec)
     study.enqueue_trial({})  # the sampler's trial of the budget, which a worker makes when none waits
-    identity = worker_identity(torch.device("cpu"))
-    outcomes = []
-    for trial in study.get_trials(deepcopy=False):
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
-        outcomes.append(run_trial(study, trial._trial_id, spec, digits, torch.device("cpu"), identity))
+    outcomes = _run_waiting(study, spec, digits)
     start, sampled = study.get_trials()
     assert start.user_attrs["origin"] == "start" and "origin" not in sampled.user_attrs
     assert [o.state for o in outcomes] == [TrialState.COMPLETE, TrialState.PRUNED]
@@ -60,25 +56,28 @@ def test_the_low_cost_trial_is_drawn_but_for_its_epochs_and_pruned_like_any_draw
     spec = StudySpec(space=space, dataset="digits", budget=2)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
     assert fill_budget(study, spec) == 2
-    identity = worker_identity(torch.device("cpu"))
-    outcomes = []
-    for trial in study.get_trials(deepcopy=False):
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
-        outcomes.append(run_trial(study, trial._trial_id, spec, digits, torch.device("cpu"), identity))
+    outcomes = _run_waiting(study, spec, digits)
     start, low_cost = study.get_trials()
     assert [o.state for o in outcomes] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert low_cost.user_attrs["origin"] == "low_cost" and low_cost.params["epochs"] == 2
     assert low_cost.params["lr"] != 0.005 and list(low_cost.intermediate_values) == [1]  # lr drawn; the pruner asked
 
 
+def _run_waiting(study: optuna.Study, spec: StudySpec, data) -> list:
+    """Run every waiting trial in order as a worker would; their outcomes."""
+    identity = worker_identity(torch.device("cpu"))
+    outcomes = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        outcomes.append(run_trial(study, trial._trial_id, spec, data, torch.device("cpu"), identity))
+    return outcomes
+
+
 def _run_enqueued(study: optuna.Study, spec: StudySpec, data, params: list[dict]) -> list[optuna.trial.FrozenTrial]:
     """Enqueue ``params`` (sampled trials, no ``origin``), run each as a worker would, return them."""
     for p in params:
         study.enqueue_trial(p)
-    identity = worker_identity(torch.device("cpu"))
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
-        run_trial(study, trial._trial_id, spec, data, torch.device("cpu"), identity)
+    _run_waiting(study, spec, data)
     return study.get_trials()
 
 
