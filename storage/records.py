@@ -37,6 +37,8 @@ SEED = "seed"
 ORIGIN = "origin"
 """Why a trial was enqueued with known params: ``start`` (the space's start points), ``warm_start``, or
 ``low_cost`` (the space's ``low_cost`` values fixed in the study's first drawn trial, the rest drawn)."""
+UNPRUNED_ORIGINS = ("start", "warm_start")
+"""The origins of known configs, which run to the end, never pruned; every other trial is drawn by the sampler."""
 
 # --- trial user attrs: what it measured ------------------------------------------------------
 METRICS = ("val_accuracy", "val_loss", "best_val_accuracy", "epochs_run", "params", "flops", "latency_ms",

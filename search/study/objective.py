@@ -60,6 +60,7 @@ from storage.records import (
     STARTED,
     THREADS,
     TRAIN_SECONDS,
+    UNPRUNED_ORIGINS,
     WORKER,
 )
 
@@ -117,7 +118,7 @@ def run_trial(study: optuna.Study, trial_id: int, spec: StudySpec, data: TrialDa
         _refuse_before_training(trial, spec, config, data, device)
         deadline = time.monotonic() + spec.trial_timeout if spec.trial_timeout else None
         progress = _Progress()
-        report = _Reporter(trial, spec, progress, prune=origin not in ("start", "warm_start"), last_epoch=config.epochs,
+        report = _Reporter(trial, spec, progress, prune=origin not in UNPRUNED_ORIGINS, last_epoch=config.epochs,
                            reported=set(before.intermediate_values), chance=largest_class_share(data.val_y))
         scores = spec.scores()
         if data.folds:  # K trainings per trial: no resume checkpoints (a retry trains every fold again)

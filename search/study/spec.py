@@ -55,6 +55,7 @@ from storage.records import (
     STUDY_SPACE_STRICT,
     STUDY_SPLIT,
     STUDY_VERSIONS,
+    UNPRUNED_ORIGINS,
 )
 from storage.studies import is_original
 
@@ -335,7 +336,7 @@ def _fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str
             queue.append((params, origin))
             seen.add(_key(params))
     low_cost = spec.space.low_cost if spec.sampler != "grid" else {}
-    drawn = [t for t in trials if t.user_attrs.get(ORIGIN) not in ("start", "warm_start")]  # low_cost's too
+    drawn = [t for t in trials if t.user_attrs.get(ORIGIN) not in UNPRUNED_ORIGINS]  # low_cost's too
     if low_cost and not drawn:
         queue.append((low_cost, "low_cost"))
     if spec.sampler == "grid":
