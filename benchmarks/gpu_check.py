@@ -10,8 +10,11 @@ Rows (each ``ok`` or ``FAIL`` with its figures):
   loop with the same model, optimizer, AMP and batched augmentation, interleaved in the same run
   (goal >= 0.95x), and seconds per epoch next to airbench's published 3.09 s for ~10 epochs to
   94 % on one A100 (random labels here: the figure is speed, not accuracy);
-- a forced out-of-memory trial (a config far too wide for any card): PRUNED with reason ``oom``,
-  and the next trial in the same worker completes, with the failed one's memory given back;
+- a forced out-of-memory trial: the allocator capped at 2 GiB for the check
+  (``torch.cuda.set_per_process_memory_fraction``, as when another process takes the card's memory
+  after the trial's memory check) and a config the check lets through (~8 GiB estimated): PRUNED
+  with reason ``oom``, and the next trial in the same worker completes, with the failed one's
+  memory given back;
 - ``cnnsearch run --jobs 2`` on one GPU and ``--backend ray --workers 2 --gpus-per-trial 0.5``:
   both finish their budget, every trial records its device, and each worker's peak memory
   (``nvidia-smi``, polled) is shown.
@@ -19,12 +22,20 @@ Rows (each ``ok`` or ``FAIL`` with its figures):
 Without a GPU it says "no GPU" and runs the rows that need none, so it cannot rot (CI's smoke
 test runs it). At most about 6 minutes on one GPU; no network, no data beyond mnist5k.
 
+``--ablate`` runs instead where ``train``'s time goes that the plain loop's does not: ``train``
+without each of its extras in turn (the FLOP count, the learning-rate schedule, the two parameter
+groups, the finiteness checks), interleaved with the plain loop, in microseconds a step. On a GPU
+the default config (launch-bound: the host side of a step counts); on a CPU a tiny one (width 2,
+batch 16), where the model's arithmetic is too small to hide the loop's own cost.
+
     python benchmarks/gpu_check.py            # on a GPU machine
     python benchmarks/gpu_check.py --smoke    # seconds: the rows a CPU can run, tiny sizes
+    python benchmarks/gpu_check.py --ablate   # the loop's extras, one at a time
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -32,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +59,7 @@ if __package__ in (None, ""):
 from benchmarks.common import interleaved, machine_line, median, parser_with_modes, result_line, table  # noqa: E402
 from search.study.local import run_study  # noqa: E402
 from search.study.spec import StudySpec  # noqa: E402
+from search.trial import train as train_module  # noqa: E402
 from search.trial.augment import Augmenter  # noqa: E402
 from search.trial.data import TrialData, make_split, prepare_data  # noqa: E402
 from search.trial.datasets import load_dataset  # noqa: E402
@@ -74,16 +86,19 @@ AIRBENCH_SHAPED = TrialConfig.from_dict({
     "epochs": AIRBENCH_EPOCHS,
 })
 
+OOM_LIMIT = 2 * 2**30  # bytes the allocator may hold during the out-of-memory check
 OOM_SPACE = {
-    # Trial 0 (a start point, so it runs first): 16 convs of 1024 filters on full-size 28 x 28 maps
-    # at batch 4,000 (the whole train split) keep ~20 GB of activations per conv for the backward
-    # pass: ~300 GB, beyond any single GPU. Trial 1, in the same worker, is small and must complete.
-    "description": "gpu_check: one far too wide config, then a small one",
-    "params": {"width": {"type": "categorical", "choices": [8, 1024]},
-               "layers": {"type": "categorical", "choices": [1, 16]},
+    # Trial 0 (a start point, so it runs first): 4 convs of 128 filters on full-size 28 x 28 maps at
+    # batch 4,000 (the whole train split): ~8 GiB estimated (search.trial.train.training_memory), which
+    # any card with that much free passes before training, and 4x the allocator's cap. A card's whole
+    # memory cannot be relied on instead: 16 convs of 1024 filters (~105 GiB estimated) trained on an
+    # H200 (111 GiB peak, 2026-12-04). Trial 1, in the same worker, is small and must complete.
+    "description": "gpu_check: one config over the allocator's cap, then a small one",
+    "params": {"width": {"type": "categorical", "choices": [8, 128]},
+               "layers": {"type": "categorical", "choices": [1, 4]},
                "batch_size": {"type": "categorical", "choices": [64, 65536]},
                "depth": 1, "epochs": 1},
-    "start": [{"width": 1024, "layers": 16, "batch_size": 65536}, {"width": 8, "layers": 1, "batch_size": 64}],
+    "start": [{"width": 128, "layers": 4, "batch_size": 65536}, {"width": 8, "layers": 1, "batch_size": 64}],
 }
 
 
@@ -222,13 +237,19 @@ def device_flag_row(folder: Path, device_flag: str, dataset: str) -> tuple[bool 
 
 
 def oom_row(folder: Path, device: torch.device) -> tuple[bool | None, str]:
-    """The too-wide trial and the small one after it, in one worker in this process."""
+    """The trial over the allocator's cap and the small one after it, in one worker in this process."""
     url = f"sqlite:///{folder / 'oom.db'}"
     spec = StudySpec(space=parse_space(OOM_SPACE), dataset="mnist5k", pruner="none", budget=2)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    run_study(spec, "oom", url, device=str(device), progress=False)
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, OOM_LIMIT / total), device)
+    try:
+        run_study(spec, "oom", url, device=str(device), progress=False)
+    finally:
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
     wide, small = study_trials(url, "oom")
     ok = (wide.state.name == "PRUNED" and wide.user_attrs.get("fail_reason") == "oom"
           and small.state.name == "COMPLETE" and wide.user_attrs.get("pid") == small.user_attrs.get("pid"))
@@ -243,7 +264,9 @@ def cli_run_row(folder: Path, name: str, extra: list[str], trials: int, dataset:
     url = f"sqlite:///{folder / f'{name}.db'}"
     command = [sys.executable, "-m", "search.cli", "run", "--study", name, "--storage", url, "--dataset", dataset,
                "--space", "tiny", "--trials", str(trials), "--pruner", "none", "--no-progress", *extra]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    # This checkout first, and a PYTHONPATH the machine's packages are on (wheels unpacked with --target) kept
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "RAY_USAGE_STATS_ENABLED": "0"}
     with GpuMemoryPoller() as poller:
         done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=240)
     if done.returncode != 0:
@@ -291,10 +314,72 @@ class GpuMemoryPoller:
         return ", ".join(f"{mib:,.0f} MiB" for mib in sorted(self.peaks.values())) or "-"
 
 
+class _ConstantSchedule:
+    """A schedule that leaves the rate as it is: ``train`` without its per-step schedule, for the ablation."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def step(self) -> None:
+        pass
+
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    # Each a set of search.trial.train's names replaced while that variant runs.
+    "train": {},
+    "no FLOP count": {"count_flops": lambda model, shape: 0},
+    "no schedule": {"make_schedule": lambda config, optimizer, steps: _ConstantSchedule(optimizer)},
+    "one param group": {"param_groups": lambda model, config: model.parameters()},
+    "no finiteness checks": {"CHECK_EVERY": 10**9, "_check_finite": lambda loss_sum, epoch: None},
+}
+
+
+@contextlib.contextmanager
+def _replaced(names: dict[str, Any]) -> Iterator[None]:
+    saved = {name: getattr(train_module, name) for name in names}
+    for name, value in names.items():
+        setattr(train_module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(train_module, name, value)
+
+
+def ablate(device: torch.device, rounds: int, dataset: str) -> str:
+    """The ablation table: each variant's median seconds, microseconds a step and raw/variant."""
+    cuda = device.type == "cuda"
+    config = TrialConfig() if cuda else TrialConfig().replace(depth=1, width=2, batch_size=16, batch_norm=False,
+                                                             epochs=1)
+    images = load_dataset(dataset)
+    data = prepare_data(images, make_split(images.labels), device)
+
+    def variant(names: dict[str, Any]) -> Callable[[], tuple[float, float]]:
+        def once() -> float:
+            with _replaced(names):
+                return train(config, data, device, measure=False).val_accuracy
+        return lambda: _timed(once, device)
+
+    variants = {"raw": lambda: _timed(lambda: raw_loop(config, data, device), device)}
+    variants.update({name: variant(names) for name, names in ABLATIONS.items()})
+    for fn in variants.values():  # warm-up: cuDNN's autotuning and the allocator's first blocks, untimed
+        fn()
+    timings = interleaved(variants, rounds)
+    steps = config.epochs * -(-len(data.train_y) // config.batch_size)
+    raw = median([seconds for seconds, _ in timings["raw"]])
+    rows = [[name, f"{median([t for t, _ in runs]):.3f}", f"{median([t for t, _ in runs]) / steps * 1e6:,.0f}",
+             f"{raw / median([t for t, _ in runs]):.2f}x"] for name, runs in timings.items()]
+    head = (f"ablation on {device}, {dataset}: width {config.width}, batch {config.batch_size}, "
+            f"{config.epochs} epoch(s), {steps} steps, {rounds} interleaved rounds")
+    return head + "\n" + table(["variant", "median s", "us/step", "raw/variant"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = parser_with_modes(
+    parser, mode = parser_with_modes(
         __doc__, quick="20,000 synthetic images, one round (on a CPU: no worker subprocesses, under a minute)",
         smoke="seconds: digits and few synthetic images, one round, no warm-up, no worker subprocesses on a CPU")
+    mode.add_argument("--ablate", action="store_true",
+                      help="only the ablation of train's extras against the plain loop (7 rounds)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -302,9 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda:
         torch.set_num_threads(1)  # as train_throughput: 2 threads on a shared 2-core machine scatter the timings
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    if args.ablate:
+        print(machine_line())
+        print(ablate(device, 7, "mnist5k"))
+        return 0
     short = args.smoke or args.quick
     dataset = "digits" if args.smoke else "mnist5k"
-    rounds = 1 if short else 2
+    rounds = 1 if short else 5 if cuda else 2  # a GPU round takes seconds; its timings spread by ~10 %
     print(f"GPU check on {device}: {dataset}, synthetic CIFAR-shaped uint8 data, {rounds} interleaved round(s)")
     print(machine_line())
     check = Check()

