@@ -33,7 +33,12 @@ def param_groups(model: nn.Module, config: TrialConfig) -> list[dict]:
     """The optimizer's parameter groups: the head at ``config.lr`` first, then the body at ``lr * body_lr_mult``.
 
     The head comes first so that ``param_groups[0]["lr"]`` (the learning-rate curve) is the peak rate.
+    With ``body_lr_mult`` 1 (every model but a fine-tuned one) there is one group, ``all``: the
+    optimizer's foreach kernels run once per group, and a second group costs every step ~20 us
+    on a CPU (``benchmarks/gpu_check.py --ablate``), more on a GPU, where the launches add up.
     """
+    if config.body_lr_mult == 1.0:
+        return [{"params": list(model.parameters()), "lr": config.lr, "name": "all"}]
     layer = output_layer(model)
     head = list((layer or model).parameters())
     head_ids = {id(p) for p in head}

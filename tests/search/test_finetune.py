@@ -94,6 +94,14 @@ def test_body_and_head_learning_rates_reach_the_optimizer():
     assert len(optimizer.param_groups[1]["params"]) == len(list(model.parameters())) - 2
 
 
+def test_one_learning_rate_is_one_parameter_group():
+    config = TrialConfig.from_dict({"model": "lenet5", "lr": 0.02, "optimizer": "adam"})
+    model = build_model(config, (1, 28, 28), 10)
+    optimizer = make_optimizer(config, param_groups(model, config))
+    assert [(g["name"], g["lr"]) for g in optimizer.param_groups] == [("all", 0.02)]
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
 def test_a_body_learning_rate_of_zero_leaves_the_body_as_it_was(digits, resnet18_file, schedule):
