@@ -23,8 +23,9 @@ Without a GPU it says "no GPU" and runs the rows that need none, so it cannot ro
 test runs it). At most about 6 minutes on one GPU; no network, no data beyond mnist5k.
 
 ``--ablate`` runs instead where ``train``'s time goes that the plain loop's does not: ``train``
-without each of its extras in turn (the FLOP count, the learning-rate schedule, the two parameter
-groups, the finiteness checks), interleaved with the plain loop, in microseconds a step. On a GPU
+without each of its extras in turn (the FLOP count, the learning-rate schedule, the finiteness
+checks), and with fine-tuning's two parameter groups (head and body) where it has one, interleaved
+with the plain loop, in microseconds a step. On a GPU
 the default config (launch-bound: the host side of a step counts); on a CPU a tiny one (width 2,
 batch 16), where the model's arithmetic is too small to hide the loop's own cost.
 
@@ -65,6 +66,7 @@ from search.trial.data import TrialData, make_split, prepare_data  # noqa: E402
 from search.trial.datasets import load_dataset  # noqa: E402
 from search.trial.device import amp_dtype_for  # noqa: E402
 from search.trial.errors import CnnSearchError  # noqa: E402
+from search.trial.finetune import param_groups  # noqa: E402
 from search.trial.memory import eval_batch_size  # noqa: E402
 from search.trial.models import build_model  # noqa: E402
 from search.trial.train import EVAL_BATCH, make_optimizer, train  # noqa: E402
@@ -324,12 +326,20 @@ class _ConstantSchedule:
         pass
 
 
+def _head_and_body(model: torch.nn.Module, config: TrialConfig) -> list[dict]:
+    """Fine-tuning's two parameter groups (head, body), both at the config's rate: what one group saves."""
+    groups = param_groups(model, config.replace(body_lr_mult=0.5))
+    for group in groups:
+        group["lr"] = config.lr
+    return groups
+
+
 ABLATIONS: dict[str, dict[str, Any]] = {
     # Each a set of search.trial.train's names replaced while that variant runs.
     "train": {},
     "no FLOP count": {"count_flops": lambda model, shape: 0},
     "no schedule": {"make_schedule": lambda config, optimizer, steps: _ConstantSchedule(optimizer)},
-    "one param group": {"param_groups": lambda model, config: model.parameters()},
+    "two param groups": {"param_groups": _head_and_body},
     "no finiteness checks": {"CHECK_EVERY": 10**9, "_check_finite": lambda loss_sum, epoch: None},
 }
 

@@ -66,7 +66,7 @@ def test_gpu_check_ablation_times_train_without_each_extra_and_puts_them_back():
     assert "ablation on cpu, digits: width 2, batch 16, 1 epoch(s), 90 steps, 1 interleaved rounds" in out
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
     rows = [row for row in rows if row != "variant" and not row.startswith("---")]
-    assert rows == ["raw", "train", "no FLOP count", "no schedule", "one param group", "no finiteness checks"]
+    assert rows == ["raw", "train", "no FLOP count", "no schedule", "two param groups", "no finiteness checks"]
     assert all(getattr(train_module, name) is value for name, value in before.items())
 
 
