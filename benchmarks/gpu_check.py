@@ -25,9 +25,9 @@ test runs it). At most about 6 minutes on one GPU; no network, no data beyond mn
 ``--ablate`` runs instead where ``train``'s time goes that the plain loop's does not: ``train``
 without each of its extras in turn (the FLOP count, the learning-rate schedule, the finiteness
 checks), and with fine-tuning's two parameter groups (head and body) where it has one, interleaved
-with the plain loop, in microseconds a step. On a GPU
-the default config (launch-bound: the host side of a step counts); on a CPU a tiny one (width 2,
-batch 16), where the model's arithmetic is too small to hide the loop's own cost.
+with the plain loop, in microseconds a step. On a GPU the default config (launch-bound: the host
+side of a step counts); on a CPU a tiny one (width 2, batch 16), where the model's arithmetic is
+too small to hide the loop's own cost.
 
     python benchmarks/gpu_check.py            # on a GPU machine
     python benchmarks/gpu_check.py --smoke    # seconds: the rows a CPU can run, tiny sizes
@@ -376,9 +376,8 @@ def ablate(device: torch.device, rounds: int, dataset: str) -> str:
         fn()
     timings = interleaved(variants, rounds)
     steps = config.epochs * -(-len(data.train_y) // config.batch_size)
-    raw = median([seconds for seconds, _ in timings["raw"]])
-    rows = [[name, f"{median([t for t, _ in runs]):.3f}", f"{median([t for t, _ in runs]) / steps * 1e6:,.0f}",
-             f"{raw / median([t for t, _ in runs]):.2f}x"] for name, runs in timings.items()]
+    seconds = {name: median([t for t, _ in runs]) for name, runs in timings.items()}
+    rows = [[name, f"{t:.3f}", f"{t / steps * 1e6:,.0f}", f"{seconds['raw'] / t:.2f}x"] for name, t in seconds.items()]
     head = (f"ablation on {device}, {dataset}: width {config.width}, batch {config.batch_size}, "
             f"{config.epochs} epoch(s), {steps} steps, {rounds} interleaved rounds")
     return head + "\n" + table(["variant", "median s", "us/step", "raw/variant"], rows)

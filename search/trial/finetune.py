@@ -35,7 +35,8 @@ def param_groups(model: nn.Module, config: TrialConfig) -> list[dict]:
     The head comes first so that ``param_groups[0]["lr"]`` (the learning-rate curve) is the peak rate.
     With ``body_lr_mult`` 1 (every model but a fine-tuned one) there is one group, ``all``: the
     optimizer's foreach kernels run once per group, and a second group costs every step ~20 us
-    on a CPU (``benchmarks/gpu_check.py --ablate``), more on a GPU, where the launches add up.
+    on a CPU (``benchmarks/gpu_check.py --ablate``); on a GPU it is a second set of kernel
+    launches a step, not yet measured there.
     """
     if config.body_lr_mult == 1.0:
         return [{"params": list(model.parameters()), "lr": config.lr, "name": "all"}]
