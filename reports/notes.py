@@ -14,9 +14,10 @@ workers writing at the same moment leave one whole note, never a mix of both.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -49,21 +50,37 @@ def refresh_study_note(study: optuna.Study, trial_number: int) -> bool:
     """Rewrite ``study``'s dashboard note if completed trial ``trial_number`` is now among its best.
 
     Returns True when the note was written. Never raises: a note is a convenience, so any failure
-    (the storage refusing the write, optuna-dashboard not installed) is logged as a warning and the
-    study goes on.
+    is logged as a warning and the study goes on: the storage refusing a write at every trial that
+    meets it (it may pass at the next), optuna-dashboard not installed once in a process.
     """
     try:
         best = best_trials(study, 1)
         if trial_number not in {t.number for t in best}:
             return False
-        from optuna_dashboard import save_note  # 0.3-3 s to import (sklearn): only once a note is due
-
+        save_note = _dashboard_save_note()
+        if save_note is None:
+            return False
         save_note(study, study_note(study, best, trial_number))
         return True
     except Exception as exc:  # noqa: BLE001 - the note must never cost a trial or a worker
         log.warning("could not update the dashboard note of study %r after trial %d: %s",
                     study.study_name, trial_number, exc)
         return False
+
+
+@functools.cache
+def _dashboard_save_note() -> Callable[[optuna.Study, str], None] | None:
+    """optuna-dashboard's ``save_note``, or None (warned once) where it is not installed.
+
+    Imported at the first note due (0.3-3 s: it imports sklearn), not with this module.
+    """
+    try:
+        from optuna_dashboard import save_note
+    except ImportError as exc:
+        log.warning("optuna-dashboard is not installed (%s): studies in this process get no dashboard note; "
+                    "`pip install optuna-dashboard` to have one", exc)
+        return None
+    return save_note
 
 
 def study_note(study: optuna.Study, best: list[FrozenTrial], trial_number: int) -> str:

@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 from optuna.trial import TrialState
 from optuna_dashboard import get_note
 
+from reports import notes
 from reports.notes import NOTE_MAX_CHARS, refresh_study_note
 from search.cli import main
 from storage import artifact_store_for, open_storage
@@ -233,6 +235,25 @@ def test_a_note_that_cannot_be_written_only_warns(tmp_path: Path, monkeypatch: p
         assert refresh_study_note(study, number) is False
     assert "could not update the dashboard note of study 'n' after trial 0: server closed" in caplog.text
     assert study.trials[number].state == TrialState.COMPLETE
+
+
+def test_without_optuna_dashboard_a_process_warns_once_and_its_trials_go_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # the first GPU machine ran studies without optuna-dashboard: every new best logged the same warning
+    study = _study(tmp_path, ["maximize"])
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # `import optuna_dashboard` raises ImportError
+    notes._dashboard_save_note.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="reports.notes"):
+            results = [refresh_study_note(study, _finish(study, [value])) for value in (0.7, 0.8, 0.9)]
+    finally:
+        notes._dashboard_save_note.cache_clear()
+    assert results == [False, False, False]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "reports.notes"]
+    assert len(warnings) == 1 and warnings[0].startswith("optuna-dashboard is not installed")
+    assert "pip install optuna-dashboard" in warnings[0]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert get_note(study) == ""
 
 
 def test_note_shows_the_built_values_and_the_builders_notes(tmp_path: Path) -> None:
