@@ -50,8 +50,8 @@ def refresh_study_note(study: optuna.Study, trial_number: int) -> bool:
     """Rewrite ``study``'s dashboard note if completed trial ``trial_number`` is now among its best.
 
     Returns True when the note was written. Never raises: a note is a convenience, so any failure
-    is logged as a warning and the study goes on: the storage refusing a write at every trial that
-    meets it (it may pass at the next), optuna-dashboard not installed once in a process.
+    is logged as a warning and the study goes on: a write the storage refuses, at each trial it
+    happens to (the next may pass); optuna-dashboard not installed, once a process.
     """
     try:
         best = best_trials(study, 1)
