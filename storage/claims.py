@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import optuna
@@ -27,7 +27,7 @@ _PG_CONNECT_TIMEOUT_S = 10
 
 
 @contextmanager
-def study_lock(url: str, study_name: str) -> Iterator[None]:
+def study_lock(url: str, study_name: str) -> Iterator[Callable[[], None]]:
     """Hold an exclusive lock on study ``study_name`` of the storage at ``url`` for the block.
 
     Creating a study and writing its spec, counting its trials and then adding some, reading the
@@ -40,6 +40,15 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
     - PostgreSQL: a transaction-level advisory lock keyed by the study name, held on a
       connection of its own for the block; the server releases it if this process dies.
     - Other storages: no lock.
+
+    The block gets ``still_held``: call it right before a write that rests on what the block read.
+    A PostgreSQL server that restarts (or drops the lock's connection) mid-block has released the
+    lock while the block runs on, and the storage's own connections reconnect to the new server:
+    a count read before the restart and a trial created after it let another worker, locked on
+    the new server, count the same trials and create one too (9 trials of a budget of 8, seen once
+    in CI). ``still_held`` raises the driver's ``OperationalError`` then (one of
+    :data:`storage.engine.DATABASE_LOST`), so the write is not made. Ending the block never raises
+    for a lost lock: its transaction holds no writes, and the server has released it already.
     """
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite") and parsed.database:
@@ -47,20 +56,38 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
         with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                yield _held
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
     elif parsed.drivername.startswith("postgresql"):
         engine = sqlalchemy.create_engine(url, poolclass=NullPool,
                                           connect_args={"connect_timeout": _PG_CONNECT_TIMEOUT_S})
         try:
-            with engine.connect() as connection, connection.begin():
+            with engine.connect() as connection:
+                connection.begin()
                 connection.execute(sqlalchemy.select(sqlalchemy.func.pg_advisory_xact_lock(_lock_key(study_name))))
-                yield
+                try:
+                    yield lambda: _still_connected(connection)
+                finally:
+                    # Rolled back, not committed: the transaction wrote nothing, and ending it releases the
+                    # lock. On a broken connection the server has released it already.
+                    with suppress(sqlalchemy.exc.DBAPIError, sqlalchemy.exc.InterfaceError):
+                        connection.rollback()
         finally:
             engine.dispose()
     else:
-        yield
+        yield _held
+
+
+def _held() -> None:
+    """``still_held`` of a lock that cannot be lost mid-block (a file lock) or of no lock."""
+
+
+def _still_connected(connection: sqlalchemy.Connection) -> None:
+    """Raise if the lock's connection (and with it the lock) is gone."""
+    if connection.invalidated:
+        raise sqlalchemy.exc.OperationalError("SELECT 1", None, Exception("the study lock's connection was lost"))
+    connection.execute(sqlalchemy.select(1))
 
 
 def _lock_key(study_name: str) -> int:

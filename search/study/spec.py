@@ -22,6 +22,7 @@ import os
 import platform
 import random
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 from importlib import metadata
@@ -321,11 +322,12 @@ def fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str,
     had its first one); it carries ``origin: low_cost`` and is pruned like any drawn trial.
     Processes filling one study at once take turns.
     """
-    with _locked(_storage_url(study), study.study_name):
-        return _fill_budget(study, spec, warm_start)
+    with _locked(_storage_url(study), study.study_name) as still_held:
+        return _fill_budget(study, spec, warm_start, still_held)
 
 
-def _fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str, Any]] | None) -> int:
+def _fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str, Any]] | None,
+                 still_held: Callable[[], None]) -> int:
     trials = study.get_trials(deepcopy=False)
     counted = sum(1 for t in trials if is_original(t))
     seen = {_key(t.params) for t in trials} | {_key(t.system_attrs.get(FIXED_PARAMS, {})) for t in trials}
@@ -350,12 +352,17 @@ def _fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str
         budget = counted + len(queue)
     queue = queue[:max(0, budget - counted)]
     for params, origin in queue:
+        still_held()  # counted under the lock: a database restart since has ended it
         study.enqueue_trial(params, user_attrs={ORIGIN: origin} if origin else None)
     return len(queue)
 
 
-def _locked(url: str | None, study_name: str) -> AbstractContextManager[None]:
-    return study_lock(url, study_name) if url else nullcontext()
+def _locked(url: str | None, study_name: str) -> AbstractContextManager[Callable[[], None]]:
+    return study_lock(url, study_name) if url else nullcontext(_unlocked)
+
+
+def _unlocked() -> None:
+    """``still_held`` of an in-memory study: one process, nothing to lose."""
 
 
 def _storage_url(study: optuna.Study) -> str | None:

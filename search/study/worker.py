@@ -228,9 +228,10 @@ class Worker:
         self.held = None  # what an earlier trial left (another worker ended it) is not this worker's
         with stops_held():
             self.stale.fail(self.study, self.storage, self.study_id)
-            with study_lock(self.lock_url, self.study.study_name):
+            with study_lock(self.lock_url, self.study.study_name) as still_held:
                 trial_id = claim_waiting_trial(self.storage, self.study_id)
                 if trial_id is None and self._under_budget():
+                    still_held()  # the count above was made under the lock: a database restart since ends it
                     trial_id = self.storage.create_new_trial(self.study_id)
             self.held, self.started_held = trial_id, False
         return trial_id

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
+from sqlalchemy.pool import NullPool
 
+from search.study.worker import Worker, WorkerSettings
 from storage import open_storage
 from storage.claims import claim_waiting_trial, hand_back_trial, study_lock
 from storage.heartbeat import Heartbeat, StaleTrials
+from tests.support.workers import FAST_SPACE, make_study, study_name, trials_of
 
 
 def _claim_all(url: str, out: multiprocessing.Queue) -> None:
@@ -97,3 +101,56 @@ def test_a_running_trial_that_keeps_beating_is_never_failed(tmp_path: Path) -> N
             check.fail(study, storage, study_id)
             time.sleep(1)
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.RUNNING]
+
+
+def _drop_advisory_lock_holders(url: str) -> int:
+    """Terminate the server connections holding an advisory lock: what a server restart does to them."""
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as admin:
+            pids = admin.execute(sqlalchemy.text(
+                "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+            )).scalars().all()
+            for pid in pids:
+                admin.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        return len(pids)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_lost_postgres_study_lock_refuses_the_write_and_the_block_ends_quietly(pg_url: str) -> None:
+    with study_lock(pg_url, "lost") as still_held:
+        still_held()  # held: nothing raised
+        assert _drop_advisory_lock_holders(pg_url) == 1
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            still_held()
+    assert _drop_advisory_lock_holders(pg_url) == 0  # the server released it
+    with study_lock(pg_url, "lost") as still_held:  # and it can be taken again
+        still_held()
+
+
+@pytest.mark.postgres
+def test_a_worker_whose_lock_is_lost_after_counting_the_budget_creates_no_trial(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CI once saw 9 trials of a budget of 8 after a PostgreSQL restart: a worker had counted under
+    # the lock before the restart and created its trial after it, while another worker, locked
+    # on the new server, counted the same trials and created one too.
+    name = study_name()
+    make_study(pg_url, name, FAST_SPACE, budget=4)
+    worker = Worker(pg_url, name, WorkerSettings(device="cpu", threads=1))
+    assert worker.claim() is not None  # the first trial, made under a lock that held
+    counted = worker._under_budget
+
+    def count_then_lose_the_lock() -> bool:
+        under = counted()
+        assert _drop_advisory_lock_holders(pg_url) == 1
+        return under
+
+    monkeypatch.setattr(worker, "_under_budget", count_then_lose_the_lock)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        worker.claim()
+    assert len(trials_of(pg_url, name)) == 1
+    monkeypatch.setattr(worker, "_under_budget", counted)
+    assert worker.claim() is not None  # the next claim, under a lock that holds, makes it
+    assert len(trials_of(pg_url, name)) == 2
