@@ -45,8 +45,9 @@ def study_lock(url: str, study_name: str) -> Iterator[Callable[[], None]]:
     A PostgreSQL server that restarts (or drops the lock's connection) mid-block has released the
     lock while the block runs on, and the storage's own connections reconnect to the new server:
     a count read before the restart and a trial created after it let another worker, locked on
-    the new server, count the same trials and create one too (9 trials of a budget of 8, seen once
-    in CI). ``still_held`` raises the driver's ``OperationalError`` then (one of
+    the new server, count the same trials and create one too (CI once counted 9 trials of a
+    budget of 8 after the restart test's restart, which this explains; not reproduced).
+    ``still_held`` raises the driver's ``OperationalError`` then (one of
     :data:`storage.engine.DATABASE_LOST`), so the write is not made. Ending the block never raises
     for a lost lock: its transaction holds no writes, and the server has released it already.
     """

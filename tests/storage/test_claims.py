@@ -133,9 +133,9 @@ def test_a_lost_postgres_study_lock_refuses_the_write_and_the_block_ends_quietly
 @pytest.mark.postgres
 def test_a_worker_whose_lock_is_lost_after_counting_the_budget_creates_no_trial(
         pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # CI once saw 9 trials of a budget of 8 after a PostgreSQL restart: a worker had counted under
-    # the lock before the restart and created its trial after it, while another worker, locked
-    # on the new server, counted the same trials and created one too.
+    # CI once counted 9 trials of a budget of 8 after a PostgreSQL restart. This race explains it
+    # (not reproduced there): a worker counts under the lock, the restart ends the lock, the worker
+    # creates its trial on the new server while another, locked there, counts the same trials.
     name = study_name()
     make_study(pg_url, name, FAST_SPACE, budget=4)
     worker = Worker(pg_url, name, WorkerSettings(device="cpu", threads=1))
