@@ -57,7 +57,7 @@ def study_lock(url: str, study_name: str) -> Iterator[Callable[[], None]]:
         with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield _held
+                yield always_held
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
     elif parsed.drivername.startswith("postgresql"):
@@ -72,16 +72,16 @@ def study_lock(url: str, study_name: str) -> Iterator[Callable[[], None]]:
                 finally:
                     # Rolled back, not committed: the transaction wrote nothing, and ending it releases the
                     # lock. On a broken connection the server has released it already.
-                    with suppress(sqlalchemy.exc.DBAPIError, sqlalchemy.exc.InterfaceError):
+                    with suppress(sqlalchemy.exc.DBAPIError):
                         connection.rollback()
         finally:
             engine.dispose()
     else:
-        yield _held
+        yield always_held
 
 
-def _held() -> None:
-    """``still_held`` of a lock that cannot be lost mid-block (a file lock) or of no lock."""
+def always_held() -> None:
+    """``still_held`` of a lock that cannot be lost mid-block (a file lock), or where there is no lock."""
 
 
 def _still_connected(connection: sqlalchemy.Connection) -> None:

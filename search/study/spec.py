@@ -40,7 +40,7 @@ from spaces import Space, parse_space
 from spaces.builder import check_source
 from spaces.references import is_file_target
 from spaces.schema import DEFAULT_CONFIG
-from storage.claims import study_lock
+from storage.claims import always_held, study_lock
 from storage.names import check_study_name
 from storage.records import (
     FIXED_PARAMS,
@@ -358,11 +358,8 @@ def _fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str
 
 
 def _locked(url: str | None, study_name: str) -> AbstractContextManager[Callable[[], None]]:
-    return study_lock(url, study_name) if url else nullcontext(_unlocked)
+    return study_lock(url, study_name) if url else nullcontext(always_held)
 
-
-def _unlocked() -> None:
-    """``still_held`` of an in-memory study: one process, nothing to lose."""
 
 
 def _storage_url(study: optuna.Study) -> str | None:
