@@ -4,7 +4,8 @@ The trial budget is study-wide: :func:`claim_waiting_trial` takes a waiting tria
 :func:`hand_back_trial` returns one a stopped worker held, and
 :func:`study_lock` makes each read-then-write step on a study (creating it, enqueueing its
 known points, claiming a trial or creating one within the budget) a single step for every
-process that works on it.
+process that works on it; :func:`past_budget` sets aside a trial that was made past the budget
+all the same, across a database restart.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from storage.records import HANDED_BACK
+from storage.records import FAIL_MESSAGE, FAIL_REASON, HANDED_BACK, OVER_BUDGET
+from storage.studies import is_original
 
 _PG_CONNECT_TIMEOUT_S = 10
 
@@ -45,11 +47,11 @@ def study_lock(url: str, study_name: str) -> Iterator[Callable[[], None]]:
     A PostgreSQL server that restarts (or drops the lock's connection) mid-block has released the
     lock while the block runs on, and the storage's own connections reconnect to the new server:
     a count read before the restart and a trial created after it let another worker, locked on
-    the new server, count the same trials and create one too (CI once counted 9 trials of a
-    budget of 8 after the restart test's restart, which this explains; not reproduced).
-    ``still_held`` raises the driver's ``OperationalError`` then (one of
-    :data:`storage.engine.DATABASE_LOST`), so the write is not made. Ending the block never raises
-    for a lost lock: its transaction holds no writes, and the server has released it already.
+    the new server, count the same trials and create one too. ``still_held`` raises the driver's ``OperationalError`` then (one of
+    :data:`storage.engine.DATABASE_LOST`), so the write is not made. A write already under way
+    when the restart comes can still land on the new server unlocked: :func:`past_budget` sets
+    aside a trial made so. Ending the block never raises for a lost lock: its transaction holds
+    no writes, and the server has released it already.
     """
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite") and parsed.database:
@@ -135,3 +137,28 @@ def hand_back_trial(storage: optuna.storages.BaseStorage, trial_id: int) -> bool
         return storage.set_trial_state_values(trial_id, state=TrialState.WAITING)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
+
+
+def past_budget(storage: optuna.storages.BaseStorage, study_id: int, trial_id: int, budget: int) -> bool:
+    """Whether the new trial ``trial_id`` was made past the study's ``budget``; if so it is set aside.
+
+    Set aside: failed unrun with reason :data:`~storage.records.OVER_BUDGET`, which takes it out of
+    the count (:func:`storage.studies.is_original`) and out of the retries. Checked after every
+    trial a worker makes, because :func:`study_lock` alone cannot hold across a restart: Optuna's
+    ``create_new_trial`` tries again for up to ~10 s when its database is gone (its loop for
+    deadlocks: a create called with the server stopped, and the server started 1.5 s later,
+    returned 2.4 s after the call, measured), and lands on the new server, where the lock was
+    released with the old one, maybe after another worker locked there counted the same trials
+    and made one (CI twice: 9 trials of a budget of 8 after the restart test's restart).
+    The budget is the first ``budget`` counted trials by number: Optuna numbers trials in the
+    order they are made (under a lock on the study's row), so which came first never changes.
+    """
+    number = storage.get_trial_number_from_id(trial_id)
+    earlier = sum(1 for t in storage.get_all_trials(study_id, deepcopy=False) if t.number < number and is_original(t))
+    if earlier < budget:
+        return False
+    storage.set_trial_user_attr(trial_id, FAIL_REASON, OVER_BUDGET)  # out of the count from here on
+    storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, f"made after {earlier} trials of a budget of {budget} "
+                                                        "while the database restarted; never run")
+    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    return True

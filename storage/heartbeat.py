@@ -8,6 +8,7 @@ to read its heartbeat table back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -20,7 +21,7 @@ from optuna.trial import TrialState
 from storage.engine import short_reason
 from storage.errors import StorageError
 from storage.periodic import Periodic
-from storage.records import FAIL_MESSAGE, FAIL_REASON, HANDED_BACK, LAST_HEARTBEAT
+from storage.records import FAIL_MESSAGE, FAIL_REASON, HANDED_BACK, LAST_HEARTBEAT, OVER_BUDGET
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ def _grace(storage: optuna.storages.BaseStorage, interval: int) -> float:
 
 def fail_and_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int, reason: str,
                    message: str, *, queue_first: bool = False) -> bool:
-    """Mark the running trial ``trial_id`` FAIL with its reason and queue it again; False if it had ended.
+    """Mark the running trial ``trial_id`` FAIL with its reason and queue it again; False if it had ended
+    (or had been set aside past the budget: then failed, never queued).
 
     The retry is what Optuna's retry callback makes of a dead worker's trial: a new trial with the
     same params and user attrs (not the failure's reason), linked to this one (system attr
@@ -177,6 +179,12 @@ def fail_and_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, tr
     retry = (getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback)()
     trial = copy.deepcopy(storage.get_trial(trial_id))
     if trial.state.is_finished():
+        return False
+    if trial.user_attrs.get(FAIL_REASON) == OVER_BUDGET:
+        # Set aside unrun by storage.claims.past_budget, and its worker lost the database before it
+        # failed it: failed now, its reason kept (it keeps the trial out of the count), no retry.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         return False
     # The retry inherits the user attrs; the failure's reason and hand-backs belong to this attempt only.
     trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (FAIL_REASON, FAIL_MESSAGE, HANDED_BACK)}

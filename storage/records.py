@@ -82,6 +82,9 @@ FOLD_VAL_ACCURACY_STD = "fold_val_accuracy_std"
 FAIL_REASON = "fail_reason"
 """A short tag; one of :data:`FAIL_REASONS`."""
 FAIL_MESSAGE = "fail_message"
+OVER_BUDGET = "over_budget"
+"""The :data:`FAIL_REASON` of a trial set aside unrun: it does not count against the budget
+(:func:`storage.studies.is_original`) and is never retried."""
 FAIL_REASONS = {
     "pruned": "stopped early by the pruner",
     "nan_loss": "loss became NaN/inf",
@@ -92,6 +95,7 @@ FAIL_REASONS = {
     "storage": "lost its database mid-trial",
     "constraint": "over --max-params before training",
     "memory": "too big for the worker's memory before training",
+    "over_budget": "made past the budget as the database restarted; never run",
 }
 """Failure tag -> what it means, in the words the report uses."""
 

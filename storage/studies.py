@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from storage.errors import StorageError
 from storage.names import check_study_name
-from storage.records import CONSTRAINTS, RETRY_OF, VAL_ACCURACY
+from storage.records import CONSTRAINTS, FAIL_REASON, OVER_BUDGET, RETRY_OF, VAL_ACCURACY
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -40,8 +40,9 @@ def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
 
 
 def is_original(trial: FrozenTrial) -> bool:
-    """Whether a trial counts against the budget: retries of a crashed trial do not."""
-    return RETRY_OF not in trial.system_attrs
+    """Whether a trial counts against the budget: retries of a crashed trial do not, nor a trial set
+    aside unrun because it was made past the budget (:func:`storage.claims.past_budget`)."""
+    return RETRY_OF not in trial.system_attrs and trial.user_attrs.get(FAIL_REASON) != OVER_BUDGET
 
 
 def feasible(trial: FrozenTrial) -> bool:

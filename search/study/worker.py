@@ -33,7 +33,7 @@ from search.study.tracking import study_tracker
 from search.trial.data import TrialData, prepare_data
 from search.trial.device import resolve_device, use_deterministic_kernels
 from storage import StorageError, mask_url, open_storage
-from storage.claims import claim_waiting_trial, hand_back_trial, study_lock
+from storage.claims import claim_waiting_trial, hand_back_trial, past_budget, study_lock
 from storage.engine import DATABASE_LOST, short_reason
 from storage.heartbeat import Heartbeat, StaleTrials, fail_and_retry, heartbeat_settings
 from storage.records import GPU_IDS, STUDY_BUDGET
@@ -230,24 +230,30 @@ class Worker:
             self.stale.fail(self.study, self.storage, self.study_id)
             with study_lock(self.lock_url, self.study.study_name) as still_held:
                 trial_id = claim_waiting_trial(self.storage, self.study_id)
-                if trial_id is None and self._under_budget():
+                if trial_id is None and self._under_budget(budget := self._budget()):
                     still_held()  # the count above was made under the lock: a database restart since ends it
                     trial_id = self.storage.create_new_trial(self.study_id)
+                    if budget is not None and past_budget(self.storage, self.study_id, trial_id, budget):
+                        log.warning("trial id %d set aside unrun: made past the budget of %d as the database "
+                                    "restarted", trial_id, budget)
+                        trial_id = None
             self.held, self.started_held = trial_id, False
         return trial_id
 
-    def _under_budget(self) -> bool:
-        """Whether the study may have one more trial (retries of lost trials do not count).
+    def _budget(self) -> int | None:
+        """How many trials the study may make (None: no limit; a grid's are all enqueued: 0).
 
-        The budget is read from the study each time: a resumed ``run --trials`` may have raised
-        it since this worker joined. Without a budget: always. A grid: never, its points within
-        the budget are all enqueued (each runs once).
+        Read from the study each time: a resumed ``run --trials`` may have raised it since this
+        worker joined.
         """
         if self.spec.sampler == "grid":
-            return False
-        budget = self.storage.get_study_user_attrs(self.study_id).get(STUDY_BUDGET)
-        if budget is None:
-            return True
+            return 0  # its points within the budget are all enqueued (each runs once)
+        return self.storage.get_study_user_attrs(self.study_id).get(STUDY_BUDGET)
+
+    def _under_budget(self, budget: int | None) -> bool:
+        """Whether the study may have one more trial (retries of lost trials do not count)."""
+        if budget is None or budget <= 0:
+            return budget is None
         trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
         return sum(1 for t in trials if is_original(t)) < budget
 
