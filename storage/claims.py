@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import optuna
@@ -47,11 +47,14 @@ def study_lock(url: str, study_name: str) -> Iterator[Callable[[], None]]:
     A PostgreSQL server that restarts (or drops the lock's connection) mid-block has released the
     lock while the block runs on, and the storage's own connections reconnect to the new server:
     a count read before the restart and a trial created after it let another worker, locked on
-    the new server, count the same trials and create one too. ``still_held`` raises the driver's ``OperationalError`` then (one of
-    :data:`storage.engine.DATABASE_LOST`), so the write is not made. A write already under way
-    when the restart comes can still land on the new server unlocked: :func:`past_budget` sets
-    aside a trial made so. Ending the block never raises for a lost lock: its transaction holds
-    no writes, and the server has released it already.
+    the new server, count the same trials and create one too. ``still_held`` raises the driver's
+    ``OperationalError`` then (one of :data:`storage.engine.DATABASE_LOST`), so the write is not
+    made. A write already under way when the restart comes can still land on the new server
+    unlocked: :func:`past_budget` sets aside a trial made so. Ending the block never raises for a
+    lost lock: its transaction holds no writes, and the server has released it already.
+
+    Not re-entrant: a process holding the lock that asks for it again waits for ever (another
+    connection, another open file), so a function that takes it is never called inside a block.
     """
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite") and parsed.database:
@@ -80,6 +83,13 @@ def study_lock(url: str, study_name: str) -> Iterator[Callable[[], None]]:
             engine.dispose()
     else:
         yield always_held
+
+
+def storage_lock(storage: optuna.storages.BaseStorage, study_name: str) -> AbstractContextManager[Callable[[], None]]:
+    """:func:`study_lock` on the database of ``storage`` (an ``RDBStorage`` or Optuna's cache around one); no
+    lock for a storage without a URL (in memory)."""
+    url = getattr(getattr(storage, "_backend", storage), "url", None)  # Optuna keeps the cached one's backend private
+    return study_lock(url, study_name) if url else nullcontext(always_held)
 
 
 def always_held() -> None:

@@ -13,15 +13,16 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from storage.claims import storage_lock
 from storage.engine import short_reason
 from storage.errors import StorageError
 from storage.periodic import Periodic
-from storage.records import FAIL_MESSAGE, FAIL_REASON, HANDED_BACK, LAST_HEARTBEAT, OVER_BUDGET
+from storage.records import FAIL_MESSAGE, FAIL_REASON, HANDED_BACK, LAST_HEARTBEAT, OVER_BUDGET, RETRY_HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,10 @@ def _grace(storage: optuna.storages.BaseStorage, interval: int) -> float:
     return getattr(backend, "grace_period", None) or 2 * interval
 
 
+RETRIED_REASONS = ("interrupted", "storage")
+"""The :data:`~storage.records.FAIL_REASON` of a trial :func:`fail_and_retry` ends: each is queued again."""
+
+
 def fail_and_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int, reason: str,
                    message: str, *, queue_first: bool = False) -> bool:
     """Mark the running trial ``trial_id`` FAIL with its reason and queue it again; False if it had ended
@@ -167,37 +172,91 @@ def fail_and_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, tr
     The retry is what Optuna's retry callback makes of a dead worker's trial: a new trial with the
     same params and user attrs (not the failure's reason), linked to this one (system attr
     ``failed_trial``), outside the budget. Nothing is queued with heartbeats off (no retry
-    callback) or for a trial retried ``max_retry`` times already.
+    callback), for a trial retried ``max_retry`` times already, or for one whose retry is queued.
 
-    The order: by default the trial is failed first, and only the call whose FAIL lands queues
-    the retry, so two workers that find the same stale trial queue one retry. With
-    ``queue_first`` the retry is queued before the trial fails, so that a worker looking for work
-    always sees it running or waiting, never neither (it would end, taking the budget for spent):
-    for a caller that ends a trial no worker of the study holds any more (a run whose worker
-    process died), where a worker could be asking just then.
+    Under the study's lock (:func:`storage.claims.storage_lock`; never call this holding it), so
+    that a worker sees either both writes or neither: two workers that find the same stale trial
+    queue one retry, and :func:`queue_lost_retries` never takes a failure on its way to its retry
+    for a lost one. The order: by default the trial is failed first. With ``queue_first`` the
+    retry is queued before the trial fails, so that a worker looking for work always sees it
+    running or waiting, never neither (it would end, taking the budget for spent): for a caller
+    that ends a trial no worker of the study holds any more (a run whose worker process died),
+    where a worker could be asking just then. A database lost between the two writes leaves a
+    failed trial without its retry (:func:`queue_lost_retries` queues it), or a running one whose
+    retry is queued (the stale-trial check fails it later, and queues nothing more).
     """
-    retry = (getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback)()
-    trial = copy.deepcopy(storage.get_trial(trial_id))
-    if trial.state.is_finished():
-        return False
-    if trial.user_attrs.get(FAIL_REASON) == OVER_BUDGET:
-        # Set aside unrun by storage.claims.past_budget, and its worker lost the database before it
-        # failed it: failed now, its reason kept (it keeps the trial out of the count), no retry.
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-        return False
-    # The retry inherits the user attrs; the failure's reason and hand-backs belong to this attempt only.
-    trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (FAIL_REASON, FAIL_MESSAGE, HANDED_BACK)}
-    if queue_first and retry is not None:
-        retry(study, trial)
-    try:
-        # A trial's user attrs cannot be written once it has ended: the reason first.
-        storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
-        storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, message)
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+    with storage_lock(storage, study.study_name):
+        retry = _retry_callback(storage)
+        trial = storage.get_trial(trial_id)
+        if trial.state.is_finished():
             return False
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    if not queue_first and retry is not None:
-        retry(study, trial)
-    return True
+        if trial.user_attrs.get(FAIL_REASON) == OVER_BUDGET:
+            # Set aside unrun by storage.claims.past_budget, and its worker lost the database before it
+            # failed it: failed now, its reason kept (it keeps the trial out of the count), no retry.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            return False
+        if retry is not None and trial.number in _retried(study.get_trials(deepcopy=False)):
+            retry = None  # queued before a failure that did not land (queue_first, then the database went)
+        if queue_first and retry is not None:
+            _queue_retry(study, retry, trial)
+        try:
+            # A trial's user attrs cannot be written once it has ended: the reason first.
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
+            storage.set_trial_user_attr(trial_id, FAIL_MESSAGE, message)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return False
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        if not queue_first and retry is not None:
+            _queue_retry(study, retry, trial)
+        return True
+
+
+def queue_lost_retries(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Queue the retry :func:`fail_and_retry` did not: of each trial it failed whose retry is not queued;
+    their numbers.
+
+    Its worker lost the database between the failure and the retry, for longer than Optuna's
+    own retries of a write last (seconds): the trial would be lost, neither run nor run again.
+    Call under the study's lock, as ``fail_and_retry`` writes under it: a failure seen without
+    its retry is then never one whose retry is on its way. A trial retried ``max_retry`` times
+    already is left (the callback queues nothing).
+    """
+    retry = _retry_callback(storage)
+    if retry is None:
+        return []
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    lost = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON) in RETRIED_REASONS
+            and t.number not in retried]
+    queued = []
+    for trial in lost:
+        if _queue_retry(study, retry, trial):
+            log.warning("trial %d was failed but never queued again (its worker lost the database); queued now",
+                        trial.number)
+            queued.append(trial.number)
+    return queued
+
+
+def _retry_callback(storage: optuna.storages.BaseStorage):  # noqa: ANN202 - Optuna's callback class moved in 4.9
+    return (getattr(storage, "get_heartbeat_stale_trial_callback", None) or storage.get_failed_trial_callback)()
+
+
+def _retried(trials: list[FrozenTrial]) -> set[int]:
+    """The numbers of the trials some trial is a retry of (Optuna's ``retry_history`` of each retry)."""
+    return {number for t in trials for number in t.system_attrs.get(RETRY_HISTORY, ())}
+
+
+def _queue_retry(study: optuna.Study, retry: Callable[[optuna.Study, FrozenTrial], None], trial: FrozenTrial) -> bool:
+    """Queue the retry of ``trial`` with Optuna's callback; False if it queued none (``max_retry`` reached).
+
+    Told by the study's trial count: under the study's lock no other process adds a trial.
+    """
+    before = len(study.get_trials(deepcopy=False))
+    copied = copy.deepcopy(trial)
+    # The retry inherits the user attrs; the failure's reason and hand-backs belong to this attempt only.
+    copied.user_attrs = {k: v for k, v in copied.user_attrs.items()
+                         if k not in (FAIL_REASON, FAIL_MESSAGE, HANDED_BACK)}
+    retry(study, copied)
+    return len(study.get_trials(deepcopy=False)) > before

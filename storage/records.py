@@ -141,5 +141,7 @@ INPUT_SHAPE = "input_shape"
 # --- trial system attrs (Optuna's own) -----------------------------------------------------------
 RETRY_OF = "failed_trial"
 """Set by Optuna's retry callback on the retry of a trial whose worker died."""
+RETRY_HISTORY = "retry_history"
+"""Set by Optuna's retry callback on a retry: the numbers of the failed trials it follows, oldest first."""
 FIXED_PARAMS = "fixed_params"
 """Set by ``Study.enqueue_trial``: the params an enqueued trial runs with."""

@@ -23,7 +23,6 @@ import platform
 import random
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from typing import Any
@@ -40,7 +39,7 @@ from spaces import Space, parse_space
 from spaces.builder import check_source
 from spaces.references import is_file_target
 from spaces.schema import DEFAULT_CONFIG
-from storage.claims import always_held, study_lock
+from storage.claims import storage_lock
 from storage.names import check_study_name
 from storage.records import (
     FIXED_PARAMS,
@@ -270,7 +269,7 @@ def create_or_resume(storage: optuna.storages.BaseStorage, name: str, spec: Stud
     Processes that call this at the same moment take turns (:func:`storage.claims.study_lock`):
     one creates the study and records its spec, the others then join it.
     """
-    with _locked(getattr(storage, "url", None), name):
+    with storage_lock(storage, name):
         return _create_or_resume(storage, name, spec)
 
 
@@ -322,7 +321,7 @@ def fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str,
     had its first one); it carries ``origin: low_cost`` and is pruned like any drawn trial.
     Processes filling one study at once take turns.
     """
-    with _locked(_storage_url(study), study.study_name) as still_held:
+    with storage_lock(study._storage, study.study_name) as still_held:  # Optuna keeps a study's storage private
         return _fill_budget(study, spec, warm_start, still_held)
 
 
@@ -355,18 +354,6 @@ def _fill_budget(study: optuna.Study, spec: StudySpec, warm_start: list[dict[str
         still_held()  # counted under the lock: a database restart since has ended it
         study.enqueue_trial(params, user_attrs={ORIGIN: origin} if origin else None)
     return len(queue)
-
-
-def _locked(url: str | None, study_name: str) -> AbstractContextManager[Callable[[], None]]:
-    return study_lock(url, study_name) if url else nullcontext(always_held)
-
-
-
-def _storage_url(study: optuna.Study) -> str | None:
-    """The URL of the SQL database ``study`` lives in; None for an in-memory study."""
-    # Optuna keeps a study's storage private (wrapped in its trial cache); the URL names the lock.
-    storage = getattr(study._storage, "_backend", study._storage)
-    return getattr(storage, "url", None)
 
 
 def _key(params: dict[str, Any]) -> tuple:

@@ -35,7 +35,7 @@ from search.trial.device import resolve_device, use_deterministic_kernels
 from storage import StorageError, mask_url, open_storage
 from storage.claims import claim_waiting_trial, hand_back_trial, past_budget, study_lock
 from storage.engine import DATABASE_LOST, short_reason
-from storage.heartbeat import Heartbeat, StaleTrials, fail_and_retry, heartbeat_settings
+from storage.heartbeat import Heartbeat, StaleTrials, fail_and_retry, heartbeat_settings, queue_lost_retries
 from storage.records import GPU_IDS, STUDY_BUDGET
 from storage.studies import is_original
 
@@ -218,7 +218,8 @@ class Worker:
         return None
 
     def claim(self) -> int | None:
-        """Fail the trials of dead workers (queueing their retries), then claim a waiting trial.
+        """Fail the trials of dead workers (queueing their retries, and those a lost database cut off), then
+        claim a waiting trial.
 
         When none waits, a new trial is made for the sampler while the study is under its budget
         (or has none); None means nothing to claim. Both under the study's lock, so workers
@@ -229,6 +230,7 @@ class Worker:
         with stops_held():
             self.stale.fail(self.study, self.storage, self.study_id)
             with study_lock(self.lock_url, self.study.study_name) as still_held:
+                queue_lost_retries(self.study, self.storage)  # a failure whose retry a lost database cut off
                 trial_id = claim_waiting_trial(self.storage, self.study_id)
                 if trial_id is None and self._under_budget(budget := self._budget()):
                     still_held()  # the count above was made under the lock: a database restart since ends it

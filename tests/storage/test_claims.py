@@ -13,9 +13,9 @@ from optuna.trial import TrialState
 from sqlalchemy.pool import NullPool
 
 from search.study.worker import Worker, WorkerSettings
-from storage import open_storage
+from storage import heartbeat, open_storage
 from storage.claims import claim_waiting_trial, hand_back_trial, study_lock
-from storage.heartbeat import Heartbeat, StaleTrials
+from storage.heartbeat import Heartbeat, StaleTrials, fail_and_retry, queue_lost_retries
 from storage.records import FAIL_REASON
 from storage.studies import is_original
 from tests.support.workers import FAST_SPACE, make_study, study_name, trials_of
@@ -108,6 +108,52 @@ def test_a_trial_set_aside_past_the_budget_whose_worker_died_is_failed_by_the_st
     (trial,) = study.get_trials()
     assert trial.state == TrialState.FAIL and trial.user_attrs[FAIL_REASON] == "over_budget"
     assert not is_original(trial)
+
+
+def _lose_the_database(*_: object) -> None:
+    raise sqlalchemy.exc.OperationalError("INSERT", None, Exception("server closed the connection unexpectedly"))
+
+
+def test_a_failure_whose_retry_the_database_cut_off_is_queued_again_by_the_next_claim(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # fail_and_retry fails the trial, then queues its retry: a database lost between the two (for
+    # longer than Optuna's own retries of a write) left a failed trial nobody would run again.
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    name = study_name()
+    make_study(url, name, FAST_SPACE, budget=3)
+    worker = Worker(url, name, WorkerSettings(device="cpu", threads=1))
+    trial_id = worker.claim()
+    monkeypatch.setattr(heartbeat, "_queue_retry", _lose_the_database)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        fail_and_retry(worker.study, worker.storage, trial_id, "storage", "its worker lost the database mid-trial")
+    monkeypatch.undo()
+    (failed,) = trials_of(url, name)
+    assert failed.state == TrialState.FAIL and failed.user_attrs[FAIL_REASON] == "storage"
+
+    retry_id = worker.claim()  # the next claim queues the retry and takes it
+    retry = worker.storage.get_trial(retry_id)
+    assert retry.system_attrs["failed_trial"] == failed.number and retry.state == TrialState.RUNNING
+    assert worker.claim() not in (None, retry_id)  # then a new trial: no second retry
+    retries = [t for t in trials_of(url, name) if "failed_trial" in t.system_attrs]
+    assert [t._trial_id for t in retries] == [retry_id]
+
+
+def test_a_trial_whose_retry_was_queued_before_the_database_went_is_failed_later_without_a_second_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # queue_first (a run whose worker process died): the retry is queued, then the failure is cut off;
+    # the trial stays running until the stale-trial check fails it, which must not queue it twice.
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    storage = optuna.storages.get_storage(open_storage(url, heartbeat_interval=1, grace_period=2))
+    study = optuna.create_study(study_name="q", storage=storage)
+    trial_id = storage.create_new_trial(storage.get_study_id_from_name("q"))
+    monkeypatch.setattr(storage, "set_trial_user_attr", _lose_the_database)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        fail_and_retry(study, storage, trial_id, "interrupted", "its worker process exited mid-trial", queue_first=True)
+    monkeypatch.undo()
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.WAITING]
+    assert fail_and_retry(study, storage, trial_id, "interrupted", "no heartbeat within the grace period")
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    assert queue_lost_retries(study, storage) == []
 
 
 def test_a_running_trial_that_keeps_beating_is_never_failed(tmp_path: Path) -> None:
