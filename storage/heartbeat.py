@@ -228,8 +228,12 @@ def queue_lost_retries(study: optuna.Study, storage: optuna.storages.BaseStorage
         return []
     trials = study.get_trials(deepcopy=False)
     retried = _retried(trials)
+    # Optuna's callback keeps max_retry private; read here so that a trial out of retries costs no reads at
+    # every claim (its retry history and this failure must fit in max_retry, as the callback counts them).
+    max_retry = getattr(retry, "_max_retry", None)
     lost = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON) in RETRIED_REASONS
-            and t.number not in retried]
+            and t.number not in retried
+            and (max_retry is None or len(t.system_attrs.get(RETRY_HISTORY, ())) + 1 <= max_retry)]
     queued = []
     for trial in lost:
         if _queue_retry(study, retry, trial):
@@ -237,6 +241,28 @@ def queue_lost_retries(study: optuna.Study, storage: optuna.storages.BaseStorage
                         trial.number)
             queued.append(trial.number)
     return queued
+
+
+class LostRetries:
+    """Queues the retries a lost database cut off (:func:`queue_lost_retries`), at most once per heartbeat interval.
+
+    One instance per worker, asked under the study's lock before each claim. Not at every claim:
+    a cut-off retry is rare, and reading every trial of the study at every claim cost a worker
+    8-12 % more storage time per trial (BENCHMARKS.md, "No trial lost between its failure and
+    its retry"); a lost trial waits one interval at most, as a stale one waits a grace period.
+    Nothing with heartbeats off (no retries).
+    """
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+
+    def queue(self, study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        now = time.monotonic()
+        if not interval or (self._last is not None and now - self._last < interval):
+            return []
+        self._last = now
+        return queue_lost_retries(study, storage)
 
 
 def _retry_callback(storage: optuna.storages.BaseStorage):  # noqa: ANN202 - Optuna's callback class moved in 4.9

@@ -35,7 +35,7 @@ from search.trial.device import resolve_device, use_deterministic_kernels
 from storage import StorageError, mask_url, open_storage
 from storage.claims import claim_waiting_trial, hand_back_trial, past_budget, study_lock
 from storage.engine import DATABASE_LOST, short_reason
-from storage.heartbeat import Heartbeat, StaleTrials, fail_and_retry, heartbeat_settings, queue_lost_retries
+from storage.heartbeat import Heartbeat, LostRetries, StaleTrials, fail_and_retry, heartbeat_settings
 from storage.records import GPU_IDS, STUDY_BUDGET
 from storage.studies import is_original
 
@@ -196,6 +196,7 @@ class Worker:
                                      gpu_ids=list(settings.attrs.get(GPU_IDS) or []))
         self.failures_in_a_row = 0
         self.stale = StaleTrials()
+        self.lost = LostRetries()
         self.tracker = study_tracker(self.spec.mlflow, study_name, [o.metric for o in self.spec.objective_list])
         self.held: int | None = None
         """The id of the trial this worker claimed and has not ended yet."""
@@ -230,7 +231,7 @@ class Worker:
         with stops_held():
             self.stale.fail(self.study, self.storage, self.study_id)
             with study_lock(self.lock_url, self.study.study_name) as still_held:
-                queue_lost_retries(self.study, self.storage)  # a failure whose retry a lost database cut off
+                self.lost.queue(self.study, self.storage)  # a failure whose retry a lost database cut off
                 trial_id = claim_waiting_trial(self.storage, self.study_id)
                 if trial_id is None and self._under_budget(budget := self._budget()):
                     still_held()  # the count above was made under the lock: a database restart since ends it

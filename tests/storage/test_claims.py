@@ -121,16 +121,19 @@ def test_a_failure_whose_retry_the_database_cut_off_is_queued_again_by_the_next_
     url = f"sqlite:///{tmp_path / 'l.db'}"
     name = study_name()
     make_study(url, name, FAST_SPACE, budget=3)
+    monkeypatch.setenv("CNNSEARCH_HEARTBEAT_INTERVAL", "1")  # a worker looks for cut-off retries once a beat
     worker = Worker(url, name, WorkerSettings(device="cpu", threads=1))
     trial_id = worker.claim()
+    queue_retry = heartbeat._queue_retry
     monkeypatch.setattr(heartbeat, "_queue_retry", _lose_the_database)
     with pytest.raises(sqlalchemy.exc.OperationalError):
         fail_and_retry(worker.study, worker.storage, trial_id, "storage", "its worker lost the database mid-trial")
-    monkeypatch.undo()
+    monkeypatch.setattr(heartbeat, "_queue_retry", queue_retry)
     (failed,) = trials_of(url, name)
     assert failed.state == TrialState.FAIL and failed.user_attrs[FAIL_REASON] == "storage"
 
-    retry_id = worker.claim()  # the next claim queues the retry and takes it
+    time.sleep(1.1)
+    retry_id = worker.claim()  # the next claim a beat later queues the retry and takes it
     retry = worker.storage.get_trial(retry_id)
     assert retry.system_attrs["failed_trial"] == failed.number and retry.state == TrialState.RUNNING
     assert worker.claim() not in (None, retry_id)  # then a new trial: no second retry
@@ -154,6 +157,24 @@ def test_a_trial_whose_retry_was_queued_before_the_database_went_is_failed_later
     assert fail_and_retry(study, storage, trial_id, "interrupted", "no heartbeat within the grace period")
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
     assert queue_lost_retries(study, storage) == []
+
+
+def test_only_failures_with_retries_left_and_none_queued_are_queued_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    storage = optuna.storages.get_storage(open_storage(url, heartbeat_interval=1, grace_period=2, max_retry=2))
+    study = optuna.create_study(study_name="r", storage=storage)
+    lost = {"fail_reason": "storage"}
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs=lost))  # 0: lost, never retried
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs=lost,  # 1: the 2nd retry of trial 5
+                                        system_attrs={"failed_trial": 5, "retry_history": [5, 6]}))
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "error"}))  # 2: a crash
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs=lost))  # 3: retried by 4
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING,  # 4
+                                        system_attrs={"failed_trial": 3, "retry_history": [3]}))
+    assert queue_lost_retries(study, storage) == [0]
+    assert queue_lost_retries(study, storage) == []
+    (retry,) = [t for t in study.get_trials() if t.number > 4]
+    assert retry.system_attrs["retry_history"] == [0] and retry.state == TrialState.WAITING
 
 
 def test_a_running_trial_that_keeps_beating_is_never_failed(tmp_path: Path) -> None:
