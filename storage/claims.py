@@ -149,8 +149,14 @@ def hand_back_trial(storage: optuna.storages.BaseStorage, trial_id: int) -> bool
         return False
 
 
-def past_budget(storage: optuna.storages.BaseStorage, study_id: int, trial_id: int, budget: int) -> bool:
+def past_budget(storage: optuna.storages.BaseStorage, study_id: int, trial_id: int, budget: int, seen: int) -> bool:
     """Whether the new trial ``trial_id`` was made past the study's ``budget``; if so it is set aside.
+
+    ``seen``: how many trials the study held when its trials were counted (under the budget).
+    Optuna numbers a study's trials 0, 1, 2 ... in the order they are made, so a trial numbered
+    ``seen`` was the next one made after the count, which stands: nothing is read then (the
+    case of every trial made under a lock that held). Else another trial came in between and the
+    trials are counted again.
 
     Set aside: failed unrun with reason :data:`~storage.records.OVER_BUDGET`, which takes it out of
     the count (:func:`storage.studies.is_original`) and out of the retries. Checked after every
@@ -163,7 +169,9 @@ def past_budget(storage: optuna.storages.BaseStorage, study_id: int, trial_id: i
     The budget is the first ``budget`` counted trials by number: Optuna numbers trials in the
     order they are made (under a lock on the study's row), so which came first never changes.
     """
-    number = storage.get_trial_number_from_id(trial_id)
+    number = storage.get_trial_number_from_id(trial_id)  # Optuna's cache has it from the create: no query
+    if number == seen:
+        return False
     earlier = sum(1 for t in storage.get_all_trials(study_id, deepcopy=False) if t.number < number and is_original(t))
     if earlier < budget:
         return False

@@ -233,10 +233,10 @@ class Worker:
             with study_lock(self.lock_url, self.study.study_name) as still_held:
                 self.lost.queue(self.study, self.storage)  # a failure whose retry a lost database cut off
                 trial_id = claim_waiting_trial(self.storage, self.study_id)
-                if trial_id is None and self._under_budget(budget := self._budget()):
+                if trial_id is None and (seen := self._trials_under_budget(budget := self._budget())) is not None:
                     still_held()  # the count above was made under the lock: a database restart since ends it
                     trial_id = self.storage.create_new_trial(self.study_id)
-                    if budget is not None and past_budget(self.storage, self.study_id, trial_id, budget):
+                    if budget is not None and past_budget(self.storage, self.study_id, trial_id, budget, seen):
                         log.warning("trial id %d set aside unrun: made past the budget of %d as the database "
                                     "restarted", trial_id, budget)
                         trial_id = None
@@ -253,12 +253,13 @@ class Worker:
             return 0  # its points within the budget are all enqueued (each runs once)
         return self.storage.get_study_user_attrs(self.study_id).get(STUDY_BUDGET)
 
-    def _under_budget(self, budget: int | None) -> bool:
-        """Whether the study may have one more trial (retries of lost trials do not count)."""
+    def _trials_under_budget(self, budget: int | None) -> int | None:
+        """How many trials the study holds, when it may make one more (retries of lost trials do not count
+        against the budget); None when the budget is spent. Without a budget: 0, nothing read."""
         if budget is None or budget <= 0:
-            return budget is None
+            return 0 if budget is None else None
         trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
-        return sum(1 for t in trials if is_original(t)) < budget
+        return len(trials) if sum(1 for t in trials if is_original(t)) < budget else None
 
     def nothing_left(self) -> bool:
         """Whether no trial of the study runs or waits anywhere: with none to claim, the budget is spent.

@@ -229,18 +229,18 @@ def test_a_worker_whose_lock_is_lost_after_counting_the_budget_creates_no_trial(
     make_study(pg_url, name, FAST_SPACE, budget=4)
     worker = Worker(pg_url, name, WorkerSettings(device="cpu", threads=1))
     assert worker.claim() is not None  # the first trial, made under a lock that held
-    counted = worker._under_budget
+    counted = worker._trials_under_budget
 
-    def count_then_lose_the_lock(budget: int | None) -> bool:
+    def count_then_lose_the_lock(budget: int | None) -> int | None:
         under = counted(budget)
         assert _drop_advisory_lock_holders(pg_url) == 1
         return under
 
-    monkeypatch.setattr(worker, "_under_budget", count_then_lose_the_lock)
+    monkeypatch.setattr(worker, "_trials_under_budget", count_then_lose_the_lock)
     with pytest.raises(sqlalchemy.exc.OperationalError):
         worker.claim()
     assert len(trials_of(pg_url, name)) == 1
-    monkeypatch.setattr(worker, "_under_budget", counted)
+    monkeypatch.setattr(worker, "_trials_under_budget", counted)
     assert worker.claim() is not None  # the next claim, under a lock that holds, makes it
     assert len(trials_of(pg_url, name)) == 2
 
