@@ -169,7 +169,7 @@ def past_budget(storage: optuna.storages.BaseStorage, study_id: int, trial_id: i
     The budget is the first ``budget`` counted trials by number: Optuna numbers trials in the
     order they are made (under a lock on the study's row), so which came first never changes.
     """
-    number = storage.get_trial_number_from_id(trial_id)  # Optuna's cache has it from the create: no query
+    number = _trial_number(storage, trial_id)
     if number == seen:
         return False
     earlier = sum(1 for t in storage.get_all_trials(study_id, deepcopy=False) if t.number < number and is_original(t))
@@ -180,3 +180,13 @@ def past_budget(storage: optuna.storages.BaseStorage, study_id: int, trial_id: i
                                                         "while the database restarted; never run")
     storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
     return True
+
+
+def _trial_number(storage: optuna.storages.BaseStorage, trial_id: int) -> int:
+    """The number of trial ``trial_id``: from Optuna's trial cache when it holds it (private; no query), else read.
+
+    A just-made trial is running, and Optuna's cache reads a running trial from the database
+    again: a query per trial made (~2 ms on SQLite, measured) for a number the cache holds.
+    """
+    known = getattr(storage, "_trial_id_to_study_id_and_number", {}).get(trial_id)
+    return known[1] if known is not None else storage.get_trial_number_from_id(trial_id)
