@@ -166,8 +166,10 @@ def past_budget(storage: optuna.storages.BaseStorage, study_id: int, trial_id: i
     returned 2.4 s after the call, measured), and lands on the new server, where the lock was
     released with the old one, maybe after another worker locked there counted the same trials
     and made one (CI twice: 9 trials of a budget of 8 after the restart test's restart).
-    The budget is the first ``budget`` counted trials by number: Optuna numbers trials in the
-    order they are made (under a lock on the study's row), so which came first never changes.
+    The budget is the first ``budget`` counted trials by number (Optuna numbers them under a lock
+    on the study's row), so which trials are past it never changes. Left: a database lost again
+    between the create and this check leaves the trial running unrun, until the stale-trial
+    check fails it and queues its retry.
     """
     number = _trial_number(storage, trial_id)
     if number == seen:
