@@ -114,7 +114,7 @@ def _lose_the_database(*_: object) -> None:
     raise sqlalchemy.exc.OperationalError("INSERT", None, Exception("server closed the connection unexpectedly"))
 
 
-def test_a_failure_whose_retry_the_database_cut_off_is_queued_again_by_the_next_claim(
+def test_a_failure_whose_retry_the_database_cut_off_is_queued_again_by_a_claim_a_heartbeat_later(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # fail_and_retry fails the trial, then queues its retry: a database lost between the two (for
     # longer than Optuna's own retries of a write) left a failed trial nobody would run again.
