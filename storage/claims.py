@@ -88,7 +88,9 @@ def study_lock(url: str, study_name: str) -> Iterator[Callable[[], None]]:
 def storage_lock(storage: optuna.storages.BaseStorage, study_name: str) -> AbstractContextManager[Callable[[], None]]:
     """:func:`study_lock` on the database of ``storage`` (an ``RDBStorage`` or Optuna's cache around one); no
     lock for a storage without a URL (in memory)."""
-    url = getattr(getattr(storage, "_backend", storage), "url", None)  # Optuna keeps the cached one's backend private
+    # Optuna keeps the cached one's backend private. The URL open_storage made absolute: the lock of a
+    # worker started in another directory is the same.
+    url = getattr(getattr(storage, "_backend", storage), "url", None)
     return study_lock(url, study_name) if url else nullcontext(always_held)
 
 

@@ -247,9 +247,10 @@ class LostRetries:
     """Queues the retries a lost database cut off (:func:`queue_lost_retries`), at most once per heartbeat interval.
 
     One instance per worker, asked under the study's lock before each claim. Not at every claim:
-    a cut-off retry is rare, and reading every trial of the study at every claim cost a worker
-    8-12 % more storage time per trial (BENCHMARKS.md, "No trial lost between its failure and
-    its retry"); a lost trial waits one interval at most, as a stale one waits a grace period.
+    a cut-off retry is rare, and a read of every trial of the study at every claim was part of a
+    version that cost 4-12 % more storage time per trial (BENCHMARKS.md, "After setting aside
+    trials made past the budget and queueing cut-off retries", 5cc007d); a lost trial waits one
+    interval at most, as a stale one waits a grace period.
     Nothing with heartbeats off (no retries).
     """
 

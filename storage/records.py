@@ -95,7 +95,7 @@ FAIL_REASONS = {
     "storage": "lost its database mid-trial",
     "constraint": "over --max-params before training",
     "memory": "too big for the worker's memory before training",
-    "over_budget": "made past the budget as the database restarted; never run",
+    OVER_BUDGET: "made past the budget as the database restarted; never run",
 }
 """Failure tag -> what it means, in the words the report uses."""
 

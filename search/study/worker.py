@@ -33,7 +33,7 @@ from search.study.tracking import study_tracker
 from search.trial.data import TrialData, prepare_data
 from search.trial.device import resolve_device, use_deterministic_kernels
 from storage import StorageError, mask_url, open_storage
-from storage.claims import claim_waiting_trial, hand_back_trial, past_budget, study_lock
+from storage.claims import claim_waiting_trial, hand_back_trial, past_budget, storage_lock
 from storage.engine import DATABASE_LOST, short_reason
 from storage.heartbeat import Heartbeat, LostRetries, StaleTrials, fail_and_retry, heartbeat_settings
 from storage.records import GPU_IDS, STUDY_BUDGET
@@ -175,7 +175,6 @@ class Worker:
         # that same wrapper keeps the cache coherent (a trial claimed on the bare storage is unknown
         # to the Study's cache). get_storage is how Optuna itself builds that wrapper.
         rdb = open_storage(storage_url, **heartbeat_settings(), existing=True)
-        self.lock_url = rdb.url  # absolute: the lock of a worker started in another directory is the same
         self.storage = optuna.storages.get_storage(rdb)
         try:
             self.study_id = self.storage.get_study_id_from_name(study_name)
@@ -230,7 +229,7 @@ class Worker:
         self.held = None  # what an earlier trial left (another worker ended it) is not this worker's
         with stops_held():
             self.stale.fail(self.study, self.storage, self.study_id)
-            with study_lock(self.lock_url, self.study.study_name) as still_held:
+            with storage_lock(self.storage, self.study.study_name) as still_held:
                 self.lost.queue(self.study, self.storage)  # a failure whose retry a lost database cut off
                 trial_id = claim_waiting_trial(self.storage, self.study_id)
                 if trial_id is None and (seen := self._trials_under_budget(budget := self._budget())) is not None:
