@@ -38,6 +38,7 @@ part cut to 1,000 images (stratified; the same val and test), written as an imag
     python benchmarks/time_to_accuracy.py                     # 3 datasets x 5 seeds x (4 x 300 + 3 x 180 s) (~7.5 h)
     python benchmarks/time_to_accuracy.py --datasets mnist5k --seeds 2 --budget 120 --save tta.json
     python benchmarks/time_to_accuracy.py --merge a.json b.json  # tables of runs split over commands
+    python benchmarks/time_to_accuracy.py --datasets digits --first-seed 3 --seeds 2 --save b.json  # seeds 3, 4
     python benchmarks/time_to_accuracy.py --quick             # digits, 1 seed, 15 s (about 90 s)
 """
 
@@ -428,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="print the tables of runs saved with --save (e.g. one command per dataset)")
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, of {', '.join(DATASETS)}")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per dataset (default 5)")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="N",
+                        help="run seeds N .. N+seeds-1 (default 0): the rest of a run cut off, for --merge")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per side and seed (default 300)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="cores (and torch threads) every side gets (default: all of this process's)")
@@ -443,12 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown or not datasets:
         parser.error(f"--datasets: unknown {unknown or args.datasets!r}; choose from {', '.join(DATASETS)}")
-    if args.seeds < 1 or args.budget <= 0 or not 1 <= args.threads <= len(os.sched_getaffinity(0)):
-        parser.error(f"--seeds {args.seeds}, --budget {args.budget:g}, --threads {args.threads}: need seeds >= 1, "
-                     f"budget > 0 and 1 <= threads <= {len(os.sched_getaffinity(0))}")
+    if (args.seeds < 1 or args.first_seed < 0 or args.budget <= 0
+            or not 1 <= args.threads <= len(os.sched_getaffinity(0))):
+        parser.error(f"--seeds {args.seeds}, --first-seed {args.first_seed}, --budget {args.budget:g}, --threads "
+                     f"{args.threads}: need seeds >= 1, first seed >= 0, budget > 0 and 1 <= threads <= "
+                     f"{len(os.sched_getaffinity(0))}")
 
     runs: list[Run] = []
-    started, load_before = time.time(), os.getloadavg()[0]
+    started, load_before, machine = time.time(), os.getloadavg()[0], machine_line()
     with tempfile.TemporaryDirectory(prefix="cnnsearch-tta-") as tmp:
         workdir = Path(tmp)
         os.environ["CNNSEARCH_CACHE_DIR"] = str(workdir / "cache")  # the harness's and every side's
@@ -460,8 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             # Decoded before any side starts, so no side pays for the image folder's first decoding.
             test_data[name] = handwritten.load(sources[name].dataset, sources[name].image_size)
             sides = SIDES if args.no_reference else (*SIDES, REFERENCE)
-            for seed in range(args.seeds):
-                order = list(sides[seed % len(sides):] + sides[:seed % len(sides)])
+            for seed, order in seed_orders(sides, args.first_seed, args.seeds):
                 for position, side in enumerate(order):
                     if side == REFERENCE:
                         run = run_reference(sources[name], seed, position, min(REFERENCE_SECONDS, args.budget),
@@ -472,17 +476,29 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(run)
                     print(progress_line(run), flush=True)
                     if args.save:  # after every run: a run cut off after hours keeps what it measured
-                        save(Path(args.save), args.budget, args.threads, datasets, runs)
+                        save(Path(args.save), args.budget, args.threads, datasets, runs,
+                             f"{machine}; 1-min load average {load_before:.2f} at the start, "
+                             f"{os.getloadavg()[0]:.2f} at the last run's end")
     print(f"\n{args.seeds} seed(s) x {args.budget:g} s per side, {args.threads} core(s) and torch threads per side, "
           f"sides in rotating order; {time.time() - started:.0f} s in all")
-    print(machine_line() + f"; 1-min load average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+    print(machine + f"; 1-min load average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     print("\n" + result_line("time_to_accuracy", report(runs, datasets, args.budget)))
     return 0
 
 
-def save(path: Path, budget: float, threads: int, datasets: list[str], runs: list[Run]) -> None:
-    """Write ``runs`` for ``--merge``, never half-written."""
-    save_json(path, {"budget": budget, "threads": threads, "datasets": datasets, "runs": [r.__dict__ for r in runs]})
+def seed_orders(sides: tuple[str, ...], first: int, count: int) -> list[tuple[int, list[str]]]:
+    """Seeds ``first`` .. ``first + count - 1``, each with the order its sides run in.
+
+    The order rotates by the seed's number, not its place in this command, so a run split over
+    commands (``--first-seed``) runs every seed in the order one command would have.
+    """
+    return [(seed, list(sides[seed % len(sides):] + sides[:seed % len(sides)])) for seed in range(first, first + count)]
+
+
+def save(path: Path, budget: float, threads: int, datasets: list[str], runs: list[Run], machine: str) -> None:
+    """Write ``runs`` for ``--merge``, never half-written, with the machine, date and load they ran at."""
+    save_json(path, {"budget": budget, "threads": threads, "datasets": datasets, "machine": machine,
+                     "runs": [r.__dict__ for r in runs]})
 
 
 def merge(parser: argparse.ArgumentParser, files: list[str]) -> int:
@@ -498,6 +514,10 @@ def merge(parser: argparse.ArgumentParser, files: list[str]) -> int:
     runs = [Run(**{**r, "batch": batch}) for batch, s in enumerate(saved) for r in s["runs"]]
     datasets = list(dict.fromkeys(d for s in saved for d in s["datasets"]))
     print(f"merged from {', '.join(files)}: {budgets.pop():g} s per side")
+    for name, s in zip(files, saved, strict=True):  # a run split over sessions may span machines: each file says
+        seeds = sorted({(r["dataset"], r["seed"]) for r in s["runs"]})
+        print(f"  {name}: {', '.join(f'{d} seed {n}' for d, n in seeds) or 'no runs'}; "
+              f"{s.get('machine', 'machine not recorded')}")
     print("\n" + result_line("time_to_accuracy", report(runs, datasets, saved[0]["budget"])))
     return 0
 

@@ -181,6 +181,27 @@ def test_time_to_accuracy_tables_compare_only_the_seeds_every_side_ran(capsys):
     assert "median over 2 seeds" in out and "seed 1 of file 1 left out" in out and "seed 0 of file 2" not in out
 
 
+def test_time_to_accuracy_split_over_commands_runs_each_seed_in_its_order_and_merges_naming_each_files_machine(
+        tmp_path):
+    from benchmarks.time_to_accuracy import REFERENCE, SIDES, Run, save, seed_orders
+
+    sides = (*SIDES, REFERENCE)
+    # Seeds 3 and 4 run by a second command (--first-seed 3 --seeds 2) in the order one command of 5 seeds runs them.
+    assert seed_orders(sides, 3, 2) == seed_orders(sides, 0, 5)[3:]
+    assert [order[0] for _, order in seed_orders(sides, 0, 5)] == list(sides)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    for path, seed, machine in ((first, 0, "machine: 2 cores (nproc), CPU A; date 2026-12-05"),
+                                (second, 1, "machine: 2 cores (nproc), CPU B; date 2026-12-06")):
+        save(path, 60.0, 2, ["digits"], [Run(side, "digits", seed, 0, events=[{"t": 10.0, "value": 0.9}])
+                                          for side in sides], machine)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--merge", str(first),
+                           str(second)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert f"  {first}: digits seed 0; machine: 2 cores (nproc), CPU A; date 2026-12-05" in done.stdout
+    assert f"  {second}: digits seed 1; machine: 2 cores (nproc), CPU B; date 2026-12-06" in done.stdout
+    assert "median over 2 seeds" in done.stdout
+
+
 def test_time_to_accuracy_parity_is_reached_by_the_same_share_of_val_images_computed_exactly():
     from benchmarks.time_to_accuracy import Run, seconds_to
 
