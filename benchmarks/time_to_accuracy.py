@@ -35,7 +35,7 @@ Datasets: ``mnist5k``; ``digits`` (8x8, as is); ``mnist5k-1k``, mnist5k's split 
 part cut to 1,000 images (stratified; the same val and test), written as an image folder with
 ``train/``, ``val/`` and ``test/`` so that ``cnnsearch run`` reads exactly that split.
 
-    python benchmarks/time_to_accuracy.py                     # 3 datasets x 5 seeds x (4 x 300 + 3 x 180 s) (~7.5 h)
+    python benchmarks/time_to_accuracy.py                     # 3 datasets x 5 seeds x (4 x 300 + 3 x 180 s) (~9 h)
     python benchmarks/time_to_accuracy.py --datasets mnist5k --seeds 2 --budget 120 --save tta.json
     python benchmarks/time_to_accuracy.py --merge a.json b.json  # tables of runs split over commands
     python benchmarks/time_to_accuracy.py --datasets digits --first-seed 3 --seeds 2 --save b.json  # seeds 3, 4
