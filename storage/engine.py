@@ -71,8 +71,28 @@ class _WalConnection(sqlite3.Connection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # journal_mode=WAL is stored in the file (a no-op once set); synchronous is per connection.
-        self.execute("PRAGMA journal_mode=WAL")
+        self._switch_to_wal(kwargs.get("timeout", SQLITE_BUSY_TIMEOUT_S))
         self.execute("PRAGMA synchronous=NORMAL")
+
+    def _switch_to_wal(self, timeout: float) -> None:
+        """``PRAGMA journal_mode=WAL``, tried again while another connection holds the write lock.
+
+        The switch reads the file, then needs its exclusive lock. While another process holds the
+        write lock of a file still in rollback mode (two `cnnsearch run` of one study started
+        together: one checks the file is writable or creates Optuna's tables while the other opens
+        it), SQLite answers "database is locked" at once, without waiting the busy timeout: a reader
+        waiting for a writer could deadlock. Once the pragma has failed, this connection holds no
+        lock, so waiting and trying again is safe; the busy timeout bounds the wait as for any write.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(random.uniform(0.01, 0.1))
 
 
 def open_storage(

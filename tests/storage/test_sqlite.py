@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import sqlite3
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ import optuna
 import pytest
 
 from storage import StorageError, open_storage
+from storage.engine import _WalConnection
 from tests.support.processes import hang_in_a_trial, open_at_once, run_trials_until_budget, square
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -76,6 +78,33 @@ def test_two_processes_share_one_sqlite_file_without_lock_errors(tmp_path: Path)
 def test_workers_creating_a_fresh_database_at_once_all_succeed(tmp_path: Path) -> None:
     # Without a retry, two of three usually fail with "table studies already exists".
     assert open_at_once(f"sqlite:///{tmp_path / 'fresh.db'}") == [0, 0, 0]
+
+
+def test_a_fresh_file_whose_write_lock_another_process_holds_is_switched_to_wal_once_it_is_free(
+    tmp_path: Path,
+) -> None:
+    # What the second of two `cnnsearch run` of one study started together met in CI: between its
+    # writability check and its first connection, the first run took the write lock of the file,
+    # still in rollback mode, to create Optuna's tables. SQLite refuses the switch to WAL at once
+    # there, without waiting its busy timeout: the run stopped with "database is locked". The
+    # storage's connections are made as here (the sqlite3 factory in its engine settings).
+    db = tmp_path / "fresh.db"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE optuna_tables_being_made (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    releaser = threading.Timer(1.0, holder.execute, args=("ROLLBACK",))
+    releaser.start()
+    try:
+        started = time.monotonic()
+        connection = sqlite3.connect(db, timeout=30, factory=_WalConnection)
+        waited = time.monotonic() - started
+    finally:
+        releaser.join()
+        holder.close()
+
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert 0.5 < waited < 30
+    connection.close()
 
 
 @pytest.mark.slow
