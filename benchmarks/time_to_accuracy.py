@@ -40,6 +40,9 @@ part cut to 1,000 images (stratified; the same val and test), written as an imag
     python benchmarks/time_to_accuracy.py --merge a.json b.json  # tables of runs split over commands
     python benchmarks/time_to_accuracy.py --datasets digits --first-seed 3 --seeds 2 --save b.json  # seeds 3, 4
     python benchmarks/time_to_accuracy.py --quick             # digits, 1 seed, 15 s (about 90 s)
+
+Stopped early (Ctrl-C, ``kill``, a closed terminal), it kills the running side's process group and
+removes its temporary folder; ``--save``'s file keeps every run finished, for ``--first-seed``.
 """
 
 from __future__ import annotations
@@ -452,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.threads}: need seeds >= 1, first seed >= 0, budget > 0 and 1 <= threads <= "
                      f"{len(os.sched_getaffinity(0))}")
 
+    for stop in (signal.SIGTERM, signal.SIGHUP):  # a plain `kill`, a closed terminal: as Ctrl-C does
+        signal.signal(stop, _exit_on_signal)
     runs: list[Run] = []
     started, load_before, machine = time.time(), os.getloadavg()[0], machine_line()
     with tempfile.TemporaryDirectory(prefix="cnnsearch-tta-") as tmp:
@@ -484,6 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     print(machine + f"; 1-min load average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     print("\n" + result_line("time_to_accuracy", report(runs, datasets, args.budget)))
     return 0
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    """Leave through the ``finally`` blocks: the running side's process group is killed and the
+    temporary folder removed. Python's default for SIGTERM ends the harness at once, leaving the
+    side (a process group of its own) training on and its folder behind. Runs already saved stay."""
+    print(f"\nstopped by {signal.Signals(signum).name}; what --save wrote holds every run finished", flush=True)
+    raise SystemExit(128 + signum)
 
 
 def seed_orders(sides: tuple[str, ...], first: int, count: int) -> list[tuple[int, list[str]]]:

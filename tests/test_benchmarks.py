@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,34 @@ def test_a_side_gets_sigint_at_its_budget_even_from_a_harness_started_in_the_bac
     done = subprocess.run([sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT).__name__)"],
                           capture_output=True, text=True, timeout=60, preexec_fn=background_then_side)
     assert done.stdout.strip() == "default_int_handler", done  # Python's Ctrl-C: KeyboardInterrupt
+
+
+def test_time_to_accuracy_stopped_by_sigterm_kills_the_running_side_and_removes_its_folder(tmp_path):
+    import os
+    import signal
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "RAY_USAGE_STATS_ENABLED": "0"}
+    harness = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--smoke"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def sides() -> list[str]:  # a side's command line names its files in the harness's temporary folder
+        found = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+        return [pid for pid in found.stdout.split() if int(pid) != harness.pid]
+
+    try:
+        deadline = time.monotonic() + 120
+        while not sides() and harness.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sides(), "no side started"
+        harness.send_signal(signal.SIGTERM)
+        out, _ = harness.communicate(timeout=60)
+    finally:
+        harness.kill()
+    assert harness.returncode == 128 + signal.SIGTERM, out
+    assert "stopped by SIGTERM" in out
+    time.sleep(1)  # the side's group was sent SIGKILL: gone at once
+    assert sides() == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_time_to_accuracy_says_by_how_much_the_search_misses_the_reference(capsys):
