@@ -1,0 +1,162 @@
+"""Where ``cnnsearch run``'s time goes before its first finished trial (issue 18's early anytime columns).
+
+``benchmarks/time_to_accuracy.py`` counts each side's finished trials from process start; at
+15 and 30 s cnnsearch often has none yet. This splits that wait in two: setting up (imports,
+loading the data, rule 6's timing of the median network and the drawn ones, until ``cnnsearch
+run`` prints its derived budget) and the first trial's own training, against what the timed
+typical pace predicts for its epochs (rule 9: the range's low end). Each run is the harness's
+``cnnsearch --no-start`` side (the same command, cores and threads), stopped as soon as its first
+trial finishes (complete or pruned).
+
+    python benchmarks/first_trial.py                # digits, mnist5k, mnist5k-1k x 3 seeds, --timeout 300 (~4 min)
+    python benchmarks/first_trial.py --datasets mnist5k --seeds 5 --budget 180
+    python benchmarks/first_trial.py --quick        # digits, 1 seed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # benchmarks/spaces/ would shadow `spaces`
+
+import optuna  # noqa: E402
+
+from benchmarks import time_to_accuracy as tta  # noqa: E402
+from benchmarks.common import machine_line, parser_with_modes, result_line, table  # noqa: E402
+
+SIDE = "cnnsearch --no-start"
+BUDGET_LINE = re.compile(r"the budget \((\d+) s left.*?a median ([0-9.e+-]+) s \(")
+FIRST_EPOCHS = re.compile(r"first drawn trial: (\d+) epochs")
+
+
+def first_trial(source: tta.DataSource, seed: int, budget: float, threads: int, workdir: Path) -> dict:
+    """Start the side, wait for its first finished trial (at most ``budget`` s), stop it; what it took."""
+    db = tta._db_file(SIDE, source, seed, workdir)
+    log_path = workdir / f"first-{source.name}-{seed}.log"
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    env = {**os.environ, "PYTHONPATH": str(tta.ROOT), "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    with open(log_path, "w", encoding="utf-8") as log:
+        t0 = time.time()
+        proc = subprocess.Popen(tta.command(SIDE, source, seed, budget, t0, workdir), cwd=workdir, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: tta._start_side(cores))
+        first = None
+        try:
+            while first is None and proc.poll() is None and time.time() - t0 < budget:
+                time.sleep(0.25)
+                first = _first_finished(db)
+        finally:
+            tta._signal_group(proc, signal.SIGINT)
+            try:
+                proc.wait(timeout=tta.STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
+            tta._signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    text = log_path.read_text(encoding="utf-8")
+    head, low = BUDGET_LINE.search(text), FIRST_EPOCHS.search(text)
+    row = {"dataset": source.name, "seed": seed, "setup": budget - int(head.group(1)) if head else None,
+           "pace": float(head.group(2)) if head else None, "low_end": int(low.group(1)) if low else None}
+    if first is not None:
+        row.update(start=first.datetime_start.timestamp() - t0, end=first.datetime_complete.timestamp() - t0,
+                   epochs=first.params.get("epochs"), state=first.state.name.lower(), value=first.value,
+                   reported=len(first.intermediate_values))
+    return row
+
+
+def _first_finished(db: Path) -> optuna.trial.FrozenTrial | None:
+    # Looked at read-only first: Optuna's storage on a file cnnsearch is still setting up would
+    # create the tables alongside it (and fail on "table already exists").
+    if not db.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            finished = con.execute("SELECT count(*) FROM trials WHERE datetime_complete IS NOT NULL").fetchone()[0]
+    except sqlite3.Error:  # no trials table yet, or the file is locked for its creation
+        return None
+    if not finished:
+        return None
+    study = optuna.load_study(study_name="tta", storage=f"sqlite:///{db}")
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.datetime_complete]
+    return min(done, key=lambda t: t.datetime_complete, default=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, _ = parser_with_modes(__doc__, quick="digits, 1 seed", smoke="digits, 1 seed, --timeout 20 (tests)")
+    parser.add_argument("--datasets", default="digits,mnist5k,mnist5k-1k", help="comma-separated (default all three)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset, from --first-seed (default 3)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--budget", type=float, default=300.0, help="the --timeout cnnsearch is given (default 300)")
+    parser.add_argument("--threads", type=int, default=2, help="cores the side is pinned to (default 2)")
+    args = parser.parse_args(argv)
+    short = args.quick or args.smoke
+    names = ["digits"] if short else args.datasets.split(",")
+    seeds = range(args.first_seed, args.first_seed + (1 if short else args.seeds))
+    budget = 20.0 if args.smoke else args.budget
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="first-trial-") as tmp:
+        workdir = Path(tmp)
+        for name in names:
+            source = (tta.small_train_folder(workdir / name) if name == "mnist5k-1k" else tta.DataSource(name, name))
+            for seed in seeds:
+                rows.append(first_trial(source, seed, budget, args.threads, workdir))
+                print(_line(rows[-1]), flush=True)
+    print(f"cnnsearch run --no-start --timeout {budget:g}: its first finished trial; torch threads {args.threads}")
+    print(machine_line())
+    print(table(["dataset", "seed", "set up (s)", "first trial starts (s)", "ends (s)", "epochs (low end)",
+                 "trains (s)", "predicted (s)", "state", "val"],
+                [[r["dataset"], r["seed"], _num(r["setup"]), _num(r.get("start")), _num(r.get("end")),
+                  f"{r.get('epochs', '-')} ({r['low_end'] or '-'})", _num(_trains(r)), _num(_predicted(r)),
+                  r.get("state", "none"), _num(r.get("value"), 3)] for r in rows]))
+    summary = []
+    for name in names:
+        mine = [r for r in rows if r["dataset"] == name and "end" in r]
+        if mine:
+            summary.append(f"{name}: set up {statistics.median(r['setup'] or 0 for r in mine):.0f} s, first trial "
+                           f"ends at {statistics.median(r['end'] for r in mine):.0f} s "
+                           f"(trains {statistics.median(_trains(r) for r in mine):.0f} s, predicted "
+                           f"{statistics.median(_predicted(r) or 0 for r in mine):.0f} s)")
+        else:
+            summary.append(f"{name}: no trial finished within {budget:g} s")
+    print(result_line("first_trial", "; ".join(summary) + f" (medians over {len(seeds)} seed"
+                                                          f"{'s' if len(seeds) > 1 else ''})"))
+    return 0
+
+
+def _trains(row: dict) -> float | None:
+    return row["end"] - row["start"] if "end" in row else None
+
+
+def _predicted(row: dict) -> float | None:
+    """Its epochs at the typical pace rule 6 timed: what the derivation expected it to take (no val, no extras)."""
+    # A pruned trial stopped after the epochs it reported, not the ones it was given.
+    epochs = row.get("reported") if row.get("state") == "pruned" else row.get("epochs")
+    return epochs * row["pace"] if epochs and row.get("pace") else None
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _line(row: dict) -> str:
+    if "end" not in row:
+        return f"{row['dataset']} seed {row['seed']}: no finished trial"
+    return (f"{row['dataset']} seed {row['seed']}: set up {_num(row['setup'])} s, first trial {row['epochs']} epochs "
+            f"{row['start']:.1f}-{row['end']:.1f} s, {row['state']} {row['value']:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
