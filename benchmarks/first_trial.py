@@ -8,7 +8,7 @@ typical pace predicts for its epochs (rule 9: the range's low end). Each run is 
 ``cnnsearch --no-start`` side (the same command, cores and threads), stopped as soon as its first
 trial finishes (complete or pruned).
 
-    python benchmarks/first_trial.py                # digits, mnist5k, mnist5k-1k x 3 seeds, --timeout 300 (~4 min)
+    python benchmarks/first_trial.py                # digits, mnist5k, mnist5k-1k x 3 seeds, --timeout 300 (~3 min)
     python benchmarks/first_trial.py --datasets mnist5k --seeds 5 --budget 180
     python benchmarks/first_trial.py --quick        # digits, 1 seed
 """
