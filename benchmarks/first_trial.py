@@ -1,12 +1,12 @@
 """Where ``cnnsearch run``'s time goes before its first finished trial (issue 18's early anytime columns).
 
 ``benchmarks/time_to_accuracy.py`` counts each side's finished trials from process start; at
-15 and 30 s cnnsearch often has none yet. This splits that wait in two: setting up (imports,
-loading the data, rule 6's timing of the median network and the drawn ones, until ``cnnsearch
-run`` prints its derived budget) and the first trial's own training, against what the timed
-typical pace predicts for its epochs (rule 9: the range's low end). Each run is the harness's
+15 and 30 s cnnsearch often has none yet. This splits that wait in two: everything before the
+first trial starts (the interpreter and imports, loading the data, rule 6's timing of the median
+network and the drawn ones, creating the study), and the first trial's own training, against
+what the timed typical pace predicts for its epochs (rule 9: the range's low end). Each run is the harness's
 ``cnnsearch --no-start`` side (the same command, cores and threads), stopped as soon as its first
-trial finishes (complete or pruned).
+trial completes (what the harness counts; trials pruned or failed before it are counted apart).
 
     python benchmarks/first_trial.py                # digits, mnist5k, mnist5k-1k x 3 seeds, --timeout 300 (~3 min)
     python benchmarks/first_trial.py --datasets mnist5k --seeds 5 --budget 180
@@ -36,12 +36,12 @@ from benchmarks import time_to_accuracy as tta  # noqa: E402
 from benchmarks.common import machine_line, parser_with_modes, result_line, table  # noqa: E402
 
 SIDE = "cnnsearch --no-start"
-BUDGET_LINE = re.compile(r"the budget \((\d+) s left.*?a median ([0-9.e+-]+) s \(")
+PACE = re.compile(r"the budget \(.*?drawn from the space a median ([0-9.e+-]+) s \(")
 FIRST_EPOCHS = re.compile(r"first drawn trial: (\d+) epochs")
 
 
 def first_trial(source: tta.DataSource, seed: int, budget: float, threads: int, workdir: Path) -> dict:
-    """Start the side, wait for its first finished trial (at most ``budget`` s), stop it; what it took."""
+    """Start the side, wait for its first complete trial (at most ``budget`` s), stop it; what it took."""
     db = tta._db_file(SIDE, source, seed, workdir)
     log_path = workdir / f"first-{source.name}-{seed}.log"
     cores = sorted(os.sched_getaffinity(0))[:threads]
@@ -56,7 +56,7 @@ def first_trial(source: tta.DataSource, seed: int, budget: float, threads: int, 
         try:
             while first is None and proc.poll() is None and time.time() - t0 < budget:
                 time.sleep(0.25)
-                first = _first_finished(db)
+                first = _first_complete(db)
         finally:
             tta._signal_group(proc, signal.SIGINT)
             try:
@@ -66,31 +66,35 @@ def first_trial(source: tta.DataSource, seed: int, budget: float, threads: int, 
             tta._signal_group(proc, signal.SIGKILL)
             proc.wait()
     text = log_path.read_text(encoding="utf-8")
-    head, low = BUDGET_LINE.search(text), FIRST_EPOCHS.search(text)
-    row = {"dataset": source.name, "seed": seed, "setup": budget - int(head.group(1)) if head else None,
-           "pace": float(head.group(2)) if head else None, "low_end": int(low.group(1)) if low else None}
+    pace, low = PACE.search(text), FIRST_EPOCHS.search(text)
+    row = {"dataset": source.name, "seed": seed, "pace": float(pace.group(1)) if pace else None,
+           "low_end": int(low.group(1)) if low else None}
     if first is not None:
-        row.update(start=first.datetime_start.timestamp() - t0, end=first.datetime_complete.timestamp() - t0,
-                   epochs=first.params.get("epochs"), state=first.state.name.lower(), value=first.value,
-                   reported=len(first.intermediate_values))
+        trial, trials = first
+        row.update(first_start=min(t.datetime_start for t in trials if t.datetime_start).timestamp() - t0,
+                   start=trial.datetime_start.timestamp() - t0, end=trial.datetime_complete.timestamp() - t0,
+                   epochs=trial.params.get("epochs"), value=trial.value, number=trial.number,
+                   before=sum(1 for t in trials if t.state.is_finished() and t.number != trial.number
+                              and t.datetime_complete <= trial.datetime_complete))
     return row
 
 
-def _first_finished(db: Path) -> optuna.trial.FrozenTrial | None:
+def _first_complete(db: Path) -> tuple[optuna.trial.FrozenTrial, list[optuna.trial.FrozenTrial]] | None:
+    """The study's first complete trial and all its trials so far, or None while none has completed."""
     # Looked at read-only first: Optuna's storage on a file cnnsearch is still setting up would
     # create the tables alongside it (and fail on "table already exists").
     if not db.exists():
         return None
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-            finished = con.execute("SELECT count(*) FROM trials WHERE datetime_complete IS NOT NULL").fetchone()[0]
+            complete = con.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
     except sqlite3.Error:  # no trials table yet, or the file is locked for its creation
         return None
-    if not finished:
+    if not complete:
         return None
-    study = optuna.load_study(study_name="tta", storage=f"sqlite:///{db}")
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.datetime_complete]
-    return min(done, key=lambda t: t.datetime_complete, default=None)
+    trials = optuna.load_study(study_name="tta", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return min(done, key=lambda t: t.datetime_complete), trials
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,23 +118,23 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 rows.append(first_trial(source, seed, budget, args.threads, workdir))
                 print(_line(rows[-1]), flush=True)
-    print(f"cnnsearch run --no-start --timeout {budget:g}: its first finished trial; torch threads {args.threads}")
+    print(f"cnnsearch run --no-start --timeout {budget:g}: its first complete trial; torch threads {args.threads}")
     print(machine_line())
-    print(table(["dataset", "seed", "set up (s)", "first trial starts (s)", "ends (s)", "epochs (low end)",
-                 "trains (s)", "predicted (s)", "state", "val"],
-                [[r["dataset"], r["seed"], _num(r["setup"]), _num(r.get("start")), _num(r.get("end")),
-                  f"{r.get('epochs', '-')} ({r['low_end'] or '-'})", _num(_trains(r)), _num(_predicted(r)),
-                  r.get("state", "none"), _num(r.get("value"), 3)] for r in rows]))
+    print(table(["dataset", "seed", "first trial starts (s)", "ended before it", "first complete: trial",
+                 "starts (s)", "ends (s)", "epochs (low end)", "trains (s)", "predicted (s)", "val"],
+                [[r["dataset"], r["seed"], _num(r.get("first_start")), r.get("before", "-"), r.get("number", "none"),
+                  _num(r.get("start")), _num(r.get("end")), f"{r.get('epochs', '-')} ({r['low_end'] or '-'})",
+                  _num(_trains(r)), _num(_predicted(r)), _num(r.get("value"), 3)] for r in rows]))
     summary = []
     for name in names:
         mine = [r for r in rows if r["dataset"] == name and "end" in r]
         if mine:
-            summary.append(f"{name}: set up {statistics.median(r['setup'] or 0 for r in mine):.0f} s, first trial "
-                           f"ends at {statistics.median(r['end'] for r in mine):.0f} s "
+            summary.append(f"{name}: first trial starts at {statistics.median(r['first_start'] for r in mine):.1f} s, "
+                           f"first complete one ends at {statistics.median(r['end'] for r in mine):.0f} s "
                            f"(trains {statistics.median(_trains(r) for r in mine):.0f} s, predicted "
                            f"{statistics.median(_predicted(r) or 0 for r in mine):.0f} s)")
         else:
-            summary.append(f"{name}: no trial finished within {budget:g} s")
+            summary.append(f"{name}: no trial completed within {budget:g} s")
     print(result_line("first_trial", "; ".join(summary) + f" (medians over {len(seeds)} seed"
                                                           f"{'s' if len(seeds) > 1 else ''})"))
     return 0
@@ -142,9 +146,7 @@ def _trains(row: dict) -> float | None:
 
 def _predicted(row: dict) -> float | None:
     """Its epochs at the typical pace rule 6 timed: what the derivation expected it to take (no val, no extras)."""
-    # A pruned trial stopped after the epochs it reported, not the ones it was given.
-    epochs = row.get("reported") if row.get("state") == "pruned" else row.get("epochs")
-    return epochs * row["pace"] if epochs and row.get("pace") else None
+    return row["epochs"] * row["pace"] if row.get("epochs") and row.get("pace") else None
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -153,9 +155,10 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 def _line(row: dict) -> str:
     if "end" not in row:
-        return f"{row['dataset']} seed {row['seed']}: no finished trial"
-    return (f"{row['dataset']} seed {row['seed']}: set up {_num(row['setup'])} s, first trial {row['epochs']} epochs "
-            f"{row['start']:.1f}-{row['end']:.1f} s, {row['state']} {row['value']:.3f}")
+        return f"{row['dataset']} seed {row['seed']}: no complete trial"
+    return (f"{row['dataset']} seed {row['seed']}: first trial starts at {row['first_start']:.1f} s; first complete "
+            f"#{row['number']} ({row['before']} ended before it), {row['epochs']} epochs {row['start']:.1f}-"
+            f"{row['end']:.1f} s, val {row['value']:.3f}")
 
 
 if __name__ == "__main__":

@@ -418,13 +418,14 @@ def test_draw_pace_times_drawn_networks_against_the_median_one_and_counts_their_
                      r"network's time \([0-9.]+-[0-9.]+x\); FLOPs [0-9.]+x", out)
 
 
-def test_first_trial_splits_the_wait_for_cnnsearchs_first_finished_trial_into_set_up_and_training():
+def test_first_trial_splits_the_wait_for_cnnsearchs_first_complete_trial_into_set_up_and_training():
     out = run_script("first_trial", "--smoke")
-    row = re.search(r"^\| digits +\| 0 +\| ([0-9.]+) +\| ([0-9.]+) +\| ([0-9.]+) +\| (\d+) \((\d+)\) +\| ([0-9.]+) +\| "
-                    r"([0-9.]+) +\| (complete|pruned) +\| ([0-9.]+) +\|$", out, re.MULTILINE)
+    row = re.search(r"^\| digits +\| 0 +\| ([0-9.]+) +\| (\d+) +\| (\d+) +\| ([0-9.]+) +\| ([0-9.]+) +\| "
+                    r"(\d+) \((\d+)\) +\| ([0-9.]+) +\| ([0-9.]+) +\| ([0-9.]+) +\|$", out, re.MULTILINE)
     assert row, out
-    setup, start, end = (float(row.group(i)) for i in (1, 2, 3))
-    assert 0 < setup <= start < end <= 20  # set up, then the trial, within the --timeout it was given
-    assert float(row.group(6)) == pytest.approx(end - start, abs=0.11)
-    assert re.search(r"RESULT first_trial: digits: set up \d+ s, first trial ends at \d+ s \(trains \d+ s, "
-                     r"predicted \d+ s\) \(medians over 1 seed\)", out)
+    first, start, end = float(row.group(1)), float(row.group(4)), float(row.group(5))
+    assert 0 < first <= start < end <= 20  # set up, then the trials, within the --timeout it was given
+    assert int(row.group(3)) >= int(row.group(2))  # the complete one comes after those that ended before it
+    assert float(row.group(8)) == pytest.approx(end - start, abs=0.11)
+    assert re.search(r"RESULT first_trial: digits: first trial starts at [0-9.]+ s, first complete one ends at \d+ s "
+                     r"\(trains \d+ s, predicted \d+ s\) \(medians over 1 seed\)", out)
