@@ -16,12 +16,9 @@ trial completes (what the harness counts; trials pruned or failed before it are 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,27 +41,16 @@ def first_trial(source: tta.DataSource, seed: int, budget: float, threads: int, 
     """Start the side, wait for its first complete trial (at most ``budget`` s), stop it; what it took."""
     db = tta._db_file(SIDE, source, seed, workdir)
     log_path = workdir / f"first-{source.name}-{seed}.log"
-    cores = sorted(os.sched_getaffinity(0))[:threads]
-    env = {**os.environ, "PYTHONPATH": str(tta.ROOT), "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}
     with open(log_path, "w", encoding="utf-8") as log:
-        t0 = time.time()
-        proc = subprocess.Popen(tta.command(SIDE, source, seed, budget, t0, workdir), cwd=workdir, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=lambda: tta._start_side(cores))
+        proc, t0 = tta.launch_side(SIDE, source, seed, budget, threads, workdir, log)
         first = None
         try:
             while first is None and proc.poll() is None and time.time() - t0 < budget:
                 time.sleep(0.25)
                 first = _first_complete(db)
+            tta.interrupt_side(proc)
         finally:
-            tta._signal_group(proc, signal.SIGINT)
-            try:
-                proc.wait(timeout=tta.STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                pass
-            tta._signal_group(proc, signal.SIGKILL)
-            proc.wait()
+            tta.kill_side(proc)
     text = log_path.read_text(encoding="utf-8")
     pace, low = PACE.search(text), FIRST_EPOCHS.search(text)
     row = {"dataset": source.name, "seed": seed, "pace": float(pace.group(1)) if pace else None,

@@ -158,25 +158,14 @@ def run_side(side: str, source: DataSource, seed: int, order: int, budget: float
     ``root``: the checkout whose code the process runs (another commit's worktree for
     ``benchmarks/search_ab.py``); its imports come from there, ahead of the installed package.
     """
-    cores = sorted(os.sched_getaffinity(0))[:threads]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray: loopback only
     log = open(_log_file(side, source, seed, workdir), "w", encoding="utf-8")  # noqa: SIM115
-    t0 = time.time()  # the budget counts from here: process start, imports and data loading included
-    proc = subprocess.Popen(command(side, source, seed, budget, t0, workdir, root), cwd=workdir, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: _start_side(cores))
+    proc, t0 = launch_side(side, source, seed, budget, threads, workdir, log, root)
     try:
         proc.wait(timeout=max(0.0, t0 + budget - time.time()))
     except subprocess.TimeoutExpired:
-        _signal_group(proc, signal.SIGINT)
-        try:
-            proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            pass
+        interrupt_side(proc)
     finally:
-        _signal_group(proc, signal.SIGKILL)  # whatever of the group is left (Ray's workers, a stuck child)
-        proc.wait()
+        kill_side(proc)
         log.close()
     run = Run(side, source.name, seed, order, wall=time.time() - t0)
     if side.startswith("cnnsearch"):
@@ -187,6 +176,34 @@ def run_side(side: str, source: DataSource, seed: int, order: int, budget: float
         run.threads = sorted({e.pop("threads") for e in run.events})
     run.events = [e for e in run.events if e["t"] <= budget]
     return run
+
+
+def launch_side(side: str, source: DataSource, seed: int, budget: float, threads: int, workdir: Path, log: Any,
+                root: Path = ROOT) -> tuple[subprocess.Popen, float]:
+    """``side``'s process, started on ``threads`` cores with its output to ``log``, and the time it started."""
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray: loopback only
+    t0 = time.time()  # the budget counts from here: process start, imports and data loading included
+    proc = subprocess.Popen(command(side, source, seed, budget, t0, workdir, root), cwd=workdir, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: _start_side(cores))
+    return proc, t0
+
+
+def interrupt_side(proc: subprocess.Popen) -> None:
+    """Stop a side as its user's Ctrl-C would (SIGINT), and give it :data:`STOP_GRACE` seconds to end."""
+    _signal_group(proc, signal.SIGINT)
+    try:
+        proc.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def kill_side(proc: subprocess.Popen) -> None:
+    """Kill whatever of the side's process group is left (Ray's workers, a stuck child) and reap it."""
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait()
 
 
 def _start_side(cores: list[int]) -> None:
