@@ -1,4 +1,4 @@
-"""Where ``cnnsearch run``'s time goes before its first finished trial (issue 18's early anytime columns).
+"""Where ``cnnsearch run``'s time goes before its first complete trial (issue 18's early anytime columns).
 
 ``benchmarks/time_to_accuracy.py`` counts each side's finished trials from process start; at
 15 and 30 s cnnsearch often has none yet. This splits that wait in two: everything before the
@@ -51,6 +51,8 @@ def first_trial(source: tta.DataSource, seed: int, budget: float, threads: int, 
             tta.interrupt_side(proc)
         finally:
             tta.kill_side(proc)
+    if first is None:  # the process ended (its --timeout) between two looks, or right after a trial completed
+        first = _first_complete(db)
     text = log_path.read_text(encoding="utf-8")
     pace, low = PACE.search(text), FIRST_EPOCHS.search(text)
     row = {"dataset": source.name, "seed": seed, "pace": float(pace.group(1)) if pace else None,
@@ -84,7 +86,7 @@ def _first_complete(db: Path) -> tuple[optuna.trial.FrozenTrial, list[optuna.tri
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = parser_with_modes(__doc__, quick="digits, 1 seed", smoke="digits, 1 seed, --timeout 20 (tests)")
+    parser, _ = parser_with_modes(__doc__, quick="digits, 1 seed", smoke="digits, 1 seed, --timeout 30 (tests)")
     parser.add_argument("--datasets", default="digits,mnist5k,mnist5k-1k", help="comma-separated (default all three)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset, from --first-seed (default 3)")
     parser.add_argument("--first-seed", type=int, default=0)
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     short = args.quick or args.smoke
     names = ["digits"] if short else args.datasets.split(",")
     seeds = range(args.first_seed, args.first_seed + (1 if short else args.seeds))
-    budget = 20.0 if args.smoke else args.budget
+    budget = 30.0 if args.smoke else args.budget
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory(prefix="first-trial-") as tmp:
@@ -114,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for name in names:
         mine = [r for r in rows if r["dataset"] == name and "end" in r]
+        predicted = [p for p in map(_predicted, mine) if p is not None]
         if mine:
             summary.append(f"{name}: first trial starts at {statistics.median(r['first_start'] for r in mine):.1f} s, "
                            f"first complete one ends at {statistics.median(r['end'] for r in mine):.0f} s "
                            f"(trains {statistics.median(_trains(r) for r in mine):.0f} s, predicted "
-                           f"{statistics.median(_predicted(r) or 0 for r in mine):.0f} s)")
+                           f"{f'{statistics.median(predicted):.0f}' if predicted else '-'} s)"
+                           + (f", in {len(mine)} of {len(seeds)} seeds" if len(mine) < len(seeds) else ""))
         else:
             summary.append(f"{name}: no trial completed within {budget:g} s")
     print(result_line("first_trial", "; ".join(summary) + f" (medians over {len(seeds)} seed"
