@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="first-trial-") as tmp:
         workdir = Path(tmp)
         for name in names:
-            source = (tta.small_train_folder(workdir / name) if name == "mnist5k-1k" else tta.DataSource(name, name))
+            source = tta.data_source(name, workdir / name)
             for seed in seeds:
                 rows.append(first_trial(source, seed, budget, args.threads, workdir))
                 print(_line(rows[-1]), flush=True)

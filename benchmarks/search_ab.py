@@ -48,12 +48,11 @@ from benchmarks.time_to_accuracy import (  # noqa: E402
     ANYTIME,
     DATASETS,
     SIDES,
-    DataSource,
     Run,
     best_at,
+    data_source,
     progress_line,
     run_side,
-    small_train_folder,
     spread,
     test_accuracy,
 )
@@ -176,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, "-m", "compileall", "-q", "-x", r"/\.", str(tree)], check=False)
         os.environ["CNNSEARCH_CACHE_DIR"] = str(workdir / "cache")  # shared: an entry of another format is rebuilt
         torch.set_num_threads(args.threads)  # the retraining of the picks
-        source = (small_train_folder(workdir / "data") if args.dataset == "mnist5k-1k"
-                  else DataSource(args.dataset, args.dataset))
+        source = data_source(args.dataset, workdir / "data")
         # Decoded before either version starts, so that neither pays for the first decoding.
         test_data = {source.name: handwritten.load(source.dataset, source.image_size)}
         trees = [(rev, base), (HERE, ROOT)]

@@ -133,6 +133,11 @@ def small_train_folder(folder: Path) -> DataSource:
     return DataSource("mnist5k-1k", f"imagefolder:{folder}", image_size=28)
 
 
+def data_source(name: str, folder: Path) -> DataSource:
+    """The benchmark dataset ``name`` as the sides read it; ``mnist5k-1k`` is written under ``folder`` first."""
+    return small_train_folder(folder) if name == "mnist5k-1k" else DataSource(name, name)
+
+
 def command(side: str, source: DataSource, seed: int, budget: float, t0: float, workdir: Path,
             root: Path = ROOT) -> list[str]:
     """The command line of ``side``'s process, with the code of the checkout at ``root``."""
@@ -480,8 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         os.environ["CNNSEARCH_CACHE_DIR"] = str(workdir / "cache")  # the harness's and every side's
         torch.set_num_threads(args.threads)  # the retraining of the picks
-        sources = {name: small_train_folder(workdir / name) if name == "mnist5k-1k" else DataSource(name, name)
-                   for name in datasets}
+        sources = {name: data_source(name, workdir / name) for name in datasets}
         test_data: dict[str, Any] = {}
         for name in datasets:
             # Decoded before any side starts, so no side pays for the image folder's first decoding.
